@@ -1,0 +1,30 @@
+"""The Lua scripts in `lua/`, read once at import, with the SHA1 that `EVALSHA` names them by.
+
+They are immutable constants (`Script` is frozen), not a cache: every publisher shares them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Final
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: bytes
+    sha: str
+
+    @classmethod
+    def load(cls, filename: str) -> Script:
+        source = files("publisher").joinpath("lua", filename).read_bytes()
+        # Redis names a script by the SHA1 of its body; this is an identifier, not security.
+        return cls(filename, source, hashlib.sha1(source, usedforsecurity=False).hexdigest())
+
+
+PUBLISH: Final = Script.load("publish.lua")
+ROOMS: Final = Script.load("rooms.lua")
+REVOKE: Final = Script.load("revoke.lua")
+PRESENCE: Final = Script.load("presence.lua")
