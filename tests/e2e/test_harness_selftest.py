@@ -129,6 +129,20 @@ def test_ack_returns_the_server_answer_and_times_out_without_one(
     assert node_clients.emit("a", "nobody:listens", ack=False) is None
 
 
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_extra_headers_reach_the_server(
+    node_clients: NodeClients, reference: GatewayProcess, user: str, transport: str
+) -> None:
+    # What the gateway's Origin check and Authorization-header auth will be tested with.
+    headers = {"Origin": "http://localhost:5173", "Authorization": "Bearer header-token"}
+    node_clients.connect("a", reference.ns_url, token=user, transports=TRANSPORTS[transport],
+                         extraHeaders=headers, withCredentials=True)
+    assert node_clients.wait_connected("a")["type"] == "connect"
+    seen = node_clients.emit("a", "whoami")
+    assert seen == {"user": user, "origin": headers["Origin"],
+                    "authorization": headers["Authorization"], "transport": transport}
+
+
 @pytest.mark.parametrize(
     ("transport", "mode"),
     [("websocket", "close"), ("polling", "close"), ("upgrade", "close"),

@@ -403,9 +403,9 @@ class NodeClients:
             record = {"type": "stdout", "line": line}
         with self._cond:
             kind = record["type"]
-            if kind == "reply":
-                self._replies[int(record["id"])] = record
-            elif kind in {"error", "stdout"}:
+            if kind == "reply" and isinstance(record.get("id"), int):
+                self._replies[record["id"]] = record
+            elif kind in {"error", "stdout", "reply"}:  # a reply to no command of ours too
                 self._problems.append(record)
             self._records.append(record)
             name = record.get("name")

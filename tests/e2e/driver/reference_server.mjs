@@ -4,7 +4,8 @@
 //   node reference_server.mjs PORT
 //   namespace /notifications, connection state recovery on (60 s, middlewares skipped on recovery)
 //   handshake: auth.token required, else CONNECT_ERROR {message: "unauthorized", data: {code: "token_missing"}}
-//   on connect: joins user:<token>; subscribe:notifications is acked with {ok: true, rooms}
+//   on connect: joins user:<token>; subscribe:notifications is acked with {ok: true, rooms};
+//   whoami is acked with {user, origin, authorization, transport} as the server saw them
 //   POST /emit?room=R&event=E  body: JSON payload -> emits E (default coins:earned) to room R;
 //        answers {ok, recipients}: how many connected sockets were in R at that moment
 //   POST /wait_empty?room=R&timeoutMs=T -> answers {ok, size} once R has no connected socket
@@ -128,6 +129,16 @@ nsp.on("connection", (socket) => {
     const ack = args[args.length - 1];
     if (typeof ack !== "function") return;
     ack({ ok: true, rooms: [...socket.rooms].filter((r) => r !== socket.id) });
+  });
+  // For the self-test only: what the server saw of the handshake.
+  socket.on("whoami", (ack) => {
+    const headers = socket.handshake.headers;
+    ack({
+      user: socket.data.user,
+      origin: headers.origin ?? null,
+      authorization: headers.authorization ?? null,
+      transport: socket.conn.transport.name,
+    });
   });
 });
 
