@@ -1,0 +1,151 @@
+"""`gateway` / `python -m gateway`: run one replica.
+
+Every setting is an environment variable and a flag (`gateway --help` lists them from
+`config.SETTINGS`). Start-up problems a person can fix (no secret, a port in use, Redis not
+answering) end in one line that says what to do, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+import jwt
+from aiohttp import web
+
+from gateway.app import GATEWAY, create_app
+from gateway.config import SETTINGS, ConfigError, Settings, load_settings
+from gateway.logs import configure
+
+log = logging.getLogger("gateway")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gateway",
+        description="Real-time notification gateway: Socket.IO on /notifications, rooms shared "
+                    "through Redis. Every flag has an environment variable; flags win.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dev", action="store_true",
+                   help="try it out: in-memory bus (unless REDIS_URL), an ephemeral secret, a printed "
+                        "token and publish key, and a console at /")
+    for s in SETTINGS:
+        if s.attr == "dev":
+            continue
+        default = f"'{s.default}'" if s.default else "unset"
+        p.add_argument(s.flag, dest=s.attr, metavar=s.env, default=None,
+                       help=f"{s.doc} [env {s.env}, default {default}]")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "dev" and v is not None}
+    env = dict(os.environ)
+    dev = bool(args.dev)
+    if dev and not env.get("PUBLISH_API_KEY") and "publish_api_key" not in overrides:
+        overrides["publish_api_key"] = secrets.token_urlsafe(24)
+    try:
+        settings = load_settings(env, overrides, dev=dev)
+    except ConfigError as exc:
+        sys.stderr.write(f"gateway: {exc}\n")
+        raise SystemExit(2) from None
+    configure(settings.log_level, "text" if dev and "LOG_FORMAT" not in env else settings.log_format)
+    for advice in settings.advisories():
+        log.warning(advice)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(serve(settings))
+    except KeyboardInterrupt:
+        pass
+
+
+async def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=4096)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            sys.stderr.write(f"gateway: port {settings.port} on {settings.host} is already in use; "
+                             f"stop what holds it or choose another with PORT=... or --port\n")
+        else:
+            sys.stderr.write(f"gateway: cannot listen on {settings.host}:{settings.port}: {exc.strerror}\n")
+        raise SystemExit(1) from None
+    gateway = app[GATEWAY]
+    log.info("listening", extra={"host": settings.host, "port": settings.port,
+                                 "bus": gateway.backend.name, "settings": settings.public_view()})
+    if settings.dev:
+        _print_dev_banner(settings)
+    if settings.redis_url:
+        asyncio.get_running_loop().create_task(_warn_if_redis_silent(gateway, settings))
+
+    stop = asyncio.Event()
+    how: list[str] = []
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: (how.append(s.name), stop.set()))
+    await stop.wait()
+    if how and how[0] == "SIGTERM":
+        log.info("SIGTERM: draining", extra={"seconds": settings.drain_seconds})
+        await gateway.drain(settings.drain_seconds)
+    else:
+        await gateway.drain(0)
+    await runner.cleanup()
+    log.info("stopped")
+
+
+async def _warn_if_redis_silent(gateway: object, settings: Settings) -> None:
+    await asyncio.sleep(3.0)
+    backend = getattr(gateway, "backend", None)
+    if backend is not None and not backend.connected:
+        from gateway.redis_endpoint import parse_endpoint
+
+        where = parse_endpoint(settings.redis_url).describe()
+        log.error(f"cannot reach Redis at {where}: readiness stays 503 and events from producers do not "
+                  "arrive until it answers. Start Redis (e.g. `redis-server`) or fix REDIS_URL; "
+                  "the gateway keeps retrying.")
+
+
+def _print_dev_banner(settings: Settings) -> None:
+    now = int(time.time())
+    token = jwt.encode({"sub": "1", "role": "student", "classrooms": ["1"], "iat": now, "exp": now + 86400},
+                       settings.jwt_secret, algorithm="HS256")
+    base = f"http://{'localhost' if settings.host in {'0.0.0.0', '::'} else settings.host}:{settings.port}"  # noqa: S104
+    lines = [
+        "",
+        f"  notification gateway, development mode, on {base}",
+        f"  console:       {base}/",
+        f"  token (user 1, student, classroom 1, 24 h):\n    {token}",
+        "  connect:       io(\"" + base + "/notifications\", { auth: { token: \"Bearer " + token + "\" } })",
+        f"  publish key:   {settings.publish_api_key}",
+        f"  send an event: curl -X POST {base}/api/emit -H 'Authorization: Bearer {settings.publish_api_key}'"
+        " -H 'Content-Type: application/json'"
+        " -d '{\"event\":\"coins:earned\",\"user\":\"1\",\"data\":{\"amount\":50,\"reason\":\"demo\",\"newBalance\":50}}'",
+        "",
+    ]
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The app factory: one replica's parts, built from `Settings` and wired together.
+
+Nothing here lives at module level; tests build as many replicas in one process as they like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gateway import health
+from gateway.admission import Admission
+from gateway.auth import Authenticator
+from gateway.backend import Backend
+from gateway.backend_memory import MemoryBackend
+from gateway.bus import DeliveryCore, LocalManager, RedisManager
+from gateway.config import Settings
+from gateway.http_api import EmitEndpoint
+from gateway.metrics import Metrics
+from gateway.recovery import Recovery
+from gateway.server import GatewayServer
+from gateway.service import WebSocketService
+from publisher.envelope import BusNames
+
+log = logging.getLogger("gateway")
+
+DRAIN_STEP = 0.25
+
+
+@dataclass
+class Gateway:
+    """Everything one replica is made of."""
+
+    settings: Settings
+    replica_id: str
+    metrics: Metrics
+    backend: Backend
+    core: DeliveryCore
+    sio: GatewayServer
+    service: WebSocketService
+    admission: Admission
+
+    @property
+    def draining(self) -> bool:
+        return self.admission.draining
+
+    def not_ready(self) -> str | None:
+        """Why this replica should get no new clients, or None when it should."""
+        if self.admission.draining:
+            return "draining"
+        if not self.backend.connected:
+            return "bus_disconnected"
+        return None
+
+    async def drain(self, seconds: float) -> None:
+        """Let every client go, in batches spread over `seconds`, by closing its transport:
+        socket.io-client reconnects by itself (to another replica) and recovers there."""
+        self.admission.draining = True
+        conns = list(self.core.registry.by_sid.values())
+        log.info("draining", extra={"connections": len(conns), "seconds": seconds})
+        steps = max(1, int(seconds / DRAIN_STEP))
+        batch = max(1, math.ceil(len(conns) / steps))
+        for i in range(0, len(conns), batch):
+            for conn in conns[i:i + batch]:
+                conn.eio.close_transport()
+            await asyncio.sleep(DRAIN_STEP if seconds > 0 else 0)
+        # let the disconnect handlers record the sessions' end before the bus closes
+        for _ in range(40):
+            if not self.core.registry.by_sid:
+                break
+            await asyncio.sleep(0.05)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def build(settings: Settings) -> Gateway:
+    replica_id = secrets.token_hex(6)
+    metrics = Metrics()
+    names = BusNames(settings.channel_prefix, settings.key_prefix)
+    backend: Backend
+    if settings.redis_url:
+        from gateway.backend_redis import RedisBackend
+
+        backend = RedisBackend(settings.redis_url, names=names, replica_id=replica_id,
+                               history_max_len=settings.history_max_len, window_s=settings.recovery_window,
+                               max_payload_bytes=settings.max_payload_bytes, metrics=metrics)
+    else:
+        backend = MemoryBackend(history_max_len=settings.history_max_len, window_s=settings.recovery_window)
+    core = DeliveryCore(backend, metrics, recovery=settings.recovery_window > 0)
+    manager: Any = RedisManager(core, settings.redis_url) if settings.redis_url else LocalManager(core)
+    admission = Admission(settings, metrics)
+    sio = GatewayServer(settings, core, manager, Authenticator(settings),
+                        Recovery(backend, settings.recovery_window), admission, metrics)
+    metrics.active = lambda: len(core.registry)
+    metrics.bus_up = lambda: backend.connected
+    metrics.subscriptions = lambda: len(core.registry.rooms)
+    metrics.draining = lambda: admission.draining
+    return Gateway(settings, replica_id, metrics, backend, core, sio,
+                   WebSocketService(core, settings.max_payload_bytes), admission)
+
+
+def create_app(settings: Settings) -> web.Application:
+    gateway = build(settings)
+    app = web.Application(client_max_size=settings.max_payload_bytes + 4096)
+    app[GATEWAY] = gateway
+    gateway.sio.attach(app, socketio_path="socket.io")
+    app.add_routes(health.routes(gateway.metrics, gateway.not_ready))
+    if settings.publish_api_key:
+        endpoint = EmitEndpoint(gateway.core, settings.publish_api_key, settings.max_payload_bytes, gateway.metrics)
+        app.router.add_post("/api/emit", endpoint.handle)
+    if settings.dev:
+        from gateway import console
+
+        console.add_routes(app)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    await gateway.backend.start(gateway.core)
+    gateway.sio.start_sweeper()
+    log.info("replica started", extra={"replica": gateway.replica_id, "bus": gateway.backend.name})
+    yield
+    await gateway.sio.stop_sweeper()
+    await gateway.backend.close()

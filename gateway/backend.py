@@ -1,0 +1,81 @@
+"""What the delivery core needs from a bus, whichever it is (Redis, or in-process for one replica).
+
+Both implementations keep the same promises, so everything above them (delivery, recovery,
+the API) is written once: every message gets a position `(epoch, ms, seq)` with `seq` growing
+across all rooms; messages reach the sink in `seq` order; a room's history answers "the events
+after this position", or says it cannot (`None`) when part of it is gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class BusUnavailable(ConnectionError):
+    """The bus cannot take or serve this request now; nothing was published."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    epoch: str
+    ms: int
+    seq: int
+
+    @property
+    def offset(self) -> str:
+        return f"{self.epoch}:{self.ms}-{self.seq}"
+
+    @property
+    def stream_id(self) -> str:
+        return f"{self.ms}-{self.seq}"
+
+
+class BusSink(Protocol):
+    """The delivery core, as the bus sees it."""
+
+    def on_message(self, raw: bytes) -> None: ...
+
+    async def on_bus_up(self) -> None:
+        """Connected again, channels not yet resubscribed: hold live delivery."""
+
+    async def on_bus_resubscribed(self) -> None:
+        """Every channel confirmed: catch up on what was published while away."""
+
+    def on_bus_down(self) -> None: ...
+
+    def heartbeat_snapshot(self) -> tuple[list[str], list[str]]:
+        """(users online here, pids of the sessions connected here)."""
+        ...
+
+
+class Backend(Protocol):
+    name: str
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def start(self, sink: BusSink) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def subscribe(self, room: str) -> bool: ...
+
+    def unsubscribe(self, room: str) -> None: ...
+
+    async def publish_event(self, event: str, data: Any, room: str | None) -> str: ...
+
+    async def publish_control(self, kind: str, user: str, rooms: Sequence[str] = ()) -> str: ...
+
+    async def position(self) -> Position: ...
+
+    async def history(self, rooms: Sequence[str], after: Position) -> list[bytes] | None: ...
+
+    def save_session(self, pid: str, record: dict[str, str], user: str) -> None: ...
+
+    async def load_session(self, pid: str) -> dict[str, str] | None: ...
+
+    def end_session(self, pid: str, t_ms: int) -> None: ...
+
+    def set_online(self, user: str, online: bool) -> None: ...

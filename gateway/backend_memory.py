@@ -1,0 +1,155 @@
+"""The bus of a single replica with no Redis: the same promises as Redis, in process.
+
+`gateway --dev` and a one-replica deployment run on it, with recovery included: positions,
+per-room history bounded by count and time, and sessions, exactly as the Redis bus keeps
+them (so the tests of recovery run against both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.backend import BusSink, Position
+from publisher.envelope import encode_control, encode_event
+
+
+class MemoryBackend:
+    name = "memory"
+
+    def __init__(self, *, history_max_len: int, window_s: float) -> None:
+        self._epoch = secrets.token_hex(4)
+        self._seq = 0
+        self._ms = 0
+        self._max_len = history_max_len
+        self._window_ms = int(window_s * 1000)
+        # room -> entries (ms, seq, message); and the newest (ms, seq) trimmed away
+        self._history: dict[str, deque[tuple[int, int, bytes]]] = {}
+        self._trimmed: dict[str, tuple[int, int]] = {}
+        self._sessions: dict[str, tuple[dict[str, str], float]] = {}
+        self._user_sessions: dict[str, set[str]] = {}
+        self._revoked: dict[str, int] = {}
+        self._sink: BusSink | None = None
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def start(self, sink: BusSink) -> None:
+        self._sink = sink
+
+    async def close(self) -> None:
+        self._sink = None
+
+    async def subscribe(self, room: str) -> bool:
+        return True
+
+    def unsubscribe(self, room: str) -> None:
+        return None
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def _publish(self, envelope: bytes, room: str | None, keep: bool) -> str:
+        self._seq += 1
+        self._ms = max(int(time.time() * 1000), self._ms)
+        pos = Position(self._epoch, self._ms, self._seq)
+        message = envelope[:-1] + b',"o":"' + pos.offset.encode() + b'"}'
+        if keep and room is not None and self._window_ms > 0:
+            self._keep(room, pos, message)
+        sink = self._sink
+        if sink is not None:
+            # Asynchronous, as a Redis subscriber would receive it.
+            asyncio.get_running_loop().call_soon(sink.on_message, message)
+        return pos.offset
+
+    def _keep(self, room: str, pos: Position, message: bytes) -> None:
+        entries = self._history.get(room)
+        if entries is None:
+            entries = self._history[room] = deque()
+        entries.append((pos.ms, pos.seq, message))
+        cutoff = pos.ms - self._window_ms
+        while entries and (len(entries) > self._max_len or entries[0][0] < cutoff):
+            ms, seq, _ = entries.popleft()
+            self._trimmed[room] = (ms, seq)
+
+    async def publish_event(self, event: str, data: Any, room: str | None) -> str:
+        envelope = encode_event(event, data, room, time.time() * 1000)
+        return self._publish(envelope, room, keep=True)
+
+    async def publish_control(self, kind: str, user: str, rooms: Sequence[str] = ()) -> str:
+        envelope = encode_control(kind, user, list(rooms) or None, time.time() * 1000)
+        if kind == "kick":
+            for pid in self._user_sessions.pop(user, set()):
+                self._sessions.pop(pid, None)
+            self._revoked[user] = int(time.time() * 1000)
+        elif kind in {"join", "leave"}:
+            self._edit_session_rooms(user, rooms, add=kind == "join")
+        return self._publish(envelope, f"user:{user}", keep=False)
+
+    def _edit_session_rooms(self, user: str, rooms: Sequence[str], *, add: bool) -> None:
+        import orjson
+
+        for pid in self._user_sessions.get(user, ()):
+            entry = self._sessions.get(pid)
+            if entry is None:
+                continue
+            record = entry[0]
+            current = list(orjson.loads(record["rooms"]))
+            for room in rooms:
+                if add and room not in current:
+                    current.append(room)
+                elif not add and room in current and room != f"user:{user}":
+                    current.remove(room)
+            record["rooms"] = orjson.dumps(current).decode()
+
+    # -- positions and history ------------------------------------------------------------------
+
+    async def position(self) -> Position:
+        return Position(self._epoch, self._ms, self._seq)
+
+    async def history(self, rooms: Sequence[str], after: Position) -> list[bytes] | None:
+        if after.epoch != self._epoch:
+            return None
+        key = (after.ms, after.seq)
+        out: list[tuple[int, bytes]] = []
+        for room in rooms:
+            trimmed = self._trimmed.get(room)
+            if trimmed is not None and trimmed > key:
+                return None
+            for ms, seq, message in self._history.get(room, ()):
+                if (ms, seq) > key:
+                    out.append((seq, message))
+        out.sort(key=lambda item: item[0])
+        return [message for _, message in out]
+
+    # -- sessions and presence ------------------------------------------------------------------
+
+    def save_session(self, pid: str, record: dict[str, str], user: str) -> None:
+        self._sessions[pid] = (dict(record), float("inf"))
+        self._user_sessions.setdefault(user, set()).add(pid)
+
+    async def load_session(self, pid: str) -> dict[str, str] | None:
+        entry = self._sessions.get(pid)
+        if entry is None:
+            return None
+        record, expires = entry
+        if expires < time.monotonic():
+            self._sessions.pop(pid, None)
+            return None
+        out = dict(record)
+        revoked = self._revoked.get(out.get("user", ""))
+        out["revoked"] = str(revoked) if revoked is not None else ""
+        return out
+
+    def end_session(self, pid: str, t_ms: int) -> None:
+        entry = self._sessions.get(pid)
+        if entry is not None:
+            entry[0]["t"] = str(t_ms)
+            self._sessions[pid] = (entry[0], time.monotonic() + self._window_ms / 1000)
+
+    def set_online(self, user: str, online: bool) -> None:
+        return None

@@ -1,0 +1,287 @@
+"""The bus on Redis: one pub/sub listener (`subscriber.py`) and one command client.
+
+Publishing goes through `publisher` (the same Lua script as every producer, so the gateway's
+own emits get positions and history like anyone's). Reads for recovery are Lua scripts
+(`lua/*.lua`) that answer in one round trip. Writes that nobody waits for (session records,
+presence) are queued and sent as one pipeline per event-loop turn, in order, by one task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.backend import BusSink, BusUnavailable, Position
+from gateway.redis_endpoint import parse_endpoint
+from gateway.subscriber import Subscriber
+from publisher import AsyncPublisher
+from publisher.envelope import BusNames, parse_offset
+from publisher.redis_url import async_client
+
+log = logging.getLogger("gateway.bus")
+
+HEARTBEAT_EVERY = 5.0
+PRESENCE_TTL_MS = 15_000
+CONNECTED_SESSION_SLACK_MS = 30_000
+
+
+def _script(name: str) -> str:
+    return resources.files("gateway").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(self, url: str, *, names: BusNames, replica_id: str, history_max_len: int,
+                 window_s: float, max_payload_bytes: int, metrics: Any) -> None:
+        self.names = names
+        self.replica_id = replica_id
+        self._window_ms = int(window_s * 1000)
+        self._metrics = metrics
+        self.client: aioredis.Redis = async_client(url)
+        self.publisher = AsyncPublisher(
+            client=self.client, channel_prefix=names.channel_prefix, key_prefix=names.key_prefix,
+            history_max_len=history_max_len, recovery_window_s=window_s,
+            max_payload_bytes=max_payload_bytes,
+        )
+        self._history = self.client.register_script(_script("history.lua"))
+        self._sessions = self.client.register_script(_script("sessions.lua"))
+        self._heartbeat = self.client.register_script(_script("heartbeat.lua"))
+        self._probe_channel = names.room_channel(f"__probe:{replica_id}").encode()
+        self.subscriber = Subscriber(
+            parse_endpoint(url),
+            self._on_message,
+            probe_channel=self._probe_channel,
+            on_connected=self._on_connected,
+            on_resubscribed=self._on_resubscribed,
+            on_disconnected=self._on_disconnected,
+            publish_probe=self._publish_probe,
+            counters=metrics.bus_event,
+        )
+        self._sink: BusSink | None = None
+        self._writes: list[tuple[Any, ...]] = []
+        self._flush_scheduled = False
+        self._writer_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.subscriber.connected
+
+    async def start(self, sink: BusSink) -> None:
+        self._sink = sink
+        self.subscriber.subscribe_nowait = None  # type: ignore[attr-defined]
+        self.subscriber.desired.add(self.names.broadcast_channel().encode())
+        self.subscriber.start()
+        self._heartbeat_task = asyncio.get_running_loop().create_task(self._beat(), name="bus-heartbeat")
+
+    async def close(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat_task
+        await self.subscriber.close()
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(RedisError, OSError):
+            await self._flush()
+        await self.client.aclose()
+
+    # -- the listener's callbacks ---------------------------------------------------------------
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink.on_message(data)
+
+    async def _on_connected(self) -> None:
+        if self._sink is not None:
+            await self._sink.on_bus_up()
+
+    async def _on_resubscribed(self) -> None:
+        if self._sink is not None:
+            await self._sink.on_bus_resubscribed()
+        self._spawn(self._beat_once())
+
+    def _on_disconnected(self) -> None:
+        if self._sink is not None:
+            self._sink.on_bus_down()
+
+    async def _publish_probe(self) -> None:
+        await self.client.publish(self._probe_channel, b"probe")
+
+    # -- channels -------------------------------------------------------------------------------
+
+    async def subscribe(self, room: str) -> bool:
+        return await self.subscriber.subscribe(self.names.room_channel(room).encode())
+
+    def unsubscribe(self, room: str) -> None:
+        self.subscriber.unsubscribe(self.names.room_channel(room).encode())
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    async def publish_event(self, event: str, data: Any, room: str | None) -> str:
+        try:
+            if room is None:
+                return await self.publisher.emit(event, data, broadcast=True)
+            return await self.publisher.emit(event, data, room=room)
+        except ConnectionError as exc:
+            raise BusUnavailable(str(exc)) from exc
+
+    async def publish_control(self, kind: str, user: str, rooms: Sequence[str] = ()) -> str:
+        try:
+            if kind == "join":
+                return await self.publisher.join(user, list(rooms))
+            if kind == "leave":
+                return await self.publisher.leave(user, list(rooms))
+            if kind == "kick":
+                return await self.publisher.disconnect_user(user)
+        except ConnectionError as exc:
+            raise BusUnavailable(str(exc)) from exc
+        raise ValueError(f"unknown control kind {kind!r}")
+
+    # -- positions and history ------------------------------------------------------------------
+
+    async def position(self) -> Position:
+        try:
+            epoch, ms, seq = await self.client.hmget(self.names.clock_key(), ["epoch", "ms", "seq"])
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(str(exc)) from exc
+        if epoch is None:
+            # Nothing was ever published on this Redis: make the clock, as the script would.
+            offset = await self.publisher.touch_clock()
+            parsed = parse_offset(offset)
+            return Position(parsed.epoch, parsed.ms, parsed.seq)
+        return Position(epoch.decode(), int(ms or 0), int(seq or 0))
+
+    async def history(self, rooms: Sequence[str], after: Position) -> list[bytes] | None:
+        current = await self.position()
+        if current.epoch != after.epoch:
+            return None
+        if not rooms:
+            return []
+        try:
+            reply = await self._history(keys=[self.names.history_key(r) for r in rooms],
+                                        args=[after.stream_id])
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(str(exc)) from exc
+        if not reply or int(reply[0]) != 1:
+            return None
+        messages: list[bytes] = reply[1:]
+        if len(rooms) > 1:
+            messages.sort(key=_seq_of)
+        return messages
+
+    # -- sessions and presence: queued writes -----------------------------------------------------
+
+    def save_session(self, pid: str, record: dict[str, str], user: str) -> None:
+        key = self.names.session_key(pid)
+        ttl = self._window_ms + CONNECTED_SESSION_SLACK_MS
+        self._queue(("HSET", key, *_flat(record)), ("PEXPIRE", key, ttl),
+                    ("SADD", self.names.user_sessions_key(user), pid),
+                    ("PEXPIRE", self.names.user_sessions_key(user), ttl))
+
+    async def load_session(self, pid: str) -> dict[str, str] | None:
+        try:
+            reply = await self._sessions(keys=[self.names.session_key(pid)], args=[self.names.key_prefix])
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(str(exc)) from exc
+        if not reply:
+            return None
+        it = iter(reply)
+        return {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}
+
+    def end_session(self, pid: str, t_ms: int) -> None:
+        key = self.names.session_key(pid)
+        # HSET on a missing key would create a stub: only touch a session that exists.
+        self._queue(("EVAL", _END_SESSION, 1, key, t_ms, self._window_ms))
+
+    def set_online(self, user: str, online: bool) -> None:
+        key = self.names.online_key(self.replica_id)
+        if online:
+            self._queue(("SADD", key, user), ("PEXPIRE", key, PRESENCE_TTL_MS))
+        else:
+            self._queue(("SREM", key, user))
+
+    def _queue(self, *commands: tuple[Any, ...]) -> None:
+        self._writes.extend(commands)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._spawn, self._flush())
+
+    async def _flush(self) -> None:
+        async with self._writer_lock:  # one pipeline at a time: writes land in call order
+            self._flush_scheduled = False
+            writes, self._writes = self._writes, []
+            if not writes:
+                return
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for command in writes:
+                        pipe.execute_command(*command)
+                    await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError) as exc:
+                # Session records and presence are rebuilt by the next heartbeat.
+                log.warning("bus write batch failed: %s", exc, extra={"commands": len(writes)})
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- heartbeat ------------------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_EVERY)
+            await self._beat_once()
+
+    async def _beat_once(self) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        users, pids = sink.heartbeat_snapshot()
+        started = time.perf_counter()
+        try:
+            await self._heartbeat(
+                keys=[self.names.replicas_key(), self.names.online_key(self.replica_id)],
+                args=[self.replica_id, int(time.time() * 1000), PRESENCE_TTL_MS,
+                      self._window_ms + CONNECTED_SESSION_SLACK_MS, self.names.key_prefix,
+                      len(users), *users, *pids],
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("bus heartbeat failed: %s", exc)
+            return
+        self._metrics.redis_rtt(time.perf_counter() - started)
+
+
+_END_SESSION = """
+if redis.call("EXISTS", KEYS[1]) == 1 then
+  redis.call("HSET", KEYS[1], "t", ARGV[1])
+  redis.call("PEXPIRE", KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+
+def _flat(record: dict[str, str]) -> list[str]:
+    out: list[str] = []
+    for k, v in record.items():
+        out.append(k)
+        out.append(v)
+    return out
+
+
+def _seq_of(message: bytes) -> int:
+    """The seq of a stored message, read from its offset (`..."o":"epoch:ms-seq"}`)."""
+    tail = message[message.rfind(b"-") + 1:]
+    return int(tail[: tail.find(b'"')])

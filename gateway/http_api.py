@@ -1,0 +1,95 @@
+"""POST /api/emit: the bus for producers that are not Python (the TypeScript backend) and for
+trying things in `--dev`. The same checks as the publisher library, written once there.
+
+Body: `{"event": ..., "data": ..., "room" | "user" | "all": ...}` with exactly one target;
+`Authorization: Bearer <PUBLISH_API_KEY>`. Answers 200 `{"ok": true, "offset": ...}`, or 4xx
+`{"ok": false, "error": <code>, "detail": <what is wrong>}`, or 503 when the bus cannot take it
+(nothing was published: retry).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.backend import BusUnavailable
+from gateway.bus import DeliveryCore
+from publisher.events import EVENT_SCHEMAS, sanitize, validate, check_event_name
+from publisher.rooms import check_room, user_room
+
+log = logging.getLogger("gateway.http")
+
+
+class EmitEndpoint:
+    def __init__(self, core: DeliveryCore, api_key: str, max_payload_bytes: int, metrics: Any) -> None:
+        self.core = core
+        self.key = api_key.encode()
+        self.max_payload_bytes = max_payload_bytes
+        self.metrics = metrics
+
+    def _refuse(self, status: int, error: str, detail: str) -> web.Response:
+        self.metrics.http_emit(error)
+        return web.json_response({"ok": False, "error": error, "detail": detail}, status=status)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
+        if not given or not hmac.compare_digest(given, self.key):
+            return self._refuse(401, "unauthorized", "send Authorization: Bearer <PUBLISH_API_KEY>")
+        if request.content_length is not None and request.content_length > self.max_payload_bytes + 4096:
+            return self._refuse(413, "payload_too_large", f"the body is over {self.max_payload_bytes} bytes")
+        raw = await request.content.read(self.max_payload_bytes + 4097)
+        if len(raw) > self.max_payload_bytes + 4096:
+            return self._refuse(413, "payload_too_large", f"the body is over {self.max_payload_bytes} bytes")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return self._refuse(400, "invalid_json", f"the body is not JSON: {exc}")
+        try:
+            event, data, room = parse_emit(body, self.max_payload_bytes)
+        except ValueError as exc:
+            return self._refuse(400, "invalid_request", str(exc))
+        try:
+            offset = await self.core.publish(event, data, room)
+        except BusUnavailable as exc:
+            log.warning("emit refused: bus unavailable", extra={"event": event})
+            self.metrics.http_emit("bus_unavailable")
+            return web.json_response({"ok": False, "error": "bus_unavailable", "detail": str(exc)}, status=503,
+                                     headers={"Retry-After": "1"})
+        self.metrics.http_emit("ok")
+        return web.json_response({"ok": True, "offset": offset})
+
+
+def parse_emit(body: Any, max_payload_bytes: int) -> tuple[str, Any, str | None]:
+    """(event, data, room or None for everyone), or ValueError saying what is wrong."""
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object: {event, data, room | user | all}")
+    event = body.get("event")
+    if not isinstance(event, str):
+        raise ValueError("event: required, a string such as 'coins:earned'")
+    check_event_name(event)
+    if "data" not in body:
+        raise ValueError("data: required (the event's payload)")
+    data = body["data"]
+    targets = [k for k in ("room", "user", "all") if body.get(k) not in (None, False)]
+    if len(targets) != 1:
+        raise ValueError("give exactly one target: room, user or all")
+    room: str | None
+    if targets[0] == "room":
+        if not isinstance(body["room"], str):
+            raise ValueError("room: must be a string such as 'classroom:7'")
+        room = check_room(body["room"])
+    elif targets[0] == "user":
+        room = user_room(body["user"])
+    else:
+        if body["all"] is not True:
+            raise ValueError("all: must be true")
+        room = None
+    sanitize(data, max_payload_bytes)
+    if event in EVENT_SCHEMAS:
+        validate(event, data)
+    return event, data, room

@@ -1,0 +1,148 @@
+"""Connection state recovery, as socket.io-client >= 4.6 asks for it, on any replica.
+
+The protocol. The CONNECT reply carries a private session id `pid`; every event carries its
+offset as a last string argument; a client that lost its transport reconnects with
+`{pid, offset}` in its CONNECT auth. We answer with the same sid and pid (the client then sets
+`socket.recovered`), the same rooms, and every event of those rooms after `offset`, in order,
+once each, before any newer event. Or, when that cannot be done in full, with a new sid and
+pid: `recovered === false`, never a silent gap.
+
+One offset for several rooms. A socket is in several rooms (`user:42`, `classroom:7`, ...), and
+socket.io-client keeps one offset: the last argument of the last event it processed. So
+offsets must be comparable across rooms. Each room's history is its own stream (recovery
+reads only the rooms of the session, and a busy classroom does not push a quiet user's events
+out), but every message on the bus, whatever its room, is numbered by one counter in the same
+Lua script that appends it to history and publishes it (`publisher/lua/publish.lua`). The
+offset is `<epoch>:<ms>-<seq>` and the history entry's id is `<ms>-<seq>`, with `ms` never
+decreasing as `seq` grows, so ordering by stream id is ordering by `seq` in every room.
+
+Why "after the offset" is exactly what the client missed: a replica reads the bus on one
+connection, and Redis delivers a subscriber's messages in the order it ran the PUBLISHes, that
+is in `seq` order; a socket is written its events in that order (and `Conn` drops any `seq` it
+already passed). So a client that processed the event at `seq = n` has every event of its rooms
+up to `n` and none after: the replay is the events of its rooms with `seq > n`, merged by `seq`.
+A client that received nothing has no offset; it is replayed from the position its session
+started at, taken after its subscriptions were confirmed (so nothing between is missed either).
+
+When not to recover. The epoch is a random id kept with the counter: Redis restarted empty or
+was flushed means a new epoch, and an offset of another epoch is refused (positions restarted,
+history is gone). A room's history is trimmed by count and age; if an entry after the offset
+was trimmed (Redis 7 streams remember `max-deleted-entry-id`), the replay would be short:
+refused. The session (`<prefix>:s:<pid>`) expires `RECOVERY_WINDOW` after its client went
+away; it is only recovered for the user it belongs to (the token is verified again, as on any
+CONNECT: an expired token is refused before recovery is considered), never for a user kicked
+since it began (`publisher.disconnect_user`), and a pid is 128 random bits.
+
+Cost, per event: one HINCRBY/HGET/HSET on the clock, one XADD (+ approximate trim) and PEXPIRE
+per room, one PUBLISH, all in one EVALSHA. Per session: one hash of six short fields and a set
+member, refreshed by the replica's heartbeat. Measured in `bench/` (docs/performance.md).
+
+Broadcasts (`broadcast_to_all`) are not kept in history: an announcement to everyone is not
+replayed to a client that was away. Node's adapters do the same for lack of a room.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.backend import Backend, BusUnavailable, Position
+from gateway.rooms import Identity
+from publisher.envelope import EnvelopeError, parse_offset
+
+log = logging.getLogger("gateway.recovery")
+
+RECOVERED = "recovered"
+MAX_PID_LENGTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Restorable:
+    """A session that may be restored: its sid, rooms, and where its replay starts."""
+
+    pid: str
+    sid: str
+    rooms: list[str]
+    since: Position
+    created_ms: int
+
+
+class Recovery:
+    def __init__(self, backend: Backend, window_s: float) -> None:
+        self.backend = backend
+        self.window_ms = int(window_s * 1000)
+
+    @property
+    def enabled(self) -> bool:
+        return self.window_ms > 0
+
+    @staticmethod
+    def new_pid() -> str:
+        return secrets.token_urlsafe(16)
+
+    async def find(self, identity: Identity, pid: Any, offset: Any) -> tuple[Restorable | None, str]:
+        """The session to restore for this CONNECT, or None and the reason (a metric label)."""
+        if not isinstance(pid, str) or not pid or len(pid) > MAX_PID_LENGTH:
+            return None, "bad_pid"
+        try:
+            record = await self.backend.load_session(pid)
+        except BusUnavailable:
+            return None, "bus_unavailable"
+        if record is None:
+            return None, "unknown_session"
+        if record.get("user") != identity.user_id:
+            log.warning("recovery refused: session of another user", extra={"user_id": identity.user_id})
+            return None, "foreign_user"
+        created = _int(record.get("c"))
+        revoked = _int(record.get("revoked"))
+        if revoked and revoked >= created:
+            return None, "revoked"
+        if _now_ms() - _int(record.get("t")) > self.window_ms:
+            return None, "expired"
+        raw_offset = offset if isinstance(offset, str) and offset else record.get("o", "")
+        try:
+            parsed = parse_offset(raw_offset)
+        except EnvelopeError:
+            return None, "bad_offset"
+        try:
+            rooms = [r for r in orjson.loads(record.get("rooms", "[]")) if isinstance(r, str)]
+        except orjson.JSONDecodeError:
+            return None, "bad_session"
+        sid = record.get("sid", "")
+        if not sid:
+            return None, "bad_session"
+        since = Position(parsed.epoch, parsed.ms, parsed.seq)
+        return Restorable(pid, sid, rooms, since, created), RECOVERED
+
+    def save(self, pid: str, sid: str, identity: Identity, rooms: list[str],
+             start: Position | None, created_ms: int | None = None, start_offset: str | None = None) -> None:
+        """Write (or rewrite) the session record: queued, nobody waits for it."""
+        now = _now_ms()
+        record = {
+            "sid": sid,
+            "user": identity.user_id,
+            "rooms": orjson.dumps(rooms).decode(),
+            "o": start_offset if start_offset is not None else (start.offset if start else ""),
+            "c": str(created_ms or now),
+            "t": str(now),
+        }
+        self.backend.save_session(pid, record, identity.user_id)
+
+    def ended(self, pid: str) -> None:
+        self.backend.end_session(pid, _now_ms())
+
+
+def _int(raw: str | None) -> int:
+    try:
+        return int(raw or 0)
+    except ValueError:
+        return 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

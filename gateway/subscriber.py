@@ -1,0 +1,312 @@
+"""The replica's one pub/sub connection to Redis, with RESP parsed in C by hiredis.
+
+One connection, not one per room: Redis sends a subscriber its messages in the order it
+executed the PUBLISHes, across all channels, and the recovery design rests on that order
+(see `recovery.py`). The listener is an `asyncio.Protocol` fed by the event loop: no task
+reads it, so there is no task to die silently (the python-socketio failure that left a worker
+deaf for a day), and a burst of messages is parsed in one `data_received` call.
+
+Channels are subscribed per room, on the first local socket, and unsubscribed on the last:
+a replica receives only what concerns it. `subscribe` returns once Redis has confirmed.
+
+A supervisor keeps it alive: reconnect with capped, jittered backoff, resubscribe every
+channel, and a self-check (PING on the connection, and a probe message published through
+Redis and expected back) that notices a connection which is open but no longer delivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import hiredis
+
+from gateway.redis_endpoint import Endpoint, resolve, tls_context
+
+log = logging.getLogger("gateway.bus")
+
+BACKOFF_START = 0.1
+BACKOFF_CAP = 5.0
+PING_EVERY = 5.0
+REPLY_TIMEOUT = 3.0
+SUBSCRIBE_TIMEOUT = 5.0
+
+
+def pack(*args: bytes) -> bytes:
+    """A RESP command."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, owner: Subscriber) -> None:
+        self.owner = owner
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        reader = self.reader
+        reader.feed(data)
+        on_reply = self.owner.on_reply
+        try:
+            reply = reader.gets()
+            while reply is not False:
+                on_reply(reply)
+                reply = reader.gets()
+        except hiredis.ProtocolError:
+            log.exception("redis pub/sub stream does not parse; reconnecting")
+            if self.transport is not None:
+                self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+class Subscriber:
+    """Keeps the desired set of channels subscribed, across reconnections."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        on_message: Callable[[bytes, bytes], None],
+        *,
+        probe_channel: bytes,
+        on_connected: Callable[[], Awaitable[None]],
+        on_resubscribed: Callable[[], Awaitable[None]],
+        on_disconnected: Callable[[], None],
+        publish_probe: Callable[[], Awaitable[None]],
+        counters: Callable[[str], None],
+    ) -> None:
+        self.endpoint = endpoint
+        self.on_message = on_message
+        self.probe_channel = probe_channel
+        self.on_connected = on_connected
+        self.on_resubscribed = on_resubscribed
+        self.on_disconnected = on_disconnected
+        self.publish_probe = publish_probe
+        self.count = counters
+        self.desired: set[bytes] = {probe_channel}
+        self.confirmed: set[bytes] = set()
+        self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._replies: list[asyncio.Future[Any]] = []  # PING and AUTH, in order
+        self._proto: _Protocol | None = None
+        self._ready = False
+        self._task: asyncio.Task[None] | None = None
+        self._probe_seen = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self._ready
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._supervise(), name="bus-subscriber")
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.close()
+
+    # -- channels ---------------------------------------------------------------------------
+
+    async def subscribe(self, channel: bytes) -> bool:
+        """Subscribe; True once Redis confirmed, False when the bus is down or too slow
+        (the channel stays desired and is subscribed on reconnection)."""
+        self.desired.add(channel)
+        if channel in self.confirmed:
+            return True
+        if not self._ready:
+            return False
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._waiters.setdefault(channel, [])
+        waiters.append(fut)
+        if len(waiters) == 1:
+            self._send(pack(b"SUBSCRIBE", channel))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), SUBSCRIBE_TIMEOUT)
+        except TimeoutError:
+            self.count("subscribe_timeout")
+            return False
+        return True
+
+    def unsubscribe(self, channel: bytes) -> None:
+        self.desired.discard(channel)
+        if channel in self.confirmed:
+            self.confirmed.discard(channel)
+            if self._ready:
+                self._send(pack(b"UNSUBSCRIBE", channel))
+
+    def _send(self, data: bytes) -> None:
+        proto = self._proto
+        if proto is not None and proto.transport is not None and not proto.transport.is_closing():
+            proto.transport.write(data)
+
+    # -- replies ----------------------------------------------------------------------------
+
+    def on_reply(self, reply: Any) -> None:
+        if type(reply) is list:
+            kind = reply[0]
+            if kind == b"message":
+                channel = reply[1]
+                if channel == self.probe_channel:
+                    self._probe_seen.set()
+                else:
+                    self.on_message(channel, reply[2])
+                return
+            if kind == b"subscribe":
+                channel = reply[1]
+                if channel in self.desired:
+                    self.confirmed.add(channel)
+                for fut in self._waiters.pop(channel, ()):
+                    if not fut.done():
+                        fut.set_result(None)
+                return
+            if kind == b"unsubscribe":
+                return
+            if kind == b"pong":
+                self._resolve_reply(b"PONG")
+                return
+        self._resolve_reply(reply)
+
+    def _resolve_reply(self, reply: Any) -> None:
+        while self._replies:
+            fut = self._replies.pop(0)
+            if not fut.done():
+                if isinstance(reply, hiredis.ReplyError):
+                    fut.set_exception(ConnectionError(f"redis: {reply}"))
+                else:
+                    fut.set_result(reply)
+                return
+
+    async def _call(self, *args: bytes) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies.append(fut)
+        self._send(pack(*args))
+        return await asyncio.wait_for(fut, REPLY_TIMEOUT)
+
+    # -- supervision ------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        delay = BACKOFF_START
+        first = True
+        while True:
+            try:
+                await self._connect()
+                delay = BACKOFF_START
+                if not first:
+                    self.count("reconnect")
+                first = False
+                await self._watch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
+                log.warning("redis pub/sub connection failed: %s; retrying in %.1f s", exc, delay,
+                            extra={"endpoint": self.endpoint.describe()})
+            self._teardown()
+            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not crypto
+            delay = min(delay * 2, BACKOFF_CAP)
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        ep = self.endpoint
+        if ep.scheme == "unix":
+            _, proto = await asyncio.wait_for(
+                loop.create_unix_connection(lambda: _Protocol(self), ep.path), REPLY_TIMEOUT)
+        else:
+            host, port = await resolve(ep)
+            _, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: _Protocol(self), host, port, ssl=tls_context(ep),
+                                       server_hostname=host if ep.tls else None),
+                REPLY_TIMEOUT)
+        self._proto = proto
+        self._replies.clear()
+        if ep.password:
+            auth = [b"AUTH", ep.password.encode()]
+            if ep.username:
+                auth.insert(1, ep.username.encode())
+            await self._call(*auth)
+        if ep.sentinels:
+            role = await self._call(b"ROLE")
+            if not role or role[0] != b"master":
+                raise ConnectionError("the sentinels named a Redis that is not a primary (failover under way)")
+        await self.on_connected()
+        self.confirmed.clear()
+        channels = list(self.desired)
+        self._ready = True
+        for i in range(0, len(channels), 1000):
+            self._send(pack(b"SUBSCRIBE", *channels[i:i + 1000]))
+        # every channel confirmed, or the connection is not usable
+        deadline = loop.time() + SUBSCRIBE_TIMEOUT
+        while not self.desired <= self.confirmed:
+            if loop.time() > deadline:
+                raise ConnectionError("redis did not confirm the subscriptions in time")
+            await asyncio.sleep(0.01)
+        log.info("bus connected", extra={"endpoint": ep.describe(), "channels": len(channels)})
+        await self.on_resubscribed()
+
+    async def _watch(self) -> None:
+        """Return when the connection is lost or fails its self-check."""
+        proto = self._proto
+        assert proto is not None
+        probes = 0
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(proto.lost), PING_EVERY)
+            except TimeoutError:
+                pass
+            else:
+                raise ConnectionError("connection lost")
+            try:
+                await self._call(b"PING")
+            except (TimeoutError, ConnectionError):
+                self.count("selfcheck_repair")
+                raise ConnectionError("no answer to PING on the pub/sub connection") from None
+            probes += 1
+            if probes % 3 == 0 and not await self._probe():
+                self.count("selfcheck_repair")
+                raise ConnectionError("a probe published through redis did not come back")
+
+    async def _probe(self) -> bool:
+        """Publish on our own probe channel and expect it back: the whole path works."""
+        self._probe_seen.clear()
+        try:
+            # PUBLISH is not allowed on a subscribed connection: the owner's client sends it.
+            await self.publish_probe()
+            await asyncio.wait_for(self._probe_seen.wait(), REPLY_TIMEOUT)
+        except (TimeoutError, ConnectionError, OSError):
+            return False
+        return True
+
+    def _teardown(self) -> None:
+        was_ready = self._ready
+        self._ready = False
+        self.confirmed.clear()
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.abort()
+        self._proto = None
+        for fut in self._replies:
+            if not fut.done():
+                fut.set_exception(ConnectionError("connection lost"))
+        self._replies.clear()
+        if was_ready:
+            self.on_disconnected()

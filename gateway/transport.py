@@ -1,0 +1,191 @@
+"""Engine.IO sockets that write straight to the WebSocket transport.
+
+python-engineio gives every socket an unbounded queue and a writer task: each packet costs a
+queue put, a task switch and an `await ws.send`, and a client that stops reading grows the
+queue until the ping timeout. Here, once a socket is on WebSocket, every packet (ours, and the
+ones python-socketio and python-engineio send: CONNECT, ACK, PING, CLOSE) is written to the
+asyncio transport synchronously, in call order, so:
+
+- ordering holds by construction: a write happens when `send` is called, nothing overtakes it;
+- a fan-out writes one prebuilt frame per recipient (`frames.py`), with no task per recipient;
+- the socket's outgoing buffer is the kernel's plus the transport's, and it is bounded: past
+  `send_buffer_limit` bytes the transport is closed, the client reconnects and recovers.
+
+Polling sockets (and a socket during its upgrade) keep python-engineio's queue, bounded too.
+The only private thing used is `AsyncSocket`'s own attributes; the socket class is swapped
+right after python-engineio creates it (it offers no factory hook).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import engineio
+from aiohttp import WSMsgType, web
+from engineio import packet as eio_packet
+from engineio.async_drivers import aiohttp as eio_aiohttp
+from engineio.async_socket import AsyncSocket
+
+from gateway.frames import ws_text_frame
+
+log = logging.getLogger("gateway.transport")
+
+# Packets a polling socket may hold before it counts as a slow consumer.
+MAX_POLLING_QUEUE = 1000
+_BINARY_FIN = 0x82
+
+
+class WebSocketAdapter(eio_aiohttp.WebSocket):  # type: ignore[misc]
+    """python-engineio's aiohttp WebSocket, without permessage-deflate.
+
+    Compression would cost CPU on every frame and rule out sharing one frame between
+    recipients; notification payloads are small.
+    """
+
+    async def __call__(self, environ: dict[str, Any]) -> web.WebSocketResponse:
+        request = environ["aiohttp.request"]
+        self._sock = web.WebSocketResponse(
+            max_msg_size=self.server.max_http_buffer_size, compress=False, autoping=True
+        )
+        await self._sock.prepare(request)
+        self.environ = environ
+        await self.handler(self)
+        return self._sock
+
+
+class FastSocket(AsyncSocket):  # type: ignore[misc]
+    """An Engine.IO socket that writes WebSocket frames itself (see the module docstring)."""
+
+    _tr: asyncio.Transport | None = None
+    on_overflow: Callable[[FastSocket], None] | None = None
+
+    def write_frame(self, frame: bytes) -> None:
+        tr = self._tr
+        if tr is None:
+            return
+        tr.write(frame)
+        if tr.get_write_buffer_size() > self.server.send_buffer_limit:
+            self._overflow()
+
+    def push_message(self, text: bytes, frame: bytes) -> None:
+        """Send an Engine.IO MESSAGE: the prebuilt frame on WebSocket, else through the queue."""
+        if self._tr is not None:
+            self.write_frame(frame)
+        elif not self.closed and not self.closing:
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, text.decode()))
+            if self.queue.qsize() > MAX_POLLING_QUEUE:
+                self._overflow()
+
+    @property
+    def is_websocket(self) -> bool:
+        return self._tr is not None
+
+    def close_transport(self) -> None:
+        """Drop the connection without a Socket.IO DISCONNECT: the client reconnects by itself."""
+        if self._tr is not None:
+            self._tr.abort()
+        else:
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+            self.queue.put_nowait(None)
+
+    def _overflow(self) -> None:
+        callback = self.on_overflow
+        self.on_overflow = None  # once
+        if callback is not None:
+            callback(self)
+        self.close_transport()
+
+    async def send(self, pkt: eio_packet.Packet) -> None:
+        if self._tr is not None:
+            encoded = pkt.encode()
+            if isinstance(encoded, str):
+                self.write_frame(ws_text_frame(encoded.encode()))
+            else:
+                self.write_frame(_binary_frame(encoded))
+            return
+        await super().send(pkt)
+
+    async def _websocket_handler(self, ws: WebSocketAdapter) -> None:
+        sock: web.WebSocketResponse = ws._sock
+        timeout = self.server.ping_interval + self.server.ping_timeout
+        if self.connected:
+            if not await self._upgrade(sock, timeout):
+                return
+        else:
+            self.connected = True
+            self.upgraded = True
+        writer = sock._writer
+        if writer is None:  # pragma: no cover - prepare() always sets it
+            return
+        transport: asyncio.Transport = writer.transport
+        # What was queued before the switch goes first, in order; then everything is direct.
+        while not self.queue.empty():
+            pkt = self.queue.get_nowait()
+            self.queue.task_done()
+            if pkt is not None:
+                encoded = pkt.encode()
+                transport.write(
+                    ws_text_frame(encoded.encode()) if isinstance(encoded, str) else _binary_frame(encoded)
+                )
+        self._tr = transport
+        try:
+            await self._read_loop(sock, timeout)
+        finally:
+            self._tr = None
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            if not sock.closed:
+                await sock.close()
+
+    async def _upgrade(self, sock: web.WebSocketResponse, timeout: float) -> bool:
+        """The polling-to-WebSocket upgrade of Engine.IO v4: 2probe, 3probe, then 5."""
+        self.upgrading = True
+        try:
+            msg = await sock.receive(timeout=timeout)
+            if msg.type != WSMsgType.TEXT or msg.data != "2probe":
+                return False
+            await sock.send_str("3probe")
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            msg = await sock.receive(timeout=timeout)
+            if msg.type != WSMsgType.TEXT or msg.data != "5":
+                return False
+        except (TimeoutError, ConnectionError):
+            return False
+        finally:
+            self.upgrading = False
+        self.upgraded = True
+        return True
+
+    async def _read_loop(self, sock: web.WebSocketResponse, timeout: float) -> None:
+        while True:
+            try:
+                msg = await sock.receive(timeout=timeout)
+            except (TimeoutError, ConnectionError):
+                return
+            if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+                try:
+                    pkt = eio_packet.Packet(encoded_packet=msg.data)
+                except Exception:  # noqa: BLE001 - any garbage from a client ends only that client
+                    self.server.on_bad_packet(self, "engine.io packet does not parse")
+                    return
+                try:
+                    await self.receive(pkt)
+                except engineio.exceptions.UnknownPacketError:
+                    self.server.on_bad_packet(self, "unknown engine.io packet type")
+                    return
+                except engineio.exceptions.SocketIsClosedError:
+                    return
+            else:  # CLOSE, CLOSING, CLOSED, ERROR: the peer is gone or broke the protocol
+                if msg.type == WSMsgType.ERROR:
+                    self.server.on_bad_packet(self, f"websocket error: {msg.data}")
+                return
+            if self.closed:
+                return
+
+
+def _binary_frame(payload: bytes) -> bytes:
+    frame = bytearray(ws_text_frame(payload))
+    frame[0] = _BINARY_FIN
+    return bytes(frame)
