@@ -69,10 +69,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         runner = asyncio.run
     else:
         runner = uvloop.run
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         runner(serve(settings))
-    except KeyboardInterrupt:
-        pass
 
 
 async def serve(settings: Settings) -> None:
@@ -101,8 +99,13 @@ async def serve(settings: Settings) -> None:
     stop = asyncio.Event()
     how: list[str] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        how.append(sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: (how.append(s.name), stop.set()))
+        loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
     if how and how[0] == "SIGTERM":
         log.info("SIGTERM: draining", extra={"seconds": settings.drain_seconds})
@@ -139,7 +142,8 @@ def _print_dev_banner(settings: Settings) -> None:
         f"  publish key:   {settings.publish_api_key}",
         f"  send an event: curl -X POST {base}/api/emit -H 'Authorization: Bearer {settings.publish_api_key}'"
         " -H 'Content-Type: application/json'"
-        " -d '{\"event\":\"coins:earned\",\"user\":\"1\",\"data\":{\"amount\":50,\"reason\":\"demo\",\"newBalance\":50}}'",
+        " -d '{\"event\":\"coins:earned\",\"user\":\"1\","
+        "\"data\":{\"amount\":50,\"reason\":\"demo\",\"newBalance\":50}}'",
         "",
     ]
     with contextlib.suppress(BrokenPipeError):

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway.backend import BusUnavailable
 from gateway.bus import DeliveryCore
-from publisher.events import EVENT_SCHEMAS, sanitize, validate, check_event_name
+from publisher.events import EVENT_SCHEMAS, check_event_name, sanitize, validate
 from publisher.rooms import check_room, user_room
 
 log = logging.getLogger("gateway.http")

@@ -67,7 +67,7 @@ async def resolve(endpoint: Endpoint) -> tuple[str, int]:
         return endpoint.host, endpoint.port
     from redis.asyncio.sentinel import Sentinel
 
-    sentinel = Sentinel(list(endpoint.sentinels), socket_timeout=2.0)
+    sentinel = Sentinel(list(endpoint.sentinels), socket_timeout=2.0)  # type: ignore[no-untyped-call]
     try:
         host, port = await sentinel.discover_master(endpoint.service)
     finally:

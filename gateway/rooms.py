@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from publisher.rooms import ADMIN_ROOM, InvalidRoom, classroom_room, parse_room, teacher_room, user_room
+from publisher.rooms import (
+    ADMIN_ROOM,
+    InvalidRoom,
+    classroom_room,
+    parse_room,
+    teacher_room,
+    user_room,
+)
 
 ROLES = ("student", "teacher", "admin")
 

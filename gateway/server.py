@@ -21,7 +21,7 @@ import socketio
 from socketio import packet as sio_packet
 
 from gateway.admission import Admission
-from gateway.auth import AuthError, Authenticator, extract_token
+from gateway.auth import Authenticator, AuthError, extract_token
 from gateway.bus import NAMESPACE, DeliveryCore, HistoryLost
 from gateway.config import Settings
 from gateway.connections import Conn
@@ -42,7 +42,9 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._async = dict(self._async, websocket=WebSocketAdapter)
+        # Per server, not the driver module's shared dict: other servers in the process keep theirs.
+        drivers: dict[str, Any] = getattr(self, "_async")  # noqa: B009 - untyped base attribute
+        self._async = dict(drivers, websocket=WebSocketAdapter)
         self.send_buffer_limit = 1 << 20
         self.admission: Admission | None = None
         self.bad_packet_hook: Any = None
@@ -261,7 +263,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
 
     # -- EVENT ------------------------------------------------------------------------------------
 
-    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: list[Any]) -> None:  # noqa: A002
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: int | None, data: list[Any]) -> None:
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         conn = self.core.registry.get(sid) if sid is not None else None
@@ -287,12 +289,12 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         log.info("unknown client event refused", extra={"sid": sid, "event": str(event)[:64]})
         await self._ack(eio_sid, id, {"ok": False, "error": "unknown_event"})
 
-    async def _ack(self, eio_sid: str, id: int | None, payload: dict[str, Any]) -> None:  # noqa: A002
+    async def _ack(self, eio_sid: str, id: int | None, payload: dict[str, Any]) -> None:
         if id is None:
             return
         await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=NAMESPACE, id=id, data=[payload]))
 
-    async def _handle_ack(self, eio_sid: str, namespace: str | None, id: int, data: Any) -> None:  # noqa: A002
+    async def _handle_ack(self, eio_sid: str, namespace: str | None, id: int, data: Any) -> None:
         return None  # the server asks for no acks; a client's stray ACK is ignored
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from gateway.backend import BusUnavailable
 from gateway.bus import DeliveryCore
 from gateway.rooms import may_join, may_leave
-from publisher.events import sanitize, check_event_name
+from publisher.events import check_event_name, sanitize
 from publisher.rooms import check_room, user_room
 
 log = logging.getLogger("gateway.service")

@@ -60,6 +60,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
     """An Engine.IO socket that writes WebSocket frames itself (see the module docstring)."""
 
     _tr: asyncio.Transport | None = None
+    connected: bool
     on_overflow: Callable[[FastSocket], None] | None = None
 
     def write_frame(self, frame: bytes) -> None:
@@ -164,7 +165,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
                 msg = await sock.receive(timeout=timeout)
             except (TimeoutError, ConnectionError):
                 return
-            if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 try:
                     pkt = eio_packet.Packet(encoded_packet=msg.data)
                 except Exception:  # noqa: BLE001 - any garbage from a client ends only that client
