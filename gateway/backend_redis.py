@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -23,7 +24,7 @@ from gateway.backend import BusSink, BusUnavailable, Position
 from gateway.redis_endpoint import parse_endpoint
 from gateway.subscriber import Subscriber
 from publisher import AsyncPublisher
-from publisher.envelope import BusNames, parse_offset
+from publisher.envelope import BusNames
 from publisher.redis_url import async_client
 
 log = logging.getLogger("gateway.bus")
@@ -79,7 +80,6 @@ class RedisBackend:
 
     async def start(self, sink: BusSink) -> None:
         self._sink = sink
-        self.subscriber.subscribe_nowait = None  # type: ignore[attr-defined]
         self.subscriber.desired.add(self.names.broadcast_channel().encode())
         self.subscriber.start()
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._beat(), name="bus-heartbeat")
@@ -157,11 +157,13 @@ class RedisBackend:
         except (RedisError, OSError) as exc:
             raise BusUnavailable(str(exc)) from exc
         if epoch is None:
-            # Nothing was ever published on this Redis: make the clock, as the script would.
-            offset = await self.publisher.touch_clock()
-            parsed = parse_offset(offset)
-            return Position(parsed.epoch, parsed.ms, parsed.seq)
-        return Position(epoch.decode(), int(ms or 0), int(seq or 0))
+            # Nothing was ever published on this Redis: start the clock, as the script would.
+            try:
+                await self.client.hsetnx(self.names.clock_key(), "epoch", secrets.token_hex(4))
+                epoch, ms, seq = await self.client.hmget(self.names.clock_key(), ["epoch", "ms", "seq"])
+            except (RedisError, OSError) as exc:
+                raise BusUnavailable(str(exc)) from exc
+        return Position(_text(epoch), int(ms or 0), int(seq or 0))
 
     async def history(self, rooms: Sequence[str], after: Position) -> list[bytes] | None:
         current = await self.position()
@@ -271,6 +273,10 @@ if redis.call("EXISTS", KEYS[1]) == 1 then
 end
 return 1
 """
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
 def _flat(record: dict[str, str]) -> list[str]:

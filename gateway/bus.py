@@ -53,8 +53,7 @@ class DeliveryCore:
         self.registry = Registry()
         self.recovery = recovery
         self.epoch: str | None = None
-        self.last_seq = 0  # the newest position received from the bus
-        self.last_position: Position | None = None
+        self._last: Event | Control | None = None  # the newest message received from the bus
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.kick_handler: Any = None  # set by the server: disconnects a socket with a reason
@@ -71,8 +70,7 @@ class DeliveryCore:
             return
         if message.epoch != self.epoch:
             self._new_epoch(message.epoch)
-        self.last_seq = message.seq
-        self.last_position = Position(message.epoch, message.ms, message.seq)
+        self._last = message
         if isinstance(message, Event):
             self.metrics.bus_received("event")
             self._deliver(message)
@@ -230,7 +228,8 @@ class DeliveryCore:
     async def on_bus_resubscribed(self) -> None:
         """Deliver what was published while the bus was away, then live events again."""
         conns = [c for c in self.registry.by_sid.values() if c.pending is not None]
-        since = self.last_position
+        last = self._last
+        since = Position(last.epoch, last.ms, last.seq) if last is not None else None
         by_room: dict[str, list[Outgoing]] = {}
         if since is not None and conns:
             rooms = sorted({r for c in conns for r in c.rooms})
