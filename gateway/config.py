@@ -349,3 +349,12 @@ def _resolve_jwt(values: dict[str, Any], *, dev: bool) -> None:
                 "JWT_PUBLIC_KEY / JWT_PUBLIC_KEY_FILE (RS256/ES256), or run `gateway --dev` to try it out"
             )
         values["jwt_secret"] = secrets.token_urlsafe(48)
+
+
+def settings_table() -> str:
+    """The README's settings table, in Markdown (a test keeps the README equal to it)."""
+    rows = ["| variable | flag | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "unset"
+        rows.append(f"| `{s.env}` | `{s.flag}` | {default} | {s.doc} |")
+    return "\n".join(rows)
