@@ -1,0 +1,103 @@
+"""Frames, the per-socket dedup/merge, token buckets: the pieces delivery is built from."""
+
+from typing import Any
+
+import orjson
+
+from gateway.connections import Conn, Outgoing, Registry
+from gateway.frames import eio_message_frame, event_packet, ws_text_frame
+from gateway.ratelimit import KeyedBuckets, TokenBucket
+from gateway.rooms import Identity
+
+
+def test_event_packet_carries_the_offset_last() -> None:
+    text = event_packet("coins:earned", {"amount": 1}, "e:1-2")
+    assert text.startswith(b"2/notifications,")
+    assert orjson.loads(text[len(b"2/notifications,"):]) == ["coins:earned", {"amount": 1}, "e:1-2"]
+    assert orjson.loads(event_packet("x", None, None)[16:]) == ["x", None]
+
+
+def test_ws_frame_lengths() -> None:
+    for n in (0, 125, 126, 65535, 65536, 70000):
+        frame = ws_text_frame(b"a" * n)
+        assert frame[0] == 0x81
+        if n < 126:
+            assert frame[1] == n and len(frame) == n + 2
+        elif n < 65536:
+            assert frame[1] == 126 and int.from_bytes(frame[2:4], "big") == n
+        else:
+            assert frame[1] == 127 and int.from_bytes(frame[2:10], "big") == n
+    assert eio_message_frame(b"2/x,[]")[2:] == b"42/x,[]"
+
+
+class FakeEio:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def push_message(self, text: bytes, frame: bytes) -> None:
+        self.sent.append(text)
+
+
+def out(seq: int) -> Outgoing:
+    return Outgoing(seq, "e", str(seq).encode(), b"", 0.0)
+
+
+def conn(sid: str = "s") -> tuple[Conn, FakeEio]:
+    eio = FakeEio()
+    c = Conn(sid, "e" + sid, Identity("1"), eio, None, 0)  # type: ignore[arg-type]
+    return c, eio
+
+
+def test_pending_events_merge_with_history_in_order_once() -> None:
+    c, eio = conn()
+    c.deliver(out(5))
+    c.deliver(out(7))
+    c.attach([out(3), out(5), out(6)])
+    assert eio.sent == [b"3", b"5", b"6", b"7"]
+    c.deliver(out(7))
+    c.deliver(out(2))
+    c.deliver(out(8))
+    assert eio.sent == [b"3", b"5", b"6", b"7", b"8"]
+
+
+def test_registry_rooms_and_expiry() -> None:
+    reg = Registry()
+    a, _ = conn("a")
+    b, _ = conn("b")
+    reg.add(a, 10.0)
+    reg.add(b, None)
+    assert reg.join(a, "r") is True
+    assert reg.join(b, "r") is False
+    assert reg.leave(a, "r") is False
+    assert reg.expired(5.0) == []
+    assert reg.expired(11.0) == [a]
+    removed, emptied = reg.remove("b")
+    assert removed is b and emptied == ["r"]
+    # a recovered socket reuses its sid: it must not inherit the old expiry
+    reg.remove("a")
+    a2, _ = conn("a")
+    reg.add(a2, 100.0)
+    reg.add(a, 1.0)
+    reg.remove("a")
+    reg.add(a2, 100.0)
+    assert reg.expired(50.0) == []
+
+
+class Holder:
+    tokens = 0.0
+    stamp = 0.0
+
+
+def test_token_bucket() -> None:
+    bucket = TokenBucket(rate=1.0, burst=3)
+    h: Any = Holder()
+    assert [bucket.take(h, now=100.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.take(h, now=101.0) is True
+    assert bucket.take(h, now=101.0) is False
+
+
+def test_keyed_buckets_stay_bounded() -> None:
+    buckets = KeyedBuckets(rate=1.0, burst=1, max_keys=10)
+    for i in range(100):
+        assert buckets.take(f"10.0.0.{i}", now=float(i))
+    assert len(buckets._state) <= 10
