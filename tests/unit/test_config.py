@@ -57,7 +57,7 @@ def test_bad_setting_names_itself(env: dict[str, str], named: str) -> None:
 def test_flag_wins_and_is_named() -> None:
     s = load_settings({"JWT_SECRET": SECRET, "PORT": "1"}, {"port": "9000"})
     assert s.port == 9000
-    with pytest.raises(ConfigError, match="^--port:"):
+    with pytest.raises(ConfigError, match=r"^--port:"):
         load_settings({"JWT_SECRET": SECRET}, {"port": "x"})
 
 

@@ -22,11 +22,14 @@ def test_ws_frame_lengths() -> None:
         frame = ws_text_frame(b"a" * n)
         assert frame[0] == 0x81
         if n < 126:
-            assert frame[1] == n and len(frame) == n + 2
+            assert frame[1] == n
+            assert len(frame) == n + 2
         elif n < 65536:
-            assert frame[1] == 126 and int.from_bytes(frame[2:4], "big") == n
+            assert frame[1] == 126
+            assert int.from_bytes(frame[2:4], "big") == n
         else:
-            assert frame[1] == 127 and int.from_bytes(frame[2:10], "big") == n
+            assert frame[1] == 127
+            assert int.from_bytes(frame[2:10], "big") == n
     assert eio_message_frame(b"2/x,[]")[2:] == b"42/x,[]"
 
 
@@ -72,7 +75,8 @@ def test_registry_rooms_and_expiry() -> None:
     assert reg.expired(5.0) == []
     assert reg.expired(11.0) == [a]
     removed, emptied = reg.remove("b")
-    assert removed is b and emptied == ["r"]
+    assert removed is b
+    assert emptied == ["r"]
     # a recovered socket reuses its sid: it must not inherit the old expiry
     reg.remove("a")
     a2, _ = conn("a")
