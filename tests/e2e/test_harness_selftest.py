@@ -218,7 +218,10 @@ def test_disconnect_is_final(
     gone = node_clients.wait_disconnected("a")
     assert gone["reason"] == "io client disconnect"
     assert gone["retrying"] is False
+    # The server's side of it: the socket leaves its rooms, and no recovery brings it back.
+    assert post(reference, f"/wait_empty?room=user:{user}")["ok"]
     assert emit_to(reference, f"user:{user}", {"n": 1}) == 0
+    node_clients.assert_no_event("a", "coins:earned", within=0.2)
 
 
 def test_many_sockets_each_get_only_their_events(
