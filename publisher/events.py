@@ -88,60 +88,46 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _string_problem(text: str) -> str | None:
-    # isprintable() is a fast C loop that is True for nearly every real string; only the
-    # rest (newlines, tabs, exotic code points) pays for the regexes.
-    if text.isprintable():
-        return None
+def _check_text(text: str, what: str = "") -> None:
+    """Raise _Bad for a control character or a lone surrogate in a string or key.
+
+    Called only for strings that are not `isprintable()` (a fast C loop that is True for
+    nearly every real string), so most payloads never reach the regexes.
+    """
     bad = _CONTROL.search(text)
     if bad is not None:
-        return f"control character U+{ord(bad.group()):04X} is not allowed"
+        raise _Bad(f"{what}control character U+{ord(bad.group()):04X} is not allowed")
     bad = _SURROGATE.search(text)
     if bad is not None:
-        return f"lone surrogate U+{ord(bad.group()):04X} cannot be encoded as UTF-8"
-    return None
+        raise _Bad(f"{what}lone surrogate U+{ord(bad.group()):04X} cannot be encoded as UTF-8")
 
 
-_JSON_TYPES: Final = frozenset({str, int, float, bool, type(None), dict, list})
-
-
-def _base_type(value: Any) -> type:
-    # What orjson encodes as its base type (and loads back equal): str, int, dict and list
-    # subclasses, e.g. a StrEnum or an OrderedDict. Everything else is refused by name.
-    for base in (str, int, dict, list):
-        if isinstance(value, base):
-            return base
-    raise _Bad(
-        f"a {type(value).__name__} is not a JSON type "
-        "(use dict, list, str, int, float, bool or None)"
-    )
+def _int_problem(value: int) -> _Bad:
+    return _Bad(f"integer {value} is beyond ±(2**53 - 1): JavaScript cannot hold it exactly")
 
 
 def _walk(value: Any, depth: int) -> None:
+    # Containers check their scalar items inline: a call per leaf would double the cost of a
+    # typical payload, and this runs on every emit.
     kind = type(value)
-    if kind not in _JSON_TYPES:
-        kind = _base_type(value)
-    if kind is str:
-        problem = _string_problem(value)
-        if problem:
-            raise _Bad(problem)
-    elif kind is int:
-        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
-            raise _Bad(f"integer {value} is beyond ±(2**53 - 1): JavaScript cannot hold it exactly")
-    elif kind is float:
-        if not math.isfinite(value):
-            raise _Bad(f"{value} has no JSON form; only finite numbers do")
-    elif kind is dict:
+    if kind is dict:
         if depth >= MAX_DEPTH:
             raise _Bad(f"nested deeper than {MAX_DEPTH} levels")
         for key, item in value.items():
             if type(key) is not str:
                 raise _Bad(f"key {_show(key)} is of type {type(key).__name__}, not str")
-            problem = _string_problem(key)
-            if problem:
-                raise _Bad(f"key {_show(key)}: {problem}")
             try:
-                _walk(item, depth + 1)
+                if not key.isprintable():
+                    _check_text(key, "key: ")
+                kind = type(item)
+                if kind is str:
+                    if not item.isprintable():
+                        _check_text(item)
+                elif kind is int:
+                    if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                        raise _int_problem(item)
+                elif kind is not bool and item is not None:
+                    _walk(item, depth + 1)
             except _Bad as bad:
                 bad.path.append(key)
                 raise
@@ -150,10 +136,46 @@ def _walk(value: Any, depth: int) -> None:
             raise _Bad(f"nested deeper than {MAX_DEPTH} levels")
         for index, item in enumerate(value):
             try:
-                _walk(item, depth + 1)
+                kind = type(item)
+                if kind is str:
+                    if not item.isprintable():
+                        _check_text(item)
+                elif kind is int:
+                    if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+                        raise _int_problem(item)
+                elif kind is not bool and item is not None:
+                    _walk(item, depth + 1)
             except _Bad as bad:
                 bad.path.append(index)
                 raise
+    elif kind is str:
+        if not value.isprintable():
+            _check_text(value)
+    elif kind is int:
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise _int_problem(value)
+    elif kind is float:
+        if not math.isfinite(value):
+            raise _Bad(f"{value} has no JSON form; only finite numbers do")
+    elif kind is not bool and value is not None:
+        _walk(_as_base_type(value), depth)
+
+
+def _as_base_type(value: Any) -> Any:
+    # What orjson encodes as its base type (and loads back equal): subclasses of str, int,
+    # dict and list, e.g. a StrEnum or an OrderedDict. Everything else is refused by name.
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    raise _Bad(
+        f"a {type(value).__name__} is not a JSON type "
+        "(use dict, list, str, int, float, bool or None)"
+    )
 
 
 def _format_path(root: str, path: list[str | int]) -> str:

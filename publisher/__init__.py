@@ -1,0 +1,65 @@
+"""The producer library of the notification gateway: put events on its Redis bus.
+
+    from publisher import Publisher            # AsyncPublisher: the same, awaitable
+    pub = Publisher("redis://localhost:6379/0")
+    pub.emit("coins:earned", {"amount": 50, "reason": "quiz", "newBalance": 1250}, room="user:42")
+
+Needs only redis and orjson. The wire format is docs/wire-protocol.md; `publisher.envelope`
+is its one implementation, which the gateway imports too.
+"""
+
+from publisher.client import AsyncPublishBatch, AsyncPublisher, PublishBatch, Publisher
+from publisher.commands import Message
+from publisher.envelope import BusNames, Offset, parse_offset
+from publisher.errors import (
+    EnvelopeError,
+    InvalidEvent,
+    InvalidPayload,
+    InvalidRoom,
+    PublisherError,
+    PublishError,
+    PublishTimeout,
+)
+from publisher.events import (
+    EVENT_SCHEMAS,
+    AchievementUnlocked,
+    CoinsEarned,
+    NotificationNew,
+    NotificationRead,
+    Rank,
+    RankPromoted,
+    typescript_declarations,
+)
+from publisher.rooms import ADMIN_ROOM, classroom_room, teacher_room, user_room
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADMIN_ROOM",
+    "EVENT_SCHEMAS",
+    "AchievementUnlocked",
+    "AsyncPublishBatch",
+    "AsyncPublisher",
+    "BusNames",
+    "CoinsEarned",
+    "EnvelopeError",
+    "InvalidEvent",
+    "InvalidPayload",
+    "InvalidRoom",
+    "Message",
+    "NotificationNew",
+    "NotificationRead",
+    "Offset",
+    "PublishBatch",
+    "PublishError",
+    "PublishTimeout",
+    "Publisher",
+    "PublisherError",
+    "Rank",
+    "RankPromoted",
+    "classroom_room",
+    "parse_offset",
+    "teacher_room",
+    "typescript_declarations",
+    "user_room",
+]
