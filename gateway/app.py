@@ -69,7 +69,7 @@ class Gateway:
         batch = max(1, math.ceil(len(conns) / steps))
         for i in range(0, len(conns), batch):
             for conn in conns[i:i + batch]:
-                conn.eio.close_transport()
+                conn.eio.close_transport(flush=True)
             await asyncio.sleep(DRAIN_STEP if seconds > 0 else 0)
         # let the disconnect handlers record the sessions' end before the bus closes
         for _ in range(40):

@@ -55,6 +55,7 @@ class DeliveryCore:
         self.epoch: str | None = None
         self._last: Event | Control | None = None  # the newest message received from the bus
         self._locks: dict[str, asyncio.Lock] = {}
+        self.connecting: set[str] = set()  # sids between CONNECT and its reply: the server flushes them
         self._tasks: set[asyncio.Task[Any]] = set()
         self.kick_handler: Any = None  # set by the server: disconnects a socket with a reason
         self.on_rooms_changed: Any = None  # set by the server: saves the session's new rooms
@@ -192,6 +193,7 @@ class DeliveryCore:
 
     def detach(self, sid: str) -> Conn | None:
         conn, emptied = self.registry.remove(sid)
+        self.connecting.discard(sid)
         for room in emptied:
             self.backend.unsubscribe(room)
         self._locks.pop(sid, None)
@@ -244,12 +246,20 @@ class DeliveryCore:
                 if room is not None:
                     by_room.setdefault(room, []).append(out)
         for conn in conns:
-            if self.registry.get(conn.sid) is conn and not self._locks.get(conn.sid):
+            if self._releasable(conn):
                 mine = [o for r in conn.rooms for o in by_room.get(r, ())]
                 conn.attach(sorted(mine, key=lambda o: o.seq) if len(conn.rooms) > 1 else mine)
 
+    def _releasable(self, conn: Conn) -> bool:
+        """Held for the bus, not by a connect or an `enter` that will flush it itself."""
+        return (self.registry.get(conn.sid) is conn and conn.sid not in self.connecting
+                and conn.sid not in self._locks)
+
     def on_bus_down(self) -> None:
-        self.metrics.bus_connected(False)
+        """Let held sockets go: while the bus is away, local delivery must keep working."""
+        for conn in self.registry.by_sid.values():
+            if conn.pending is not None and self._releasable(conn):
+                conn.attach([])
 
     def heartbeat_snapshot(self) -> tuple[list[str], list[str]]:
         users = []

@@ -187,6 +187,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         self.manager.basic_enter_room(sid, NAMESPACE, None, eio_sid=eio_sid)
         self.manager.basic_enter_room(sid, NAMESPACE, sid, eio_sid=eio_sid)
         conn = Conn(sid, eio_sid, identity, eio_socket, pid, last_seq)
+        self.core.connecting.add(sid)
         expires = identity.exp + self.auth.leeway if identity.exp is not None else None
         self.core.registry.add(conn, expires)
         eio_socket.on_overflow = self._on_overflow
@@ -242,6 +243,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         if conn.pid is not None:
             reply["pid"] = conn.pid
         await self._send_packet(conn.eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=NAMESPACE))
+        self.core.connecting.discard(conn.sid)
         written = conn.attach([])
         if written:
             self.metrics.sent_replay(written)
@@ -250,6 +252,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
                                      "transport": "websocket" if conn.eio.is_websocket else "polling"})
 
     def _unregister(self, conn: Conn) -> None:
+        self.core.connecting.discard(conn.sid)
         if self.core.registry.get(conn.sid) is conn:
             self.core.detach(conn.sid)
             if self.core.registry.user_count(f"user:{conn.identity.user_id}") == 0:
@@ -342,8 +345,8 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         if self.core.registry.get(conn.sid) is not conn:
             return
         self._reasons[conn.sid] = reason
-        if reason in {"kicked", "token_expired"}:
-            conn.pid = None if reason == "kicked" else conn.pid
+        if reason == "kicked":
+            conn.pid = None  # the publisher deleted its sessions: nothing to save on the way out
         await self.disconnect(conn.sid, namespace=NAMESPACE)
         loop = asyncio.get_running_loop()
         loop.call_later(1.0, conn.eio.close_transport)

@@ -102,6 +102,7 @@ class Subscriber:
         self._replies: list[asyncio.Future[Any]] = []  # PING and AUTH, in order
         self._proto: _Protocol | None = None
         self._ready = False
+        self._announced = False  # on_connected was called for this connection
         self._task: asyncio.Task[None] | None = None
         self._probe_seen = asyncio.Event()
 
@@ -248,6 +249,7 @@ class Subscriber:
             role = await self._call(b"ROLE")
             if not role or role[0] != b"master":
                 raise ConnectionError("the sentinels named a Redis that is not a primary (failover under way)")
+        self._announced = True
         await self.on_connected()
         self.confirmed.clear()
         channels = list(self.desired)
@@ -297,7 +299,7 @@ class Subscriber:
         return True
 
     def _teardown(self) -> None:
-        was_ready = self._ready
+        announced, self._announced = self._announced, False
         self._ready = False
         self.confirmed.clear()
         if self._proto is not None and self._proto.transport is not None:
@@ -307,5 +309,5 @@ class Subscriber:
             if not fut.done():
                 fut.set_exception(ConnectionError("connection lost"))
         self._replies.clear()
-        if was_ready:
+        if announced:
             self.on_disconnected()

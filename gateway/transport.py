@@ -84,10 +84,17 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
     def is_websocket(self) -> bool:
         return self._tr is not None
 
-    def close_transport(self) -> None:
-        """Drop the connection without a Socket.IO DISCONNECT: the client reconnects by itself."""
+    def close_transport(self, *, flush: bool = False) -> None:
+        """Drop the connection without a Socket.IO DISCONNECT: the client reconnects by itself.
+
+        `flush` lets what is buffered go out first (a drain); without it the connection is cut
+        at once (a slow consumer, whose buffer is the problem).
+        """
         if self._tr is not None:
-            self._tr.abort()
+            if flush:
+                self._tr.close()
+            else:
+                self._tr.abort()
         else:
             self.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
             self.queue.put_nowait(None)
