@@ -100,9 +100,9 @@ class Commands:
                 or history_max_len < 1:
             raise ValueError(f"history_max_len must be a positive integer, got {history_max_len!r}")
         if isinstance(recovery_window_s, bool) or not isinstance(recovery_window_s, int | float) \
-                or not 0.001 <= recovery_window_s <= 86_400:
+                or not 0 <= recovery_window_s <= 86_400:
             raise ValueError(
-                f"recovery_window_s must be seconds between 0.001 and 86400, got {recovery_window_s!r}"
+                f"recovery_window_s must be seconds from 0 to 86400, got {recovery_window_s!r}"
             )
         if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int) \
                 or max_payload_bytes < 2:
@@ -120,7 +120,8 @@ class Commands:
         self._replicas = names.replicas_key()
         self._maxlen = str(history_max_len)
         self._window = str(window_ms)
-        self._revoke_px = str(2 * window_ms)
+        # A revocation outlives every session created before it: sessions live one window.
+        self._revoke_px = str(max(2 * window_ms, 1000))
         self._max_payload = max_payload_bytes
         # A publish is EVALSHA sha 2 clock history channel envelope epoch maxlen window: 10
         # items, of which the first four and the last two never change.
@@ -158,7 +159,9 @@ class Commands:
         envelope = encode_event(event, body, room, _now_ms())
         if room is None:
             return self._publish(self._broadcast, "", envelope)
-        return self._publish(self._channel_head + room + "#", self._history_head + room, envelope)
+        # With no recovery window there is nothing to recover: keep no history.
+        history = self._history_head + room if self._window != "0" else ""
+        return self._publish(self._channel_head + room + "#", history, envelope)
 
     def message(self, message: Message) -> Call:
         return self.event(message.event, message.data, message.room, message.user,

@@ -1,0 +1,141 @@
+"""Operator CLI: put one event or control message on the bus, or ask about presence.
+
+    python -m publisher emit coins:earned '{"amount": 50, "reason": "x", "newBalance": 1}' --user 42
+    python -m publisher emit maintenance '{"at": "22:00"}' --all
+    python -m publisher join 42 classroom:7      leave 42 classroom:7      kick 42
+    python -m publisher online 42                count
+
+Prints the offset (emit, join, leave, kick), `true`/`false` (online) or a number (count).
+Exit status: 0 done; 2 bad arguments, JSON, event, payload or room (nothing was sent); 1 Redis
+unreachable or refusing. Every error is one line on stderr that says what to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import orjson
+
+from publisher.client import Publisher
+from publisher.envelope import DEFAULT_CHANNEL_PREFIX, DEFAULT_KEY_PREFIX
+from publisher.errors import PublisherError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+EXIT_REDIS = 1
+EXIT_USAGE = 2
+
+
+class _UsageError(Exception):
+    """argparse's complaint, to print as one line instead of usage text."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see: python -m publisher {self._hint()}--help)")
+
+    def _hint(self) -> str:
+        words = self.prog.split()[3:]  # after "python -m publisher"
+        return "".join(word + " " for word in words)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m publisher",
+        description="Emit to the notification gateway's Redis bus, or ask about presence.",
+    )
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
+        help="the bus: redis://, rediss://, unix://, redis+sentinel:// "
+             "(default: $REDIS_URL, else %(default)s)",
+    )
+    parser.add_argument(
+        "--channel-prefix", default=os.environ.get("CHANNEL_PREFIX") or DEFAULT_CHANNEL_PREFIX,
+        help="as the gateway's CHANNEL_PREFIX (default: $CHANNEL_PREFIX, else %(default)s)",
+    )
+    parser.add_argument(
+        "--key-prefix", default=os.environ.get("KEY_PREFIX") or DEFAULT_KEY_PREFIX,
+        help="as the gateway's KEY_PREFIX (default: $KEY_PREFIX, else %(default)s)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
+
+    emit = commands.add_parser("emit", help="emit an event to a user, a room or everyone")
+    emit.add_argument("event", help="event name, e.g. coins:earned")
+    emit.add_argument("payload", nargs="?", default="{}",
+                      help="the payload as JSON (default {}); - reads it from stdin")
+    target = emit.add_mutually_exclusive_group(required=True)
+    target.add_argument("--user", help="the user's id: the room user:<id>")
+    target.add_argument("--room", help="a room, e.g. classroom:7")
+    target.add_argument("--all", action="store_true", help="every connected client")
+
+    for name, verb in (("join", "put into"), ("leave", "take out of")):
+        sub = commands.add_parser(name, help=f"{verb} rooms every socket of a user")
+        sub.add_argument("user", help="the user's id")
+        sub.add_argument("rooms", nargs="+", metavar="ROOM", help="e.g. classroom:7")
+
+    kick = commands.add_parser("kick", help="disconnect a user everywhere, for good")
+    kick.add_argument("user", help="the user's id")
+    online = commands.add_parser("online", help="is the user connected? prints true or false")
+    online.add_argument("user", help="the user's id")
+    commands.add_parser("count", help="how many distinct users are connected")
+    return parser
+
+
+def _payload(text: str) -> object:
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"the payload is not valid JSON ({exc}); quote it for the shell, "
+                         """e.g. '{"amount": 50}'""") from None
+
+
+def _run(args: argparse.Namespace, pub: Publisher) -> str:
+    if args.command == "emit":
+        data = _payload(args.payload)
+        if args.all:
+            return pub.emit(args.event, data, broadcast=True)
+        if args.room is not None:
+            return pub.emit(args.event, data, room=args.room)
+        return pub.emit(args.event, data, user=args.user)
+    if args.command == "join":
+        return pub.join(args.user, args.rooms)
+    if args.command == "leave":
+        return pub.leave(args.user, args.rooms)
+    if args.command == "kick":
+        return pub.disconnect_user(args.user)
+    if args.command == "online":
+        return "true" if pub.is_online(args.user) else "false"
+    return str(pub.online_count())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        _complain(str(exc))
+        return EXIT_USAGE
+    try:
+        with Publisher(args.redis_url, channel_prefix=args.channel_prefix,
+                       key_prefix=args.key_prefix) as pub:
+            print(_run(args, pub))
+    except PublisherError as exc:
+        _complain(f"{exc} Check --redis-url or REDIS_URL.")
+        return EXIT_REDIS
+    except ValueError as exc:
+        _complain(str(exc))
+        return EXIT_USAGE
+    return 0
+
+
+def _complain(message: str) -> None:
+    print("publisher: " + " ".join(message.split()), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
