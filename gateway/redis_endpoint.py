@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import unquote, urlparse
+
+from publisher.redis_url import parse_sentinel_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,8 @@ class Endpoint:
     sentinels: tuple[tuple[str, int], ...] = ()
     service: str = ""
     tls: bool = False
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
 
     def describe(self) -> str:
         """The address without credentials, for logs and error messages."""
@@ -46,18 +50,10 @@ def parse_endpoint(url: str) -> Endpoint:
         return Endpoint(parsed.scheme, host=parsed.hostname or "127.0.0.1", port=parsed.port or 6379,
                         username=username, password=password, tls=parsed.scheme == "rediss")
     if parsed.scheme == "redis+sentinel":
-        netloc = parsed.netloc.rsplit("@", 1)[-1]
-        sentinels = []
-        for part in netloc.split(","):
-            host, _, port = part.partition(":")
-            sentinels.append((host, int(port or 26379)))
-        segments = [s for s in parsed.path.split("/") if s]
-        service = segments[1] if len(segments) > 1 else (parse_qs(parsed.query).get("service", [""])[0])
-        if not service:
-            raise ValueError("a redis+sentinel:// URL needs the service name: "
-                             "redis+sentinel://host:26379[,host:26379]/0/mymaster")
-        return Endpoint("redis+sentinel", username=username, password=password,
-                        sentinels=tuple(sentinels), service=service)
+        target = parse_sentinel_url(url)  # the publisher's parser: one grammar for the URL
+        return Endpoint("redis+sentinel", username=target.username, password=target.password,
+                        sentinels=target.sentinels, service=target.service_name,
+                        sentinel_username=target.sentinel_username, sentinel_password=target.sentinel_password)
     raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r}")
 
 
@@ -67,7 +63,9 @@ async def resolve(endpoint: Endpoint) -> tuple[str, int]:
         return endpoint.host, endpoint.port
     from redis.asyncio.sentinel import Sentinel
 
-    sentinel = Sentinel(list(endpoint.sentinels), socket_timeout=2.0)  # type: ignore[no-untyped-call]
+    auth = {"username": endpoint.sentinel_username, "password": endpoint.sentinel_password}
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(endpoint.sentinels), socket_timeout=2.0, sentinel_kwargs={k: v for k, v in auth.items() if v})
     try:
         host, port = await sentinel.discover_master(endpoint.service)
     finally:
