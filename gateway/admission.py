@@ -20,6 +20,7 @@ class Admission:
         rate = settings.handshake_rate_per_ip
         self._ips = KeyedBuckets(rate, max(1, int(rate * 5)))
         self._trusted = settings.trusted_proxies
+        self._exempt = settings.handshake_rate_exempt
         self._max_per_user = settings.max_connections_per_user
         self._handshake_timeout = settings.handshake_timeout
         self._pending: dict[str, float] = {}
@@ -39,11 +40,7 @@ class Admission:
         return remote
 
     def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self._trusted)
+        return _within(address, self._trusted)
 
     def check_request(self, request: web.BaseRequest) -> web.Response | None:
         """A refusal for a request that would open a new Engine.IO session, else None."""
@@ -52,7 +49,8 @@ class Admission:
         if self.draining:
             self._metrics.handshake("draining")  # type: ignore[attr-defined]
             return web.json_response({"error": "draining"}, status=503, headers={"Retry-After": "1"})
-        if not self._ips.take(self.client_ip(request)):
+        ip = self.client_ip(request)
+        if not _within(ip, self._exempt) and not self._ips.take(ip):
             self._metrics.handshake("ip_rate_limited")  # type: ignore[attr-defined]
             return web.json_response({"error": "too_many_connections_from_address"}, status=429,
                                      headers={"Retry-After": "1"})
@@ -72,3 +70,11 @@ class Admission:
         for sid in stale:
             del self._pending[sid]
         return stale
+
+
+def _within(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)

@@ -177,8 +177,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Client events a connection may send at once (token bucket size)."),
     Setting("rate_limit_disconnect_after", "RATE_LIMIT_DISCONNECT_AFTER", "100", _int(1, 1_000_000),
             "Refused events after which an abusive connection is disconnected."),
-    Setting("handshake_rate_per_ip", "HANDSHAKE_RATE_PER_IP", "20", _float(0.1, 100_000),
-            "New connections per second allowed per client IP (burst: 5 times that)."),
+    Setting("handshake_rate_per_ip", "HANDSHAKE_RATE_PER_IP", "100", _float(0.1, 1_000_000),
+            "New connections per second allowed per client IP (burst: 5 times that: a school behind one NAT "
+            "reconnecting at once)."),
+    Setting("handshake_rate_exempt", "HANDSHAKE_RATE_EXEMPT", "127.0.0.0/8,::1/128", _networks,
+            "Client networks the per-IP handshake rate does not apply to (local probes, sidecars)."),
     Setting("max_connections_per_user", "MAX_CONNECTIONS_PER_USER", "20", _int(1, 100_000),
             "Sockets one user may hold on one replica."),
     Setting("trusted_proxies", "TRUSTED_PROXIES", "127.0.0.1/32,::1/128", _networks,
@@ -226,7 +229,10 @@ class Settings:
     rate_limit_events: float = 20.0
     rate_limit_burst: int = 40
     rate_limit_disconnect_after: int = 100
-    handshake_rate_per_ip: float = 20.0
+    handshake_rate_per_ip: float = 100.0
+    handshake_rate_exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        default_factory=lambda: _networks("127.0.0.0/8,::1/128")
+    )
     max_connections_per_user: int = 20
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default_factory=lambda: _networks("127.0.0.1/32,::1/128")
