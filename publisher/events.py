@@ -23,8 +23,8 @@ runtime check (`validate`) and the TypeScript declarations for the frontend
 (`typescript_declarations`) come from one description and cannot drift apart.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: TypedDict needs its annotations evaluated to
+# tell NotRequired keys from required ones at run time (`__required_keys__`).
 import math
 import re
 from collections.abc import Mapping
@@ -265,7 +265,7 @@ class FieldSpec:
     name: str
     type: FieldType
     optional: bool = False
-    nested: ObjectSchema | None = None
+    nested: "ObjectSchema | None" = None
     doc: str = ""
 
 

@@ -1,0 +1,107 @@
+"""publisher.rooms: the room grammar both producers and the gateway rely on."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from publisher.rooms import (
+    ADMIN_ROOM,
+    InvalidRoom,
+    check_room,
+    classroom_room,
+    normalize_user_id,
+    parse_room,
+    teacher_room,
+    user_room,
+)
+
+ID_ALPHABET = "ABCXYZabcxyz0189_-.@"
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("user:42", ("user", "42")),
+    ("classroom:math-7.b", ("classroom", "math-7.b")),
+    ("teacher:t_1@school.org", ("teacher", "t_1@school.org")),
+    ("admin:all", ("admin", "all")),
+    ("user:" + "x" * 128, ("user", "x" * 128)),
+])
+def test_parse_room_accepts_the_grammar(name: str, expected: tuple[str, str]) -> None:
+    assert parse_room(name) == expected
+    assert check_room(name) == name
+
+
+@pytest.mark.parametrize(("name", "words"), [
+    ("user:", "needs an id"),
+    ("user", "not a room"),
+    ("", "not a room"),
+    ("guest:1", "unknown kind 'guest'"),
+    ("admin:root", "only admin room"),
+    ("user:a b", "character ' '"),
+    ("user:a/b", "character '/'"),
+    ("user:a:b", "character ':'"),
+    ("user:é", "character 'é'"),
+    ("user:1#", "character '#'"),
+    ("user:1\n", "character '\\n'"),
+    ("user:" + "x" * 129, "129 characters"),
+    ("User:1", "unknown kind 'User'"),
+])
+def test_parse_room_names_the_problem(name: str, words: str) -> None:
+    with pytest.raises(InvalidRoom) as info:
+        parse_room(name)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize("value", [None, 42, b"user:1", ["user:1"]])
+def test_parse_room_refuses_non_strings(value: object) -> None:
+    with pytest.raises(InvalidRoom, match="a room name is a string"):
+        parse_room(value)
+
+
+def test_invalid_room_is_a_value_error() -> None:
+    assert issubclass(InvalidRoom, ValueError)
+
+
+def test_builders() -> None:
+    assert user_room(42) == "user:42"
+    assert user_room("42") == "user:42"
+    assert user_room(-7) == "user:-7"
+    assert classroom_room(7) == "classroom:7"
+    assert classroom_room("math") == "classroom:math"
+    assert teacher_room("t1") == "teacher:t1"
+    assert ADMIN_ROOM == "admin:all"
+
+
+@pytest.mark.parametrize("builder", [user_room, classroom_room, teacher_room])
+def test_builders_refuse_ids_outside_the_grammar(builder: object) -> None:
+    with pytest.raises(ValueError, match="character ' '"):
+        builder("a b")  # type: ignore[operator]
+    with pytest.raises(ValueError, match="129 characters"):
+        builder("x" * 129)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("42", "42"), (42, "42"), (0, "0"), ("a b", "a b")])
+def test_normalize_user_id(value: object, expected: str) -> None:
+    assert normalize_user_id(value) == expected
+
+
+@pytest.mark.parametrize("value", [True, False, 4.2, 42.0, None, "", [1], {"id": 1}, b"42"])
+def test_normalize_user_id_refuses(value: object) -> None:
+    with pytest.raises(ValueError, match="non-empty string or an integer"):
+        normalize_user_id(value)
+
+
+@given(st.sampled_from(["user", "classroom", "teacher"]),
+       st.text(alphabet=ID_ALPHABET, min_size=1, max_size=128))
+def test_every_grammatical_name_parses_back(kind: str, room_id: str) -> None:
+    assert parse_room(f"{kind}:{room_id}") == (kind, room_id)
+
+
+@given(st.text(max_size=140))
+def test_parse_room_raises_only_invalid_room(name: str) -> None:
+    try:
+        kind, room_id = parse_room(name)
+    except InvalidRoom:
+        return
+    assert f"{kind}:{room_id}" == name
