@@ -248,6 +248,11 @@ class NodeClients:
             self._by_name.pop(name, None)
             self._cursor.pop(name, None)
 
+    def set_uri(self, name: str, url: str) -> None:
+        """Set the socket's Manager URI (`socket.io.uri`): its next Engine.IO connection, so its
+        next reconnection, goes to `url` (another replica; a closed port keeps it away)."""
+        self._call("set_uri", name=name, url=url)
+
     def state(self, name: str) -> dict[str, Any]:
         """sid, connected, active, recovered, pid (`_pid`), lastOffset (`_lastOffset`),
         transport, engineId, managerState."""

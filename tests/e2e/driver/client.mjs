@@ -239,6 +239,15 @@ const handlers = {
     return { mode };
   },
 
+  set_uri(cmd) {
+    // Where the socket's Manager opens its next Engine.IO connection: socket.io-client builds
+    // every Engine from `manager.uri`, so the next reconnection goes to this URL (another
+    // replica, or a closed port to keep the client away for a while).
+    const socket = socketOf(cmd);
+    socket.io.uri = need(cmd, "url");
+    return { uri: socket.io.uri };
+  },
+
   state(cmd) {
     return stateOf(socketOf(cmd));
   },
