@@ -68,7 +68,9 @@ class RedisBackend:
             counters=metrics.bus_event,
         )
         self._sink: BusSink | None = None
-        self._writes: list[tuple[Any, ...]] = []
+        self._writes: list[str] = []
+        self._write_script = self.client.register_script(_script("writes.lua"))
+        self._position_waiters: list[asyncio.Future[Position]] = []
         self._flush_scheduled = False
         self._writer_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -152,21 +154,42 @@ class RedisBackend:
     # -- positions and history ------------------------------------------------------------------
 
     async def position(self) -> Position:
+        """The bus's current position. Calls made in the same loop turn share one read: each
+        caller asked after its own subscriptions were confirmed, and the read goes out after
+        all of them, so it is valid for every one (see `DeliveryCore.attach_rooms`)."""
+        fut: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
+        self._position_waiters.append(fut)
+        if len(self._position_waiters) == 1:
+            asyncio.get_running_loop().call_soon(self._spawn, self._read_position())
+        return await fut
+
+    async def _read_position(self) -> None:
+        waiters, self._position_waiters = self._position_waiters, []
+        try:
+            result: Position | BaseException = await self._position_now()
+        except BusUnavailable as exc:
+            result = exc
+        for fut in waiters:
+            if fut.done():
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    async def _position_now(self) -> Position:
         try:
             epoch, ms, seq = await self.client.hmget(self.names.clock_key(), ["epoch", "ms", "seq"])
-        except (RedisError, OSError) as exc:
-            raise BusUnavailable(str(exc)) from exc
-        if epoch is None:
-            # Nothing was ever published on this Redis: start the clock, as the script would.
-            try:
+            if epoch is None:
+                # Nothing was ever published on this Redis: start the clock, as the script would.
                 await self.client.hsetnx(self.names.clock_key(), "epoch", secrets.token_hex(4))
                 epoch, ms, seq = await self.client.hmget(self.names.clock_key(), ["epoch", "ms", "seq"])
-            except (RedisError, OSError) as exc:
-                raise BusUnavailable(str(exc)) from exc
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(str(exc)) from exc
         return Position(_text(epoch), int(ms or 0), int(seq or 0))
 
     async def history(self, rooms: Sequence[str], after: Position) -> list[bytes] | None:
-        current = await self.position()
+        current = await self._position_now()
         if current.epoch != after.epoch:
             return None
         if not rooms:
@@ -186,11 +209,7 @@ class RedisBackend:
     # -- sessions and presence: queued writes -----------------------------------------------------
 
     def save_session(self, pid: str, record: dict[str, str], user: str) -> None:
-        key = self.names.session_key(pid)
-        ttl = self._window_ms + CONNECTED_SESSION_SLACK_MS
-        self._queue(("HSET", key, *_flat(record)), ("PEXPIRE", key, ttl),
-                    ("SADD", self.names.user_sessions_key(user), pid),
-                    ("PEXPIRE", self.names.user_sessions_key(user), ttl))
+        self._queue("S", pid, user, record["sid"], record["rooms"], record["o"], record["c"], record["t"])
 
     async def load_session(self, pid: str) -> dict[str, str] | None:
         try:
@@ -203,37 +222,31 @@ class RedisBackend:
         return {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}
 
     def end_session(self, pid: str, t_ms: int) -> None:
-        key = self.names.session_key(pid)
-        # HSET on a missing key would create a stub: only touch a session that exists.
-        self._queue(("EVAL", _END_SESSION, 1, key, t_ms, self._window_ms))
+        self._queue("E", pid, str(t_ms))
 
     def set_online(self, user: str, online: bool) -> None:
-        key = self.names.online_key(self.replica_id)
-        if online:
-            self._queue(("SADD", key, user), ("PEXPIRE", key, PRESENCE_TTL_MS))
-        else:
-            self._queue(("SREM", key, user))
+        self._queue("O" if online else "F", user)
 
-    def _queue(self, *commands: tuple[Any, ...]) -> None:
-        self._writes.extend(commands)
+    def _queue(self, *operation: str) -> None:
+        self._writes.extend(operation)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._spawn, self._flush())
 
     async def _flush(self) -> None:
-        async with self._writer_lock:  # one pipeline at a time: writes land in call order
+        """Everything queued in this loop turn, as one script call (`lua/writes.lua`)."""
+        async with self._writer_lock:  # one call at a time: writes land in the order queued
             self._flush_scheduled = False
             writes, self._writes = self._writes, []
             if not writes:
                 return
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for command in writes:
-                        pipe.execute_command(*command)
-                    await pipe.execute(raise_on_error=False)
+                await self._write_script(keys=[], args=[
+                    self.names.key_prefix, self.replica_id, self._window_ms + CONNECTED_SESSION_SLACK_MS,
+                    self._window_ms, PRESENCE_TTL_MS, *writes])
             except (RedisError, OSError) as exc:
                 # Session records and presence are rebuilt by the next heartbeat.
-                log.warning("bus write batch failed: %s", exc, extra={"commands": len(writes)})
+                log.warning("bus write batch failed: %s", exc, extra={"operations": len(writes)})
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -266,25 +279,8 @@ class RedisBackend:
         self._metrics.redis_rtt(time.perf_counter() - started)
 
 
-_END_SESSION = """
-if redis.call("EXISTS", KEYS[1]) == 1 then
-  redis.call("HSET", KEYS[1], "t", ARGV[1])
-  redis.call("PEXPIRE", KEYS[1], ARGV[2])
-end
-return 1
-"""
-
-
 def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else str(value or "")
-
-
-def _flat(record: dict[str, str]) -> list[str]:
-    out: list[str] = []
-    for k, v in record.items():
-        out.append(k)
-        out.append(v)
-    return out
 
 
 def _seq_of(message: bytes) -> int:

@@ -301,6 +301,12 @@ class _CoreManager:
     """What both managers share: python-socketio's room API answered by the `DeliveryCore`."""
 
     core: DeliveryCore
+    # python-socketio's BaseManager attributes, which this mixin reads
+    rooms: dict[str, dict[Any, Any]]
+    callbacks: dict[str, Any]
+    pending_connect: dict[str, list[str]]
+    pending_disconnect: dict[str, list[str]]
+    server: Any
 
     def initialize(self) -> None:
         # The stock managers start a listener here (AsyncPubSubManager._thread); the core's
@@ -344,15 +350,37 @@ class _CoreManager:
         for conn in self.core.registry.members(room):
             yield conn.sid, conn.eio_sid
 
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        """python-socketio's version scans every room of the namespace for the sid, which is
+        quadratic in a disconnect storm; here a socket is only ever in its own two rooms."""
+        rooms = self.rooms.get(namespace)
+        if rooms is None:
+            return
+        for room in (sid, None):
+            members = rooms.get(room)
+            if members is not None and sid in members:
+                del members[sid]
+                if not members:
+                    del rooms[room]
+        self.callbacks.pop(sid, None)
+        for table in (self.pending_connect, self.pending_disconnect):
+            waiting = table.get(namespace)
+            if waiting and sid in waiting:
+                waiting.remove(sid)
+                if not waiting:
+                    del table[namespace]
+        if not rooms:
+            del self.rooms[namespace]
+
     async def can_disconnect(self, sid: str, namespace: str) -> bool:
         return bool(self.is_connected(sid, namespace))  # type: ignore[attr-defined]
 
     async def disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         """Every way out goes through here: the server forgets the socket's rooms and session."""
-        gone = getattr(self.server, "socket_gone", None)  # type: ignore[attr-defined]
+        gone = getattr(self.server, "socket_gone", None)
         if gone is not None:
             gone(sid)
-        self.basic_disconnect(sid, namespace)  # type: ignore[attr-defined]
+        self.basic_disconnect(sid, namespace)
 
 
 class LocalManager(_CoreManager, socketio.AsyncManager):  # type: ignore[misc]

@@ -25,6 +25,7 @@ from gateway.auth import Authenticator, AuthError, extract_token
 from gateway.bus import NAMESPACE, DeliveryCore, HistoryLost
 from gateway.config import Settings
 from gateway.connections import Conn
+from gateway.packets import FastPacket
 from gateway.ratelimit import TokenBucket
 from gateway.recovery import RECOVERED, Recovery
 from gateway.rooms import Identity, rooms_for
@@ -85,6 +86,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             ping_interval=settings.ping_interval / 1000,
             ping_timeout=settings.ping_timeout / 1000,
             transports=["polling", "websocket"],
+            serializer=FastPacket,
             logger=False,
             engineio_logger=False,
         )

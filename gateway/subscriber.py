@@ -99,6 +99,7 @@ class Subscriber:
         self.desired: set[bytes] = {probe_channel}
         self.confirmed: set[bytes] = set()
         self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._batch: list[bytes] = []
         self._replies: list[asyncio.Future[Any]] = []  # PING and AUTH, in order
         self._proto: _Protocol | None = None
         self._ready = False
@@ -137,17 +138,26 @@ class Subscriber:
             return True
         if not self._ready:
             return False
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         waiters = self._waiters.setdefault(channel, [])
         waiters.append(fut)
         if len(waiters) == 1:
-            self._send(pack(b"SUBSCRIBE", channel))
+            # One SUBSCRIBE for every channel asked in this loop turn (a burst of handshakes).
+            self._batch.append(channel)
+            if len(self._batch) == 1:
+                loop.call_soon(self._send_batch)
         try:
             await asyncio.wait_for(asyncio.shield(fut), SUBSCRIBE_TIMEOUT)
         except TimeoutError:
             self.count("subscribe_timeout")
             return False
         return True
+
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch and self._ready:
+            self._send(pack(b"SUBSCRIBE", *batch))
 
     def unsubscribe(self, channel: bytes) -> None:
         self.desired.discard(channel)

@@ -1,0 +1,42 @@
+-- The writes a replica does not wait for, batched: one call per event-loop turn.
+-- ARGV[1] key prefix  ARGV[2] replica id  ARGV[3] TTL of a connected session, ms
+-- ARGV[4] TTL of a session whose client left (the recovery window), ms  ARGV[5] presence TTL, ms
+-- then operations, each a tag and its fields:
+--   S pid user sid rooms o c t   save a session (connected) and index it under its user
+--   E pid t                      the session's client left at t: keep it for the window
+--   O user                       user online on this replica
+--   F user                       user no longer online on this replica
+local prefix, replica = ARGV[1], ARGV[2]
+local live_ttl, gone_ttl, presence_ttl = ARGV[3], ARGV[4], ARGV[5]
+local online = prefix .. ":online:" .. replica
+local i = 6
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == "S" then
+    local key = prefix .. ":s:" .. ARGV[i + 1]
+    redis.call("HSET", key, "user", ARGV[i + 2], "sid", ARGV[i + 3], "rooms", ARGV[i + 4],
+               "o", ARGV[i + 5], "c", ARGV[i + 6], "t", ARGV[i + 7])
+    redis.call("PEXPIRE", key, live_ttl)
+    local index = prefix .. ":u:" .. ARGV[i + 2]
+    redis.call("SADD", index, ARGV[i + 1])
+    redis.call("PEXPIRE", index, live_ttl)
+    i = i + 8
+  elseif op == "E" then
+    local key = prefix .. ":s:" .. ARGV[i + 1]
+    if redis.call("EXISTS", key) == 1 then  -- never recreate a session a kick deleted
+      redis.call("HSET", key, "t", ARGV[i + 2])
+      redis.call("PEXPIRE", key, gone_ttl)
+    end
+    i = i + 3
+  elseif op == "O" then
+    redis.call("SADD", online, ARGV[i + 1])
+    redis.call("PEXPIRE", online, presence_ttl)
+    i = i + 2
+  elseif op == "F" then
+    redis.call("SREM", online, ARGV[i + 1])
+    i = i + 2
+  else
+    return redis.error_reply("writes.lua: unknown operation " .. tostring(op))
+  end
+end
+return 1
