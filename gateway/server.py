@@ -16,7 +16,6 @@ import logging
 import time
 from typing import Any
 
-import engineio
 import socketio
 from socketio import packet as sio_packet
 
@@ -25,49 +24,18 @@ from gateway.auth import Authenticator, AuthError, extract_token
 from gateway.bus import NAMESPACE, DeliveryCore, HistoryLost
 from gateway.config import Settings
 from gateway.connections import Conn
+from gateway.engine import GatewayEngineIO
 from gateway.packets import FastPacket
 from gateway.ratelimit import TokenBucket
 from gateway.recovery import RECOVERED, Recovery
 from gateway.rooms import Identity, rooms_for
-from gateway.transport import FastSocket, WebSocketAdapter
+from gateway.transport import FastSocket
 
 log = logging.getLogger("gateway.socket")
 
 SUBSCRIBE_EVENT = "subscribe:notifications"
 MAX_SUBSCRIBE_PAYLOAD = 4096
 SWEEP_EVERY = 0.25
-
-
-class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
-    """python-engineio with direct WebSocket writes (`transport.py`) and admission control."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Per server, not the driver module's shared dict: other servers in the process keep theirs.
-        drivers: dict[str, Any] = getattr(self, "_async")  # noqa: B009 - untyped base attribute
-        self._async = dict(drivers, websocket=WebSocketAdapter)
-        self.send_buffer_limit = 1 << 20
-        self.admission: Admission | None = None
-        self.bad_packet_hook: Any = None
-
-    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
-        admission = self.admission
-        if admission is not None:
-            refusal = admission.check_request(args[0])
-            if refusal is not None:
-                return refusal
-        return await super().handle_request(*args, **kwargs)
-
-    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
-        if event == "connect":
-            sock = self.sockets.get(args[0])
-            if sock is not None and type(sock) is not FastSocket:
-                sock.__class__ = FastSocket
-        return await super()._trigger_event(event, *args, **kwargs)
-
-    def on_bad_packet(self, sock: FastSocket, reason: str) -> None:
-        if self.bad_packet_hook is not None:
-            self.bad_packet_hook(sock, reason)
 
 
 class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -97,6 +65,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         self.admission = admission
         self.metrics = metrics
         self.eio.send_buffer_limit = settings.send_buffer_limit
+        self.eio.allowed_origins = None if origins == "*" else frozenset(origins)
         self.eio.admission = admission
         self.eio.bad_packet_hook = self._bad_packet
         core.kick_handler = self.kick

@@ -61,6 +61,8 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
 
     _tr: asyncio.Transport | None = None
     connected: bool
+    upgraded: bool
+    last_ping: float | None
     on_overflow: Callable[[FastSocket], None] | None = None
 
     def write_frame(self, frame: bytes) -> None:
@@ -117,14 +119,16 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         await super().send(pkt)
 
     async def _websocket_handler(self, ws: WebSocketAdapter) -> None:
+        """python-engineio's entry for a WebSocket that follows polling (an upgrade)."""
         sock: web.WebSocketResponse = ws._sock
-        timeout = self.server.ping_interval + self.server.ping_timeout
-        if self.connected:
-            if not await self._upgrade(sock, timeout):
-                return
-        else:
-            self.connected = True
-            self.upgraded = True
+        if self.connected and not await self._upgrade(sock, self.server.ping_interval + self.server.ping_timeout):
+            return
+        await self.serve_websocket(sock)
+
+    async def serve_websocket(self, sock: web.WebSocketResponse) -> None:
+        """Run the socket on a prepared WebSocket until either side closes it."""
+        self.connected = True
+        self.upgraded = True
         writer = sock._writer
         if writer is None:  # pragma: no cover - prepare() always sets it
             return
@@ -140,12 +144,18 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
                 )
         self._tr = transport
         try:
-            await self._read_loop(sock, timeout)
+            await self._read_loop(sock, self.server.ping_interval + self.server.ping_timeout)
         finally:
             self._tr = None
             await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
             if not sock.closed:
                 await sock.close()
+
+    def schedule_ping(self) -> None:
+        """One heartbeat scheduler for all sockets (`engine.Heartbeat`), not a task per socket."""
+        if self.last_ping:  # the previous ping was answered
+            self.last_ping = None
+            self.server.heartbeat.schedule(self)
 
     async def _upgrade(self, sock: web.WebSocketResponse, timeout: float) -> bool:
         """The polling-to-WebSocket upgrade of Engine.IO v4: 2probe, 3probe, then 5."""

@@ -1,0 +1,224 @@
+"""The Engine.IO server: python-engineio, with the costs of a large idle fleet taken out.
+
+A browser on WebSocket (socket.io-client with `transports: ["websocket"]`, or the bench) opens
+its session with one upgrade request. python-engineio runs that through its generic request path
+(a WSGI-style environ of every header, query parsing for both transports, a queue and a ping
+task per socket) and then checks every socket's heartbeat from one task that wakes once per
+socket. Here:
+
+- a new WebSocket session is opened directly: same checks (Engine.IO version, Origin,
+  admission), same OPEN packet, same `connect` event to python-socketio, then the socket runs on
+  the WebSocket (`transport.FastSocket.serve_websocket`); polling and upgrades from polling go
+  through python-engineio unchanged;
+- one `Heartbeat` schedules every socket's PING and checks its PONG deadline from a heap, ticking
+  a few times a second whatever the number of sockets (idle sockets cost no CPU between pings);
+- a socket's packet queue (`LiteQueue`) allocates nothing until a poll has to wait on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections import deque
+from typing import Any
+
+import engineio
+import orjson
+from aiohttp import web
+from engineio import packet as eio_packet
+
+from gateway.admission import Admission
+from gateway.frames import ws_text_frame
+from gateway.transport import FastSocket, WebSocketAdapter
+
+HEARTBEAT_TICK = 0.25
+
+
+class LiteQueue:
+    """The part of `asyncio.Queue` python-engineio uses, with nothing allocated while idle."""
+
+    __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] = deque()
+        self._getters: deque[asyncio.Future[None]] | None = None
+        self._joiners: list[asyncio.Future[None]] | None = None
+        self._unfinished = 0
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        self._unfinished += 1
+        getters = self._getters
+        while getters:
+            fut = getters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> Any:
+        while not self._items:
+            if self._getters is None:
+                self._getters = deque()
+            fut = asyncio.get_running_loop().create_future()
+            self._getters.append(fut)
+            try:
+                await fut
+            except BaseException:
+                fut.cancel()
+                if self._items and not fut.cancelled():
+                    self.put_nowait(self._items.popleft())  # pass the wake-up on
+                raise
+        return self._items.popleft()
+
+    def task_done(self) -> None:
+        self._unfinished = max(0, self._unfinished - 1)
+        if self._unfinished == 0 and self._joiners:
+            for fut in self._joiners:
+                if not fut.done():
+                    fut.set_result(None)
+            self._joiners = None
+
+    async def join(self) -> None:
+        if self._unfinished > 0:
+            fut = asyncio.get_running_loop().create_future()
+            if self._joiners is None:
+                self._joiners = []
+            self._joiners.append(fut)
+            await fut
+
+
+class Heartbeat:
+    """Engine.IO v4 heartbeat for every socket of the server: PING every `interval`, and a
+    socket that has not answered within `timeout` is closed (as python-engineio would)."""
+
+    PING, CHECK = 0, 1
+
+    def __init__(self, interval: float, timeout: float) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self._heap: list[tuple[float, int, int, FastSocket]] = []
+        self._order = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+
+    def schedule(self, sock: FastSocket) -> None:
+        heapq.heappush(self._heap, (time.monotonic() + self.interval, next(self._order), self.PING, sock))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="engineio-heartbeat")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        heap = self._heap
+        while heap:
+            await asyncio.sleep(HEARTBEAT_TICK)
+            now = time.monotonic()
+            while heap and heap[0][0] <= now:
+                _, _, kind, sock = heapq.heappop(heap)
+                if sock.closed or sock.closing:
+                    continue
+                if kind == self.PING:
+                    sock.last_ping = time.time()
+                    heapq.heappush(heap, (now + self.timeout, next(self._order), self.CHECK, sock))
+                    await sock.send(eio_packet.Packet(eio_packet.PING))
+                elif sock.last_ping is not None:  # the PING of this cycle was not answered
+                    await sock.close(wait=False, abort=False, reason=sock.server.reason.PING_TIMEOUT)
+
+
+class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
+    """python-engineio with direct WebSocket writes, the direct WebSocket session opening and
+    the shared heartbeat described in the module docstring, and admission control."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Per server, not the driver module's shared dict: other servers in the process keep theirs.
+        drivers: dict[str, Any] = getattr(self, "_async")  # noqa: B009 - untyped base attribute
+        self._async = dict(drivers, websocket=WebSocketAdapter)
+        self.start_service_task = False  # the Heartbeat replaces python-engineio's service task
+        self.heartbeat = Heartbeat(self.ping_interval, self.ping_timeout)
+        self.send_buffer_limit = 1 << 20
+        self.admission: Admission | None = None
+        self.allowed_origins: frozenset[str] | None = None  # None: any
+        self.bad_packet_hook: Any = None
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> LiteQueue:
+        return LiteQueue()
+
+    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        request: web.Request = args[0]
+        admission = self.admission
+        if admission is not None:
+            refusal = admission.check_request(request)
+            if refusal is not None:
+                return refusal
+        query = request.query
+        if (query.get("transport") == "websocket" and "sid" not in query and request.method == "GET"
+                and request.headers.get("Upgrade", "").lower() == "websocket"):
+            return await self._open_websocket(request, query.get("EIO"))
+        return await super().handle_request(*args, **kwargs)
+
+    async def _open_websocket(self, request: web.Request, eio_version: str | None) -> web.StreamResponse:
+        if eio_version != "4":
+            return web.json_response({"code": 5, "message": "Unsupported protocol version"}, status=400)
+        origin = request.headers.get("Origin")
+        if origin and self.allowed_origins is not None and origin not in self.allowed_origins:
+            return web.json_response({"code": 3, "message": f"{origin} is not an accepted origin."}, status=400)
+        sid = self.generate_id()
+        sock = FastSocket(self, sid)
+        self.sockets[sid] = sock
+        environ = {"HTTP_AUTHORIZATION": request.headers.get("Authorization"), "REMOTE_ADDR": request.remote}
+        accepted = await self._trigger_event("connect", sid, environ, run_async=False)
+        if accepted is not None and accepted is not True:
+            self.sockets.pop(sid, None)
+            return web.json_response({"code": 4, "message": "Forbidden"}, status=401)
+        ws = web.WebSocketResponse(max_msg_size=self.max_http_buffer_size, compress=False)
+        try:
+            await ws.prepare(request)
+        except (ConnectionError, OSError):
+            self.sockets.pop(sid, None)
+            await self._trigger_event("disconnect", sid, self.reason.TRANSPORT_CLOSE, run_async=False)
+            return ws
+        opening = {"sid": sid, "upgrades": [], "pingTimeout": int(self.ping_timeout * 1000),
+                   "pingInterval": int(self.ping_interval * 1000), "maxPayload": self.max_http_buffer_size}
+        writer = ws._writer
+        if writer is not None:
+            writer.transport.write(ws_text_frame(b"0" + orjson.dumps(opening)))
+        sock.schedule_ping()
+        try:
+            await sock.serve_websocket(ws)
+        finally:
+            if sock.closed:
+                self.sockets.pop(sid, None)
+        return ws
+
+    async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "connect":
+            sock = self.sockets.get(args[0])
+            if sock is not None and type(sock) is not FastSocket:
+                sock.__class__ = FastSocket  # a polling session: python-engineio made it
+        return await super()._trigger_event(event, *args, **kwargs)
+
+    def on_bad_packet(self, sock: FastSocket, reason: str) -> None:
+        if self.bad_packet_hook is not None:
+            self.bad_packet_hook(sock, reason)
+
