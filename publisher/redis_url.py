@@ -166,10 +166,17 @@ def _master_kwargs(target: SentinelTarget, options: dict[str, Any]) -> dict[str,
     return kwargs
 
 
+def _options(scheme: str, options: dict[str, Any]) -> dict[str, Any]:
+    defaults = dict(DEFAULT_OPTIONS)
+    if scheme == "unix":  # TCP keepalive means nothing on a Unix socket (redis-py refuses it)
+        del defaults["socket_keepalive"]
+    return {**defaults, **options}
+
+
 def sync_client(url: str, **options: Any) -> redis.Redis:
     """A redis-py client for `url` (see the module doc); it connects on first use."""
     scheme = _check(url)
-    merged = {**DEFAULT_OPTIONS, **options}
+    merged = _options(scheme, options)
     if scheme == "redis+sentinel":
         target = parse_sentinel_url(url)
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
@@ -188,7 +195,7 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
 def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
     """A redis.asyncio client for `url` (see the module doc); it connects on first use."""
     scheme = _check(url)
-    merged = {**DEFAULT_OPTIONS, **options}
+    merged = _options(scheme, options)
     if scheme == "redis+sentinel":
         target = parse_sentinel_url(url)
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
