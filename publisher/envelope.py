@@ -137,11 +137,6 @@ class Control:
     seq: int
 
 
-def parse_offset(text: object) -> Offset:
-    """Parse `<epoch>:<ms>-<seq>`; offsets also arrive from clients, so nothing is trusted."""
-    return Offset(*_offset_parts(text))
-
-
 def encode_event(event: str, data: Any, room: str | None, t_ms: float) -> bytes:
     """The envelope of an event, without `o`.
 
@@ -193,13 +188,24 @@ def _not_json_object(message: bytes) -> EnvelopeError:
     return EnvelopeError(f"not a JSON object (first byte 0x{first:02x})")
 
 
+def _show(value: object) -> str:
+    # Messages come from the network: never echo an unbounded value into an error (a log).
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _offset_parts(text: object) -> tuple[str, int, int]:
     if type(text) is not str:
         raise EnvelopeError(f"an offset is a string, got {type(text).__name__}")
     match = _OFFSET.fullmatch(text)
     if match is None:
-        raise EnvelopeError(f"bad offset {text[:100]!r}: expected <epoch>:<ms>-<seq>")
+        raise EnvelopeError(f"bad offset {_show(text)}: expected <epoch>:<ms>-<seq>")
     return match[1], int(match[2]), int(match[3])
+
+
+def parse_offset(text: object) -> Offset:
+    """Parse `<epoch>:<ms>-<seq>`; offsets also arrive from clients, so nothing is trusted."""
+    return Offset(*_offset_parts(text))
 
 
 def decode(message: bytes) -> Event | Control:
@@ -214,10 +220,10 @@ def decode(message: bytes) -> Event | Control:
         raise EnvelopeError(f"not a JSON object but {type(obj).__name__}")
     v = obj.get("v")
     if v != VERSION or type(v) is not int:
-        raise EnvelopeError(f"unsupported envelope version {v!r}, this side speaks {VERSION}")
+        raise EnvelopeError(f"unsupported envelope version {_show(v)}, this side speaks {VERSION}")
     t = obj.get("t")
     if type(t) is not float and type(t) is not int:
-        raise EnvelopeError(f"'t' must be a number of ms, got {t!r}")
+        raise EnvelopeError(f"'t' must be a number of ms, got {_show(t)}")
     o: Any = obj.get("o")
     if o is None:
         raise EnvelopeError("no offset 'o': only the publish script may put messages on the bus")
@@ -226,21 +232,21 @@ def decode(message: bytes) -> Event | Control:
     if k == KIND_EVENT:
         ev = obj.get("ev")
         if type(ev) is not str or EVENT_NAME_RE.fullmatch(ev) is None or ev in RESERVED_EVENTS:
-            raise EnvelopeError(f"'ev' is not an event name: {ev!r}")
+            raise EnvelopeError(f"'ev' is not an event name: {_show(ev)}")
         if "d" not in obj:
             raise EnvelopeError("event without 'd'")
         r = obj.get("r", False)
         if r is not None and type(r) is not str:
-            raise EnvelopeError(f"'r' must be a room name or null, got {r!r}")
+            raise EnvelopeError(f"'r' must be a room name or null, got {_show(r)}")
         return Event(ev, obj["d"], r, t, o, epoch, ms, seq)
-    if k in CONTROL_KINDS:
+    if type(k) is str and k in CONTROL_KINDS:
         u = obj.get("u")
         if type(u) is not str or not u:
-            raise EnvelopeError(f"'u' must be a user id string, got {u!r}")
+            raise EnvelopeError(f"'u' must be a user id string, got {_show(u)}")
         rooms: Any = ()
         if k != KIND_KICK:
             rooms = obj.get("rooms")
             if type(rooms) is not list or not all(type(x) is str for x in rooms):
-                raise EnvelopeError(f"{k}: 'rooms' must be a list of room names, got {rooms!r}")
+                raise EnvelopeError(f"{k}: 'rooms' must be a list of room names, got {_show(rooms)}")
         return Control(k, u, tuple(rooms), t, o, epoch, ms, seq)
-    raise EnvelopeError(f"unknown kind {k!r}")
+    raise EnvelopeError(f"unknown kind {_show(k)}")
