@@ -65,11 +65,13 @@ def _check_retries(retries: int) -> int:
 class Publisher(TypedEmitters[str]):
     """Puts events and control messages on the gateway's bus (sync).
 
-    Options: `channel_prefix`, `key_prefix` (as the gateway's `CHANNEL_PREFIX`,
-    `KEY_PREFIX`), `history_max_len` (entries kept per room), `recovery_window_s` (the
-    gateway's `RECOVERY_WINDOW`: history age and revocation lifetime), `max_payload_bytes`,
-    `retries` (after the first attempt). Other keyword arguments go to the redis-py client
-    built from the URL (e.g. `socket_timeout`).
+    Options must match the gateway's settings: `channel_prefix`, `key_prefix`
+    (`CHANNEL_PREFIX`, `KEY_PREFIX`), `history_max_len` (`HISTORY_MAX_LEN`: entries kept per
+    room), `recovery_window_s` (`RECOVERY_WINDOW`: how old history may get, and 2x that is
+    how long a revocation lasts; 0 keeps no history). `max_payload_bytes` bounds the encoded
+    payload; `retries` counts attempts after the first. Other keyword arguments go to the
+    redis-py client built from the URL (e.g. `socket_timeout=1.0`); a `client=` of your own
+    keeps its settings, including its own retries when connecting.
     """
 
     def __init__(self, url: str | None = None, *, client: redis.Redis | None = None,
