@@ -80,7 +80,7 @@ def normalize_user_id(value: object) -> str:
     `42.0` as a user id is a bug upstream, not an id.
     """
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError(  # noqa: TRY004  (callers catch ValueError for any bad id, as for claims)
+        raise ValueError(
             f"a user id is a non-empty string or an integer, got {type(value).__name__}"
         )
     text = str(value)
