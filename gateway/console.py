@@ -14,11 +14,13 @@ The page holds secrets: `create_app` adds these routes only with --dev.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import re
 import secrets
+import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any
 
 import jwt
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.app import GATEWAY
 from gateway.config import HMAC_ALGORITHMS, Settings
@@ -34,6 +37,7 @@ from publisher.events import EVENT_SCHEMAS, ObjectSchema
 from publisher.rooms import classroom_room, normalize_user_id, user_room
 
 NAMESPACE = "/notifications"
+SOCKET_PATH = "/socket.io/"
 TEMPLATE = Path(__file__).with_name("static") / "console.html"
 CONFIG_MARK = "__NGW_CONFIG__"
 NONCE_MARK = "__NGW_NONCE__"
@@ -47,37 +51,54 @@ MIN_TTL = -86_400  # a token that expired already: the handshake answers token_e
 MAX_TTL = 7 * 86_400
 MAX_CLASSROOMS = 50
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 def add_routes(app: web.Application) -> None:
     gateway = app[GATEWAY]
     console = Console(gateway.settings, TEMPLATE.read_text(encoding="utf-8"))
-    allow_own_origin(gateway.sio.eio)
+    app.middlewares.append(same_origin_sockets)
     app.router.add_get("/", console.index)
     app.router.add_post("/console/token", console.token)
 
 
-def allow_own_origin(eio: Any) -> None:
-    """Let pages served by this replica open sockets to it.
+def local_host(request: web.Request) -> bool:
+    """Whether the request's Host names this machine directly: an IP address, `localhost`
+    (or `*.localhost`) or the machine's name. A page reached under any other name may be a DNS
+    rebinding attack reading the console's secrets, as dev servers such as Vite refuse it."""
+    host = request.url.host or ""
+    if host == "localhost" or host.endswith(".localhost") or host == socket.gethostname().lower():
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
-    FRONTEND_URL lists the real frontend's origins and python-engineio refuses any other
-    `Origin`, the console's (the gateway's own) included. Same-origin requests come from a
-    page this process served, so allowing them grants nothing to another site.
+
+@web.middleware
+async def same_origin_sockets(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Let the console's page open sockets to the replica that served it.
+
+    FRONTEND_URL lists the real frontend's origins and the Origin check refuses any other, the
+    console's (the gateway's own) included. A request whose Origin is the gateway's own comes
+    from a page this process served: it goes on without its Origin header, as a request from a
+    non-browser client does.
     """
-    configured = eio.cors_allowed_origins
-    if not isinstance(configured, list | tuple) or not configured or "*" in configured:
-        return  # "*" or [] (no check): the console's origin passes already
-    listed = frozenset(configured)
+    origin = request.headers.get("Origin")
+    if (origin is not None and request.path.startswith(SOCKET_PATH)
+            and origin == f"{request.scheme}://{request.host}" and local_host(request)):
+        headers = CIMultiDict(request.headers)
+        del headers["Origin"]
+        request = request.clone(headers=headers)
+    return await handler(request)
 
-    def allowed(origin: str | None, environ: Mapping[str, Any]) -> bool:
-        if origin is None or origin in listed:
-            return True
-        host = environ.get("HTTP_HOST")
-        scheme = environ.get("wsgi.url_scheme", "http")
-        return bool(host) and origin == f"{scheme}://{host}"
 
-    eio.cors_allowed_origins = allowed
+def _not_local(request: web.Request) -> web.Response:
+    return web.Response(status=403, text=(
+        f"gateway --dev: the console answers on localhost or an IP address, not on {request.host!r} "
+        "(a guard against DNS rebinding). Open it as http://localhost:<port>/.\n"))
 
 
 @dataclass
@@ -126,6 +147,8 @@ class Console:
         }
 
     async def index(self, request: web.Request) -> web.Response:
+        if not local_host(request):
+            return _not_local(request)
         nonce = secrets.token_urlsafe(18)
         page = self.template.replace(NONCE_MARK, nonce).replace(CONFIG_MARK, script_json(self.page_config()))
         connect = ["'self'"]
@@ -151,6 +174,8 @@ class Console:
 
     async def token(self, request: web.Request) -> web.Response:
         """`{user, role, classrooms, ttl}` in, `{ok: true, token}` out."""
+        if not local_host(request):
+            return _not_local(request)
         given = request.headers.get(KEY_HEADER, "").encode()
         if not hmac.compare_digest(given, self.key.encode()):
             return _refuse(403, "forbidden", f"send the {KEY_HEADER} of the page; reload it if the gateway "

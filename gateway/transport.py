@@ -23,7 +23,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import engineio
 from aiohttp import WSMsgType, web
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
@@ -177,24 +176,32 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         return True
 
     async def _read_loop(self, sock: web.WebSocketResponse, timeout: float) -> None:
+        """Engine.IO v4 packets from the client, decoded by their first character.
+
+        python-engineio's decoder tries `json.loads` on every message and raises on most; the
+        client sends only MESSAGE (4), PONG (3), CLOSE (1), and during an upgrade NOOP/UPGRADE.
+        """
+        trigger = self.server._trigger_event
         while True:
             try:
                 msg = await sock.receive(timeout=timeout)
             except (TimeoutError, ConnectionError):
                 return
-            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                try:
-                    pkt = eio_packet.Packet(encoded_packet=msg.data)
-                except Exception:  # noqa: BLE001 - any garbage from a client ends only that client
-                    self.server.on_bad_packet(self, "engine.io packet does not parse")
+            if msg.type == WSMsgType.TEXT:
+                data: str = msg.data
+                kind = data[:1]
+                if kind == "4":
+                    await trigger("message", self.sid, data[1:], run_async=False)
+                elif kind == "3":
+                    self.schedule_ping()
+                elif kind == "1":
+                    await self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT)
                     return
-                try:
-                    await self.receive(pkt)
-                except engineio.exceptions.UnknownPacketError:
-                    self.server.on_bad_packet(self, "unknown engine.io packet type")
+                elif kind not in {"2", "5", "6"}:
+                    self.server.on_bad_packet(self, "not an engine.io packet")
                     return
-                except engineio.exceptions.SocketIsClosedError:
-                    return
+            elif msg.type == WSMsgType.BINARY:
+                await trigger("message", self.sid, msg.data, run_async=False)
             else:  # CLOSE, CLOSING, CLOSED, ERROR: the peer is gone or broke the protocol
                 if msg.type == WSMsgType.ERROR:
                     self.server.on_bad_packet(self, f"websocket error: {msg.data}")
