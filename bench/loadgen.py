@@ -21,7 +21,9 @@ import asyncio
 import contextlib
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 from array import array
 
@@ -363,8 +365,31 @@ def parse(argv=None):
     return a
 
 
+def watch_signals():
+    """Say who stopped us: SIGTERM/SIGINT/SIGHUP are taken by a thread that logs the sender's PID
+    and command line (stderr: loadgen.log), then exits 128+signal. On a shared machine a load
+    generator killed by someone else's clean-up should not look like a gateway failure."""
+    sigs = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)  # before any other thread: they inherit it
+
+    def wait():
+        info = signal.sigwaitinfo(sigs)
+        try:
+            with open(f"/proc/{info.si_pid}/cmdline", "rb") as f:
+                who = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:300]
+        except OSError:
+            who = "?"
+        parent = " (run.py, our parent)" if info.si_pid == os.getppid() else ""
+        sys.stderr.write(f"loadgen: signal {info.si_signo} from pid {info.si_pid}{parent}: {who}\n")
+        sys.stderr.flush()
+        os._exit(128 + info.si_signo)
+
+    threading.Thread(target=wait, name="signals", daemon=True).start()
+
+
 if __name__ == "__main__":
     args = parse()
+    watch_signals()
     if uvloop is not None:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as r:
             r.run(main(args))

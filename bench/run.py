@@ -402,9 +402,7 @@ def read_json_line(proc, timeout, what):
                 chunk = os.read(proc.stdout.fileno(), 65536)
                 if not chunk:
                     code = proc.wait(5)
-                    how = (f"was killed by signal {-code}, not by run.py: another process on this machine?"
-                           if code < 0 else f"exited with code {code}")
-                    raise BenchError(f"load generator {how} before {what}")
+                    raise BenchError(f"load generator exited with code {code} before {what}")
                 buf += chunk
     finally:
         sel.close()
@@ -678,7 +676,18 @@ def run(a):
         lg = procs.start("loadgen", lg_cmd, DRIVER_CPU, stdout=subprocess.PIPE, stdin=subprocess.PIPE,
                          log=os.path.join(logdir, "loadgen.log"))
         others["loadgen"] = lg
-        conn = read_json_line(lg, left(45), "connect summary")
+        lg_log = os.path.join(logdir, "loadgen.log")
+
+        def lg_why():
+            """The load generator's last words (who signalled it), for the error message."""
+            with contextlib.suppress(OSError), open(lg_log, errors="replace") as f:
+                lines = [x.strip() for x in f if x.strip()]
+                return lines[-1][:400] if lines else None
+            return None
+        try:
+            conn = read_json_line(lg, left(45), "connect summary")
+        except BenchError as e:
+            raise BenchError(f"{e}; loadgen.log: {lg_why()}") from None
         time.sleep(a.settle)  # let the gateways finish connect bookkeeping (and GC) before sampling
         s1 = Sample(gateways, others)
         result["connect"] = conn
@@ -747,7 +756,10 @@ def run(a):
             elif rc != 0:
                 warn(f"producer exited with code {rc} (see {logdir}/producer.log)")
             send(lg, "sent")
-            done = read_json_line(lg, left(a.idle_timeout + 50), "delivery summary")
+            try:
+                done = read_json_line(lg, left(a.idle_timeout + 50), "delivery summary")
+            except BenchError as e:
+                raise BenchError(f"{e}; loadgen.log: {lg_why()}") from None
             s2 = Sample(gateways, others)
             stop_pyspy(spy, result)
             dd = delta(s1, s2)
@@ -810,6 +822,8 @@ def run(a):
         for k, g in enumerate(gateways):
             if g.poll() is not None:
                 warn(f"gateway {k} exited with code {g.returncode} (see {logdir})")
+        if lg.poll() is not None:
+            warn(f"the load generator ended early, code {lg.returncode}: {lg_why()}")
         fo = result.get("cpu0_foreign", result.get("cpu0_foreign_connect"))
         if fo is not None and fo > 0.15:
             warn(f"CPU 0 was {fo:.0%} busy with other work than the gateway: noisy run")
