@@ -8,7 +8,9 @@ payloads. `POST /console/token` mints other tokens for the page (another user, r
 classrooms, or a short life to watch `token_expired`); it answers only requests that carry the
 console key embedded in the page, a header a page of another origin cannot send.
 
-The page holds secrets: `create_app` adds these routes only with --dev.
+The page holds secrets: `create_app` adds these routes only with --dev, and they answer only
+under a local name (`localhost`, an IP address), so that a DNS-rebound site cannot read them.
+The page's own origin, which FRONTEND_URL does not list, may open sockets (`same_origin_sockets`).
 """
 
 from __future__ import annotations

@@ -87,9 +87,10 @@ def dev_gateway() -> Iterator[DevGateway]:
         proc.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """Debian's Chromium under Playwright, for the whole session."""
+    """Debian's Chromium under Playwright, for one module: the sync API keeps an event loop
+    of its own while it runs, which pytest-asyncio's tests in other modules must not meet."""
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) "
                     "or set NGW_CHROMIUM to a Chromium binary")

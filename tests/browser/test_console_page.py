@@ -14,6 +14,7 @@ from typing import Any
 
 import jwt
 import pytest
+from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -144,6 +145,33 @@ async def test_the_console_origin_may_open_sockets_and_others_may_not(
         assert resp.status == status, (origin, await resp.text())
         if status == 200:
             assert (await resp.text()).startswith("0{")
+
+
+async def test_the_console_origin_may_open_websockets(client: TestClient[Any, Any]) -> None:
+    own = f"http://{client.host}:{client.port}"
+    async with client.ws_connect("/socket.io/?EIO=4&transport=websocket",
+                                 headers={"Origin": own}) as ws:
+        assert (await ws.receive_str()).startswith("0{")
+    with pytest.raises(WSServerHandshakeError):
+        await client.ws_connect("/socket.io/?EIO=4&transport=websocket",
+                                headers={"Origin": "http://evil.example"})
+
+
+async def test_under_a_name_that_is_not_local_the_console_answers_nothing(
+    client: TestClient[Any, Any],
+) -> None:
+    rebound = {"Host": f"evil.example:{client.port}"}
+    resp = await client.get("/", headers=rebound)
+    assert resp.status == 403
+    assert "DNS rebinding" in await resp.text()
+    resp = await client.post("/console/token", json={"user": "1"}, headers=rebound)
+    assert resp.status == 403
+    resp = await client.get("/socket.io/?EIO=4&transport=polling",
+                            headers={**rebound, "Origin": f"http://evil.example:{client.port}"})
+    assert resp.status == 400
+    for host in ("localhost", "app.localhost", "[::1]", "10.1.2.3"):
+        resp = await client.get("/", headers={"Host": f"{host}:{client.port}"})
+        assert resp.status == 200, host
 
 
 async def test_without_dev_there_is_no_console() -> None:
