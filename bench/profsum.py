@@ -13,6 +13,7 @@ import argparse
 import collections
 import json
 import os
+import re
 
 
 def v8(path):
@@ -63,8 +64,15 @@ def main(argv=None):
     ap.add_argument("file")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--match", action="append", default=[])
+    ap.add_argument("--functions", action="store_true",
+                    help="merge the lines of a function (py-spy names frames by line: 'f (file.py:12)')")
     a = ap.parse_args(argv)
     stacks = v8(a.file) if a.file.endswith(".cpuprofile") else collapsed(a.file)
+    if a.functions:
+        merged = collections.Counter()
+        for st, n in stacks.items():
+            merged[tuple(re.sub(r":\d+\)$", ")", f) for f in st)] += n
+        stacks = merged
     total = sum(stacks.values()) or 1
     self_t, incl = collections.Counter(), collections.Counter()
     for st, n in stacks.items():
@@ -72,7 +80,8 @@ def main(argv=None):
         for f in set(st):
             incl[f] += n
     unit = "ms of CPU" if a.file.endswith(".cpuprofile") else "samples"
-    print(f"{a.file}: {total / 1000 if unit.startswith('ms') else total:.0f} {unit}")
+    print(f"{a.file}: {total / 1000 if unit.startswith('ms') else total:.0f} {unit}"
+          + (" (lines of a function merged)" if a.functions else ""))
     print("-- self")
     for f, n in self_t.most_common(a.top):
         print(f"{100 * n / total:6.1f}%  {f}")

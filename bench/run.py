@@ -572,11 +572,13 @@ def summarise_profiles(result, top=25):
         if not os.path.exists(path) or os.path.getsize(path) == 0:
             result.setdefault("profile_errors", []).append(f"empty profile {path}")
             continue
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            profsum.main([path, "--top", str(top), "--match", "gateway/", "--match", "engineio/",
-                          "--match", "socketio/", "--match", "aiohttp/", "--match", "publisher/"])
-        text = buf.getvalue()
+        text = ""
+        for extra in (["--functions"], []):  # by function first, then by line
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                profsum.main([path, "--top", str(top), *extra, "--match", "gateway/", "--match", "engineio/",
+                              "--match", "socketio/", "--match", "aiohttp/", "--match", "publisher/"])
+            text += buf.getvalue() + "\n"
         with open(path + ".summary.txt", "w") as f:
             f.write(text)
         result.setdefault("profile_summaries", []).append(path + ".summary.txt")
