@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import time
 from collections import deque
 from typing import Any
@@ -35,6 +36,7 @@ from gateway.frames import ws_text_frame
 from gateway.transport import FastSocket, WebSocketAdapter
 
 HEARTBEAT_TICK = 0.25
+log = logging.getLogger("gateway.engine")
 
 
 class LiteQueue:
@@ -129,10 +131,16 @@ class Heartbeat:
                 await self._task
 
     async def _run(self) -> None:
-        heap = self._heap
-        while heap:
+        while self._heap:
             await asyncio.sleep(HEARTBEAT_TICK)
-            now = time.monotonic()
+            try:
+                await self._beat(time.monotonic())
+            except Exception:  # one socket's failure must not stop everyone's heartbeat
+                log.exception("heartbeat failed; continuing")
+
+    async def _beat(self, now: float) -> None:
+        heap = self._heap
+        if heap:
             while heap and heap[0][0] <= now:
                 _, _, kind, sock = heapq.heappop(heap)
                 if sock.closed or sock.closing:
@@ -143,6 +151,7 @@ class Heartbeat:
                     await sock.send(eio_packet.Packet(eio_packet.PING))
                 elif sock.last_ping is not None:  # the PING of this cycle was not answered
                     await sock.close(wait=False, abort=False, reason=sock.server.reason.PING_TIMEOUT)
+                    sock.close_transport()
 
 
 class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]

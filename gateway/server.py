@@ -91,18 +91,22 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _sweep(self) -> None:
         """Expired tokens out within a second; handshakes that never finish, closed."""
-        leeway = self.auth.leeway
         while True:
             await asyncio.sleep(SWEEP_EVERY)
-            now = time.time()
-            for conn in self.core.registry.expired(now - leeway):
-                log.info("token expired while connected", extra={"sid": conn.sid, "user_id": conn.identity.user_id})
-                await self.kick(conn, "token_expired")
-            for eio_sid in self.admission.stale_handshakes(time.monotonic()):
-                sock = self.eio.sockets.get(eio_sid)
-                if sock is not None and self.manager.sid_from_eio_sid(eio_sid, NAMESPACE) is None:
-                    self.metrics.error("handshake_timeout")
-                    sock.close_transport()
+            try:
+                await self._sweep_once()
+            except Exception:  # a bug here must not end expiry enforcement for everyone
+                log.exception("socket sweeper failed; continuing")
+
+    async def _sweep_once(self) -> None:
+        for conn in self.core.registry.expired(time.time()):  # the heap holds exp + leeway
+            log.info("token expired while connected", extra={"sid": conn.sid, "user_id": conn.identity.user_id})
+            await self.kick(conn, "token_expired")
+        for eio_sid in self.admission.stale_handshakes(time.monotonic()):
+            sock = self.eio.sockets.get(eio_sid)
+            if sock is not None and self.manager.sid_from_eio_sid(eio_sid, NAMESPACE) is None:
+                self.metrics.error("handshake_timeout")
+                sock.close_transport()
 
     # -- CONNECT ----------------------------------------------------------------------------------
 
