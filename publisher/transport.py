@@ -41,12 +41,16 @@ def backoff(attempt: int) -> float:
 
 def describe(client: redis.Redis | redis.asyncio.Redis) -> str:
     """Where a client points, without credentials, for error messages."""
-    kwargs = client.connection_pool.connection_kwargs
+    pool = client.connection_pool
+    service = getattr(pool, "service_name", None)
+    if service is not None:
+        return f"the master of Sentinel service {service!r}"
+    kwargs = pool.connection_kwargs
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"
     if "host" in kwargs:
         return f"{kwargs['host']}:{kwargs.get('port', 6379)}"
-    return type(client.connection_pool).__name__
+    return type(pool).__name__
 
 
 def _failure(where: str, attempts: int, exc: BaseException) -> PublishError:

@@ -105,3 +105,4 @@ def test_sentinel_wrong_password(sentinel: Sentinel) -> None:
     with Publisher(url, retries=0) as pub, pytest.raises(PublishError) as info:
         pub.emit("x", 1, user=1)
     assert "wrong" not in str(info.value)
+    assert "/0/mymaster" in str(info.value)

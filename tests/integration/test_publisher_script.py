@@ -95,6 +95,18 @@ def test_seqs_strictly_increase_across_rooms_and_kinds(pub: Publisher) -> None:
     assert abs(parsed[-1].ms - time.time() * 1000) < 5000
 
 
+def test_long_bursts_are_sent_in_chunks_in_order(pub: Publisher, r: redis.Redis,
+                                                 prefix: str) -> None:
+    offsets = pub.emit_many([Message("x", i, room="classroom:1") for i in range(1201)])
+    seqs = [parse_offset(o).seq for o in offsets]
+    assert seqs == list(range(1, 1202))
+    with pub.pipeline() as batch:
+        for i in range(600):
+            batch.emit("y", i, user=i)
+    assert [parse_offset(o).seq for o in batch.offsets] == list(range(1202, 1802))
+    assert r.hget(f"{prefix}:clock", "seq") == b"1801"
+
+
 def test_clock_holds_epoch_seq_and_ms(pub: Publisher, r: redis.Redis, prefix: str) -> None:
     offset = parse_offset(pub.emit("x", {}, user=1))
     clock = r.hgetall(f"{prefix}:clock")

@@ -14,10 +14,12 @@ from publisher.redis_url import (
     redact,
     sync_client,
 )
+from publisher.transport import describe
 
 
 def test_plain_urls_with_defaults() -> None:
     client = sync_client("redis://:pw@redis.example:6380/3")
+    assert describe(client) == "redis.example:6380"
     kwargs = client.connection_pool.connection_kwargs
     assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"]) == (
         "redis.example", 6380, 3, "pw")
@@ -37,6 +39,7 @@ def test_tls_and_unix() -> None:
     assert "SSL" in tls.connection_pool.connection_class.__name__
     tls.close()
     unix = sync_client("unix:///run/redis.sock?db=2")
+    assert describe(unix) == "unix:///run/redis.sock"
     assert unix.connection_pool.connection_kwargs["path"] == "/run/redis.sock"
     assert unix.connection_pool.connection_kwargs["db"] == 2
     unix.close()
@@ -68,6 +71,7 @@ def test_sentinel_clients() -> None:
     assert isinstance(client, redis.Redis)
     assert pool.service_name == "mymaster"  # type: ignore[attr-defined]
     assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (2, "pw")
+    assert describe(client) == "the master of Sentinel service 'mymaster'"
     client.close()
 
 
