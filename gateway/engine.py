@@ -203,14 +203,15 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         ws = web.WebSocketResponse(max_msg_size=self.max_http_buffer_size, compress=False)
         try:
             await ws.prepare(request)
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, RuntimeError):
+            # the client left during the upgrade (uvloop says so with a RuntimeError)
             self.sockets.pop(sid, None)
             await self._trigger_event("disconnect", sid, self.reason.TRANSPORT_CLOSE, run_async=False)
-            return ws
+            return web.Response(status=400)
         opening = {"sid": sid, "upgrades": [], "pingTimeout": int(self.ping_timeout * 1000),
                    "pingInterval": int(self.ping_interval * 1000), "maxPayload": self.max_http_buffer_size}
         writer = ws._writer
-        if writer is not None:
+        if writer is not None and not writer.transport.is_closing():
             writer.transport.write(ws_text_frame(b"0" + orjson.dumps(opening)))
         sock.schedule_ping()
         try:

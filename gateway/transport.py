@@ -66,7 +66,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
 
     def write_frame(self, frame: bytes) -> None:
         tr = self._tr
-        if tr is None:
+        if tr is None or tr.is_closing():  # uvloop raises on a write to a closed transport
             return
         tr.write(frame)
         if tr.get_write_buffer_size() > self.server.send_buffer_limit:
@@ -132,6 +132,9 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         if writer is None:  # pragma: no cover - prepare() always sets it
             return
         transport: asyncio.Transport = writer.transport
+        if transport.is_closing():
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            return
         # What was queued before the switch goes first, in order; then everything is direct.
         while not self.queue.empty():
             pkt = self.queue.get_nowait()
