@@ -23,6 +23,7 @@ OUTPUT = Path(__file__).resolve().with_name("notifications.d.ts")
 # What a client sends and what it is told: the contract's "Socket.IO surface".
 ACK_ERRORS = ("unknown_event", "rate_limited", "invalid_payload")
 HANDSHAKE_ERRORS = (TOKEN_MISSING, TOKEN_INVALID, TOKEN_EXPIRED)
+TOO_MANY = "too_many_connections"  # message and code, past MAX_CONNECTIONS_PER_USER
 
 
 def _union(values: tuple[str, ...]) -> str:
@@ -38,12 +39,13 @@ export interface HandshakeAuth {{
   token: string;
 }}
 
-/** Why a handshake was refused: `err.data.code` of `connect_error` (`err.message` is "unauthorized"). */
+/** Why a token was refused: `err.data.code` of `connect_error`, whose `err.message` is "unauthorized". */
 export type HandshakeErrorCode = {_union(HANDSHAKE_ERRORS)};
 
-/** `err.data` of the `connect_error` of a refused handshake. */
+/** `err.data` of the `connect_error` of a refused handshake. `err.message` is "unauthorized" for
+ * a token problem, "{TOO_MANY}" (code too) when the user holds too many sockets already. */
 export interface HandshakeErrorData {{
-  code: HandshakeErrorCode;
+  code: HandshakeErrorCode | "{TOO_MANY}";
 }}
 
 /** Why the server refused an event a client emitted. */

@@ -67,12 +67,13 @@ export interface HandshakeAuth {
   token: string;
 }
 
-/** Why a handshake was refused: `err.data.code` of `connect_error` (`err.message` is "unauthorized"). */
+/** Why a token was refused: `err.data.code` of `connect_error`, whose `err.message` is "unauthorized". */
 export type HandshakeErrorCode = "token_missing" | "token_invalid" | "token_expired";
 
-/** `err.data` of the `connect_error` of a refused handshake. */
+/** `err.data` of the `connect_error` of a refused handshake. `err.message` is "unauthorized" for
+ * a token problem, "too_many_connections" (code too) when the user holds too many sockets already. */
 export interface HandshakeErrorData {
-  code: HandshakeErrorCode;
+  code: HandshakeErrorCode | "too_many_connections";
 }
 
 /** Why the server refused an event a client emitted. */
