@@ -1,6 +1,7 @@
 """clients/typescript/notifications.d.ts is what clients/typescript/generate.py writes from
 `publisher.events.EVENT_SCHEMAS`, and TypeScript accepts it, strictly, with socket.io-client's
-typed `Socket` (clients/typescript/example.ts). The type check needs Node.js and installs
+typed `Socket` (clients/typescript/example.ts); docs/frontend.md lists the same payloads.
+The type check needs Node.js and installs
 typescript and socket.io-client into clients/typescript/node_modules from its lock file; it
 skips, saying so, without Node.js."""
 
@@ -14,7 +15,7 @@ from types import ModuleType
 
 import pytest
 
-from publisher.events import EVENT_SCHEMAS
+from publisher.events import EVENT_SCHEMAS, ObjectSchema
 from tests.support import node_env
 
 TS_DIR = Path(__file__).resolve().parents[2] / "clients" / "typescript"
@@ -61,6 +62,24 @@ def test_every_contract_event_is_declared_with_its_offset_argument() -> None:
     for code in ("token_missing", "token_invalid", "token_expired", "unknown_event",
                  "rate_limited", "invalid_payload"):
         assert re.search(rf'"{code}"', text), code
+
+
+def _field_names(schema: ObjectSchema) -> list[str]:
+    names = []
+    for spec in schema.fields:
+        names.append(spec.name + ("?" if spec.optional else ""))
+        if spec.nested is not None:
+            names.extend(_field_names(spec.nested))
+    return names
+
+
+def test_the_frontend_guide_lists_every_event_with_every_field() -> None:
+    guide = (TS_DIR.parents[1] / "docs" / "frontend.md").read_text(encoding="utf-8")
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([^`]+)` \| `(\{.*?\})` \|", guide, re.M)}
+    assert set(rows) == set(EVENT_SCHEMAS), "docs/frontend.md's event table and EVENT_SCHEMAS differ"
+    for event, schema in EVENT_SCHEMAS.items():
+        for name in _field_names(schema.payload):
+            assert re.search(rf"[{{ ]{re.escape(name)}:", rows[event]), f"{event}: {name} not in the guide"
 
 
 def tsc(*args: str) -> subprocess.CompletedProcess[str]:
