@@ -48,7 +48,8 @@ PROJECT_ENV = {"HANDSHAKE_RATE_PER_IP": "100000"}
 # Phase verdicts: a core busier than this was the limit.
 SATURATED = 0.9
 # Commands that run.py itself sends to redis while measuring: left out of commands per event.
-OWN_COMMANDS = {"info", "client|list", "dbsize", "ping", "command", "command|docs", "hello"}
+OWN_COMMANDS = {"info", "client|list", "dbsize", "ping", "command", "command|docs", "hello", "scan",
+                "memory|usage", "flushall"}
 
 
 class BenchError(Exception):
@@ -331,32 +332,43 @@ def project_source(ref=None, snapshot=False):
 
 
 # ---------------------------------------------------------------------------------------------
+def _resp(args):
+    parts = [f"*{len(args)}\r\n".encode()]
+    for x in args:
+        b = str(x).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
+def _read_reply(f):
+    line = f.readline().rstrip(b"\r\n")
+    t, rest = line[:1], line[1:]
+    if t == b"+":
+        return rest.decode()
+    if t == b"-":
+        raise BenchError("redis: " + rest.decode())
+    if t == b":":
+        return int(rest)
+    if t == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2].decode(errors="replace")
+    if t == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read_reply(f) for _ in range(n)]
+    raise BenchError(f"redis: bad reply {line!r}")
+
+
 def redis_cmd(port, *args, timeout=2.0):
     """Minimal RESP client: one command, returns the decoded reply (str/int/list)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        parts = [f"*{len(args)}\r\n".encode()]
-        for x in args:
-            b = str(x).encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
-        s.sendall(b"".join(parts))
-        f = s.makefile("rb")
+    return redis_pipeline(port, [args], timeout)[0]
 
-        def read():
-            line = f.readline().rstrip(b"\r\n")
-            t, rest = line[:1], line[1:]
-            if t == b"+":
-                return rest.decode()
-            if t == b"-":
-                raise BenchError("redis: " + rest.decode())
-            if t == b":":
-                return int(rest)
-            if t == b"$":
-                n = int(rest)
-                return None if n < 0 else f.read(n + 2)[:-2].decode(errors="replace")
-            if t == b"*":
-                return [read() for _ in range(int(rest))]
-            raise BenchError(f"redis: bad reply {line!r}")
-        return read()
+
+def redis_pipeline(port, commands, timeout=10.0):
+    """Several commands on one connection, sent at once; their replies in order."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"".join(_resp(c) for c in commands))
+        f = s.makefile("rb")
+        return [_read_reply(f) for _ in commands]
 
 
 def redis_subscribers(port):
@@ -446,14 +458,39 @@ def commandstats(port):
     return out
 
 
+KEY_CLASSES = (  # (class, key prefix) of docs/wire-protocol.md, with the default KEY_PREFIX
+    ("session", "ngw:s:"), ("user_sessions", "ngw:u:"), ("history", "ngw:h:"), ("online", "ngw:online:"),
+    ("bus", "ngw:"),
+)
+
+
+def key_memory(port):
+    """{class: [keys, bytes]}: MEMORY USAGE (exact: SAMPLES 0) of every key, by class. Unlike
+    used_memory, it does not move with client buffers or the allocator."""
+    keys, cursor = [], "0"
+    while True:
+        cursor, batch = redis_cmd(port, "SCAN", cursor, "COUNT", "10000")
+        keys += batch
+        if cursor == "0":
+            break
+    out = {}
+    sizes = redis_pipeline(port, [("MEMORY", "USAGE", k, "SAMPLES", "0") for k in keys]) if keys else []
+    for k, size in zip(keys, sizes, strict=True):
+        cls = next((c for c, prefix in KEY_CLASSES if k.startswith(prefix)), "other")
+        n, b = out.get(cls, (0, 0))
+        out[cls] = (n + 1, b + (size or 0))
+    return out
+
+
 class RedisSample:
     def __init__(self, port, redis_proc):
         self.t = time.time()
+        self.cmds = commandstats(port)  # first: the commands below are run.py's own
         mem = redis_info(port, "memory")
         self.used = mem.get("used_memory")
         self.dataset = mem.get("used_memory_dataset")
         self.keys = redis_cmd(port, "DBSIZE")
-        self.cmds = commandstats(port)
+        self.key_mem = key_memory(port)
         self.cpu = proc_cpu_s(redis_proc.pid)
 
 
@@ -477,8 +514,17 @@ def redis_delta(a, b, per, rest_rate=None):
         "calls": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
         "redis_cpu_s": round(b.cpu - a.cpu, 3) if (a.cpu is not None and b.cpu is not None) else None,
     }
+    classes = sorted(set(a.key_mem) | set(b.key_mem))
+    out["key_memory_delta"] = {c: {"keys": b.key_mem.get(c, (0, 0))[0] - a.key_mem.get(c, (0, 0))[0],
+                                   "bytes": b.key_mem.get(c, (0, 0))[1] - a.key_mem.get(c, (0, 0))[1]}
+                               for c in classes}
     if per:
         out["mem_b_per"] = round((b.used - a.used) / per, 1)
+        if out["dataset_delta_b"] is not None:
+            out["dataset_b_per"] = round(out["dataset_delta_b"] / per, 1)
+        out["key_b_per"] = round(sum(v["bytes"] for v in out["key_memory_delta"].values()) / per, 1)
+        out["key_b_per_class"] = {c: round(v["bytes"] / per, 1) for c, v in out["key_memory_delta"].items()
+                                  if v["bytes"]}
         out["keys_per"] = round((b.keys - a.keys) / per, 3)
         out["calls_per"] = {k: round(v / per, 3) for k, v in out["calls"].items()}
         out["commands_per"] = round(sum(calls.values()) / per, 2)
@@ -509,14 +555,32 @@ def wait_redis_quiet(port, timeout, still=0.6):
 
 # ---------------------------------------------------------------------------------------------
 # verdicts
-def verdict(gw_util, driver_util, driver_what):
-    """What limited a phase: 'gateway' (its core near full), 'driver' (CPU 1 near full while the
-    gateway was not), or 'neither' (the offered load was: a fixed rate, or a latency chain)."""
-    if gw_util is not None and gw_util >= SATURATED:
+def verdict(gw_util, cpu0_busy, cpu1_busy, driver_util, driver_what):
+    """What limited a phase:
+    'gateway'        its core was >= 90 % busy with it;
+    'other load ...' a core was >= 90 % busy, mostly with processes that are not ours (other people's
+                     work on a shared machine): the gateway was starved, or the driver was;
+    'driver ...'     CPU 1 >= 90 % busy, mostly with our load generator, producer and redis, while the
+                     gateway was not: the rate is a lower bound of the gateway's;
+    'neither'        the offered load set the pace (a fixed rate, or a latency chain)."""
+    g = gw_util if gw_util is not None else 0.0
+    if g >= SATURATED:
         return "gateway"
-    if driver_util is not None and driver_util >= SATURATED:
-        return f"driver ({driver_what} {driver_util:.2f}, gateway {gw_util if gw_util is not None else '-'})"
+    if cpu0_busy is not None and cpu0_busy >= SATURATED and cpu0_busy - g >= 0.2:
+        return f"other load on CPU 0 (busy {cpu0_busy:.2f}, gateway {g:.2f})"
+    if cpu1_busy is not None and cpu1_busy >= SATURATED:
+        if driver_util is not None and driver_util < 0.6:
+            return f"other load on CPU 1 (busy {cpu1_busy:.2f}, {driver_what} {driver_util:.2f}, gateway {g:.2f})"
+        return f"driver (CPU 1 busy {cpu1_busy:.2f}, {driver_what} {driver_util or 0:.2f}, gateway {g:.2f})"
     return "neither"
+
+
+def driver_util(phase, procs=("loadgen", "producer", "redis", "py-spy")):
+    """CPU share of CPU 1 taken by our own driver processes over the phase."""
+    wall = phase.get("wall_s")
+    if not wall:
+        return None
+    return round(sum(v for k, v in phase.get("other_cpu_s", {}).items() if k in procs and v) / wall, 3)
 
 
 def busy(phase, cpu):
@@ -705,7 +769,8 @@ def run(a):
         result["loadgen_cpu_util_connect"] = round(lc / cw, 3) if (cw and lc is not None) else None
         result["gw_rss_kib_per_conn"] = round(cd["gw_rss_delta_kib"] / n, 2) if n else None
         result["gw_rss_kib_base"] = sum(x for x in s0.gw_rss if x is not None)
-        result["bottleneck_connect"] = verdict(result["gw_core_util_connect"], result["loadgen_cpu_util_connect"],
+        result["bottleneck_connect"] = verdict(result["gw_core_util_connect"], busy(cd, GATEWAY_CPU),
+                                               busy(cd, DRIVER_CPU), result["loadgen_cpu_util_connect"],
                                                "load generator")
         result["cpu0_foreign_connect"] = foreign(cd)
         if n < a.clients:
@@ -791,7 +856,9 @@ def run(a):
             result["cpu1_busy"] = busy(dd, DRIVER_CPU)
             result["cpu0_busy"] = busy(dd, GATEWAY_CPU)
             result["cpu0_foreign"] = foreign(dd)
-            result["bottleneck"] = verdict(result["gw_core_util_during"], result["cpu1_busy"], "cpu1 busy")
+            result["driver_cpu_util"] = driver_util(dd)
+            result["bottleneck"] = verdict(result["gw_core_util_during"], result["cpu0_busy"], result["cpu1_busy"],
+                                           result["driver_cpu_util"], "driver")
             if rs0 is not None:
                 # history: what the events left in redis, and the commands they cost
                 wait_redis_quiet(a.redis_port, left(10))
@@ -809,11 +876,16 @@ def run(a):
                 rse, rss, r1 = result["redis_events"], result["redis_sessions"], result["redis_events_one_room"]
                 result["recovery_cost"] = {
                     "redis_mem_b_per_session": rss.get("mem_b_per"),
+                    "redis_key_b_per_session": rss.get("key_b_per"),
+                    "redis_dataset_b_per_session": rss.get("dataset_b_per"),
                     "redis_keys_per_session": rss.get("keys_per"),
                     "redis_commands_per_session": rss.get("commands_per"),
                     "redis_mem_b_per_event": rse.get("mem_b_per"),
+                    "redis_key_b_per_event": rse.get("key_b_per"),
+                    "redis_dataset_b_per_event": rse.get("dataset_b_per"),
                     "events_per_room": round(a.events / min(a.users, a.events), 1),
                     "redis_mem_b_per_event_one_room": r1.get("mem_b_per"),
+                    "redis_key_b_per_event_one_room": r1.get("key_b_per"),
                     "one_room_events": one,
                     "redis_commands_per_event": rse.get("commands_per_net", rse.get("commands_per")),
                     "redis_calls_per_event": rse.get("calls_per_net", rse.get("calls_per")),
