@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from gateway.backend import BusSink, Position
 from publisher.envelope import encode_control, encode_event
 
@@ -91,8 +93,7 @@ class MemoryBackend:
         return self._publish(envelope, f"user:{user}", keep=False)
 
     def _edit_session_rooms(self, user: str, rooms: Sequence[str], *, add: bool) -> None:
-        import orjson
-
+        here = f"{self._ms}-{self._seq}"
         for pid in self._user_sessions.get(user, ()):
             entry = self._sessions.get(pid)
             if entry is None:
@@ -105,18 +106,25 @@ class MemoryBackend:
                 elif not add and room in current and room != f"user:{user}":
                     current.remove(room)
             record["rooms"] = orjson.dumps(current).decode()
+            joined = orjson.loads(record.get("j", "{}"))
+            for room in rooms:
+                if add:
+                    joined.setdefault(room, here)
+                else:
+                    joined.pop(room, None)
+            record["j"] = orjson.dumps(joined).decode()
 
     # -- positions and history ------------------------------------------------------------------
 
     async def position(self) -> Position:
         return Position(self._epoch, self._ms, self._seq)
 
-    async def history(self, rooms: Sequence[str], after: Position) -> list[bytes] | None:
-        if after.epoch != self._epoch:
-            return None
-        key = (after.ms, after.seq)
+    async def history(self, starts: Sequence[tuple[str, Position]]) -> list[bytes] | None:
         out: list[tuple[int, bytes]] = []
-        for room in rooms:
+        for room, after in starts:
+            if after.epoch != self._epoch:
+                return None
+            key = (after.ms, after.seq)
             trimmed = self._trimmed.get(room)
             if trimmed is not None and trimmed > key:
                 return None
@@ -150,6 +158,19 @@ class MemoryBackend:
         if entry is not None:
             entry[0]["t"] = str(t_ms)
             self._sessions[pid] = (entry[0], time.monotonic() + self._window_ms / 1000)
+
+    def session_rooms(self, pid: str, rooms_json: str, room: str, joined_at: str) -> None:
+        entry = self._sessions.get(pid)
+        if entry is None:
+            return
+        record = entry[0]
+        record["rooms"] = rooms_json
+        joined = orjson.loads(record.get("j", "{}"))
+        if joined_at:
+            joined[room] = joined_at
+        else:
+            joined.pop(room, None)
+        record["j"] = orjson.dumps(joined).decode()
 
     def set_online(self, user: str, online: bool) -> None:
         return None

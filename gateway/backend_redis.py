@@ -18,7 +18,11 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.backend import BusSink, BusUnavailable, Position
 from gateway.redis_endpoint import parse_endpoint
@@ -47,7 +51,11 @@ class RedisBackend:
         self.replica_id = replica_id
         self._window_ms = int(window_s * 1000)
         self._metrics = metrics
-        self.client: aioredis.Redis = async_client(url)
+        # A connection that died with a Redis restart fails its next command: retry it once or
+        # twice on a fresh connection before calling the bus unavailable.
+        self.client: aioredis.Redis = async_client(
+            url, retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError])
         self.publisher = AsyncPublisher(
             client=self.client, channel_prefix=names.channel_prefix, key_prefix=names.key_prefix,
             history_max_len=history_max_len, recovery_window_s=window_s,
@@ -188,28 +196,29 @@ class RedisBackend:
             raise BusUnavailable(str(exc)) from exc
         return Position(_text(epoch), int(ms or 0), int(seq or 0))
 
-    async def history(self, rooms: Sequence[str], after: Position) -> list[bytes] | None:
-        current = await self._position_now()
-        if current.epoch != after.epoch:
-            return None
-        if not rooms:
+    async def history(self, starts: Sequence[tuple[str, Position]]) -> list[bytes] | None:
+        if not starts:
             return []
+        current = await self._position_now()
+        if any(start.epoch != current.epoch for _, start in starts):
+            return None
         try:
-            reply = await self._history(keys=[self.names.history_key(r) for r in rooms],
-                                        args=[after.stream_id])
+            reply = await self._history(keys=[self.names.history_key(room) for room, _ in starts],
+                                        args=[start.stream_id for _, start in starts])
         except (RedisError, OSError) as exc:
             raise BusUnavailable(str(exc)) from exc
         if not reply or int(reply[0]) != 1:
             return None
         messages: list[bytes] = reply[1:]
-        if len(rooms) > 1:
+        if len(starts) > 1:
             messages.sort(key=_seq_of)
         return messages
 
     # -- sessions and presence: queued writes -----------------------------------------------------
 
     def save_session(self, pid: str, record: dict[str, str], user: str) -> None:
-        self._queue("S", pid, user, record["sid"], record["rooms"], record["o"], record["c"], record["t"])
+        self._queue("S", pid, user, record["sid"], record["rooms"], record["o"], record["c"], record["t"],
+                    record.get("j", "{}"))
 
     async def load_session(self, pid: str) -> dict[str, str] | None:
         try:
@@ -223,6 +232,9 @@ class RedisBackend:
 
     def end_session(self, pid: str, t_ms: int) -> None:
         self._queue("E", pid, str(t_ms))
+
+    def session_rooms(self, pid: str, rooms_json: str, room: str, joined_at: str) -> None:
+        self._queue("R", pid, rooms_json, room, joined_at)
 
     def set_online(self, user: str, online: bool) -> None:
         self._queue("O" if online else "F", user)

@@ -145,15 +145,15 @@ class DeliveryCore:
         except BusUnavailable:
             return None
 
-    async def recover_rooms(self, conn: Conn, rooms: Sequence[str], since: Position) -> None:
-        """Put a restored socket back in its rooms, with their events after `since` queued
-        ahead of the live ones (merged in order when the server flushes `conn.pending`).
+    async def recover_rooms(self, conn: Conn, starts: Sequence[tuple[str, Position]]) -> None:
+        """Put a restored socket back in its rooms, with each room's events after its start
+        queued ahead of the live ones (merged in order when the server flushes `conn.pending`).
 
         Raises HistoryLost when part of that history is gone.
         """
-        await self._subscribe([r for r in rooms if self.registry.join(conn, r)])
+        await self._subscribe([room for room, _ in starts if self.registry.join(conn, room)])
         try:
-            messages = await self.backend.history(rooms, since)
+            messages = await self.backend.history(starts)
         except BusUnavailable:
             messages = None
         if messages is None:
@@ -176,20 +176,30 @@ class DeliveryCore:
                 await self._subscribe([r for r in fresh if self.registry.join(conn, r)])
                 if since is not None:
                     try:
-                        messages = await self.backend.history(fresh, since)
+                        messages = await self.backend.history([(room, since) for room in fresh])
                     except BusUnavailable:
                         messages = None
                     history = [out for _, out in self._decode_all(messages or [])]
             finally:
                 conn.attach(history)
             if self.on_rooms_changed is not None:
-                self.on_rooms_changed(conn)
+                if since is None:
+                    try:
+                        since = await self.backend.position()
+                    except BusUnavailable:
+                        since = None
+                for room in fresh:
+                    self.on_rooms_changed(conn, room, since)
         if not lock.locked():
             self._locks.pop(conn.sid, None)
 
     def leave(self, conn: Conn, room: str) -> None:
-        if room in conn.rooms and self.registry.leave(conn, room):
+        if room not in conn.rooms:
+            return
+        if self.registry.leave(conn, room):
             self.backend.unsubscribe(room)
+        if self.on_rooms_changed is not None:
+            self.on_rooms_changed(conn, room, None)
 
     def detach(self, sid: str) -> Conn | None:
         conn, emptied = self.registry.remove(sid)
@@ -236,7 +246,7 @@ class DeliveryCore:
         if since is not None and conns:
             rooms = sorted({r for c in conns for r in c.rooms})
             try:
-                messages = await self.backend.history(rooms, since)
+                messages = await self.backend.history([(room, since) for room in rooms])
             except BusUnavailable:
                 messages = None
             if messages is None:

@@ -27,9 +27,12 @@ started at, taken after its subscriptions were confirmed (so nothing between is 
 When not to recover. The epoch is a random id kept with the counter: Redis restarted empty or
 was flushed means a new epoch, and an offset of another epoch is refused (positions restarted,
 history is gone). A room's history is trimmed by count and age; if an entry after the offset
-was trimmed (Redis 7 streams remember `max-deleted-entry-id`), the replay would be short:
-refused. The session (`<prefix>:s:<pid>`) expires `RECOVERY_WINDOW` after its client went
-away; it is only recovered for the user it belongs to (the token is verified again, as on any
+was trimmed, the replay would be short: refused. Trimming leaves no trace in a stream, so
+each history entry names its predecessor: the first entry after the offset must follow on
+from a position at or before it (`lua/history.lua`). A room joined while the client was away
+replays from the join, not from the offset (the session keeps join positions, field `j`).
+The session (`<prefix>:s:<pid>`) expires `RECOVERY_WINDOW` after its client went away; it is
+only recovered for the user it belongs to (the token is verified again, as on any
 CONNECT: an expired token is refused before recovery is considered), never for a user kicked
 since it began (`publisher.disconnect_user`), and a pid is 128 random bits.
 
@@ -63,13 +66,17 @@ MAX_PID_LENGTH = 64
 
 @dataclass(frozen=True, slots=True)
 class Restorable:
-    """A session that may be restored: its sid, rooms, and where its replay starts."""
+    """A session that may be restored: its sid, and where each room's replay starts."""
 
     pid: str
     sid: str
-    rooms: list[str]
-    since: Position
+    starts: list[tuple[str, Position]]  # (room, replay after this position), in join order
+    since: Position  # the client's offset (or the session's start)
     created_ms: int
+
+    @property
+    def rooms(self) -> list[str]:
+        return [room for room, _ in self.starts]
 
 
 class Recovery:
@@ -117,10 +124,11 @@ class Recovery:
         if not sid:
             return None, "bad_session"
         since = Position(parsed.epoch, parsed.ms, parsed.seq)
-        return Restorable(pid, sid, rooms, since, created), RECOVERED
+        return Restorable(pid, sid, _starts(rooms, since, record.get("j")), since, created), RECOVERED
 
     def save(self, pid: str, sid: str, identity: Identity, rooms: list[str],
-             start: Position | None, created_ms: int | None = None, start_offset: str | None = None) -> None:
+             start: Position | None, created_ms: int | None = None, start_offset: str | None = None,
+             joined_json: str = "{}") -> None:
         """Write (or rewrite) the session record: queued, nobody waits for it."""
         now = _now_ms()
         record = {
@@ -130,11 +138,34 @@ class Recovery:
             "o": start_offset if start_offset is not None else (start.offset if start else ""),
             "c": str(created_ms or now),
             "t": str(now),
+            "j": joined_json,
         }
         self.backend.save_session(pid, record, identity.user_id)
 
+    def rooms_changed(self, pid: str, rooms: list[str], room: str, at: Position | None) -> None:
+        self.backend.session_rooms(pid, orjson.dumps(rooms).decode(), room, at.stream_id if at else "")
+
     def ended(self, pid: str) -> None:
         self.backend.end_session(pid, _now_ms())
+
+
+def _starts(rooms: list[str], since: Position, joined_raw: str | None) -> list[tuple[str, Position]]:
+    """Each room replays from the client's offset, or from when it was joined if that is
+    later: a room joined while the client was away brings only what came after the join."""
+    try:
+        joined = orjson.loads(joined_raw or "{}")
+    except orjson.JSONDecodeError:
+        joined = {}
+    starts = []
+    for room in rooms:
+        start = since
+        at = joined.get(room) if isinstance(joined, dict) else None
+        if isinstance(at, str) and "-" in at:
+            ms_text, _, seq_text = at.partition("-")
+            if ms_text.isdigit() and seq_text.isdigit() and int(seq_text) > since.seq:
+                start = Position(since.epoch, int(ms_text), int(seq_text))
+        starts.append((room, start))
+    return starts
 
 
 def _int(raw: str | None) -> int:

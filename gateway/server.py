@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 import socketio
 from socketio import packet as sio_packet
 
@@ -193,14 +194,15 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         conn = self._register(restorable.sid, eio_sid, eio_socket, identity, restorable.pid,
                               restorable.since.seq)
         try:
-            await self.core.recover_rooms(conn, restorable.rooms, restorable.since)
+            await self.core.recover_rooms(conn, restorable.starts)
         except HistoryLost:
             self._unregister(conn)
             raise
         if not self._still_there(conn):
             return
         self.recovery.save(restorable.pid, conn.sid, identity, list(conn.rooms), None,
-                           created_ms=restorable.created_ms, start_offset=restorable.since.offset)
+                           created_ms=restorable.created_ms, start_offset=restorable.since.offset,
+                           joined_json=_joined_json(restorable.starts, restorable.since))
         await self._accept(conn)
         self.metrics.recovery(RECOVERED)
         self.metrics.handshake("recovered")
@@ -234,10 +236,10 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
                 self.core.backend.set_online(conn.identity.user_id, False)
         self.manager.basic_disconnect(conn.sid, NAMESPACE)
 
-    def _save_session(self, conn: Conn) -> None:
+    def _save_session(self, conn: Conn, room: str, at: Any) -> None:
+        """A connected socket's rooms changed: the session record follows."""
         if conn.pid is not None:
-            self.recovery.save(conn.pid, conn.sid, conn.identity, list(conn.rooms), None,
-                               start_offset=None)
+            self.recovery.rooms_changed(conn.pid, list(conn.rooms), room, at)
 
     # -- EVENT ------------------------------------------------------------------------------------
 
@@ -332,3 +334,9 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             self._reasons[sid] = "slow_consumer"
         self.metrics.error("slow_consumer")
         log.warning("slow consumer: transport closed", extra={"sid": sid})
+
+
+def _joined_json(starts: list[tuple[str, Any]], since: Any) -> str:
+    """The join positions to keep in a restored session: those later than its offset."""
+    joined = {room: start.stream_id for room, start in starts if start.seq > since.seq}
+    return orjson.dumps(joined).decode() if joined else "{}"

@@ -60,8 +60,6 @@ class WebSocketService:
         if not may_leave(conn.identity, room):
             raise PermissionError(f"a socket cannot leave its own room {room}")
         self.core.leave(conn, room)
-        if self.core.on_rooms_changed is not None:
-            self.core.on_rooms_changed(conn)
 
     def connected_users(self) -> dict[str, int]:
         """User id -> number of sockets on this replica."""

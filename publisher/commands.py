@@ -191,7 +191,8 @@ class Commands:
         own = user_room(uid)
         wanted = self._rooms(kind, uid, rooms)
         sessions = Call.of(
-            ROOMS, 1, self.names.user_sessions_key(uid), self._session_head, kind, own, *wanted,
+            ROOMS, 2, self.names.user_sessions_key(uid), self.names.clock_key(), self._session_head, kind,
+            own, *wanted,
         )
         envelope = encode_control(kind, uid, wanted, _now_ms())
         return sessions, self._publish(self._channel_head + own + "#", "", envelope)

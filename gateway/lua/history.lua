@@ -1,33 +1,40 @@
--- Events of several rooms after one offset, for recovery and catch-up.
--- KEYS: the rooms' history streams.  ARGV[1]: the offset's stream id "<ms>-<seq>".
+-- Events of several rooms, each after its own position, for recovery and catch-up.
+-- KEYS: the rooms' history streams.  ARGV[i]: the stream id "<ms>-<seq>" to start after in KEYS[i]
+-- (the client's offset, or later for a room it joined after that offset).
 -- Returns {ok, m1, m2, ...}: ok = 1 with the messages after the offset (each room in order;
--- the caller merges rooms by seq), or ok = 0 when a room lost an entry after the offset
--- (trimmed by MAXLEN/MINID or deleted): then recovery must say "not recovered".
-local after = ARGV[1]
-local dash = string.find(after, "-", 1, true)
-local a_ms, a_seq = tonumber(string.sub(after, 1, dash - 1)), tonumber(string.sub(after, dash + 1))
-
-local function newer(id)  -- is stream id `id` strictly after the offset?
+-- the caller merges rooms by seq), or ok = 0 when a room lost an entry after the offset.
+--
+-- Trimming (MAXLEN, MINID) removes the oldest entries and leaves no count of them, so each
+-- entry carries its predecessor's id ('p', set by publish.lua). If the first entry after the
+-- offset has a predecessor that is itself after the offset, that predecessor was trimmed: the
+-- replay would have a hole. Trimming always keeps the newest entry, so when nothing follows
+-- the offset, nothing after it was ever added.
+local function parse(id)
   local d = string.find(id, "-", 1, true)
-  local ms, seq = tonumber(string.sub(id, 1, d - 1)), tonumber(string.sub(id, d + 1))
-  return ms > a_ms or (ms == a_ms and seq > a_seq)
+  return tonumber(string.sub(id, 1, d - 1)), tonumber(string.sub(id, d + 1))
 end
 
 local out = {1}
-for _, key in ipairs(KEYS) do
-  if redis.call("EXISTS", key) == 1 then
-    local info = redis.call("XINFO", "STREAM", key)
-    for i = 1, #info, 2 do
-      if info[i] == "max-deleted-entry-id" then
-        if newer(info[i + 1]) then
-          return {0}
-        end
-      end
+for k, key in ipairs(KEYS) do
+  local after = ARGV[k]
+  local a_ms, a_seq = parse(after)
+  local function newer(id)  -- is stream id `id` strictly after this room's start?
+    local ms, seq = parse(id)
+    return ms > a_ms or (ms == a_ms and seq > a_seq)
+  end
+  local entries = redis.call("XRANGE", key, "(" .. after, "+")
+  if entries[1] then
+    local fields = entries[1][2]
+    local prev = "0-0"
+    for i = 1, #fields, 2 do
+      if fields[i] == "p" then prev = fields[i + 1] end
     end
-    local entries = redis.call("XRANGE", key, "(" .. after, "+")
-    for _, entry in ipairs(entries) do
-      out[#out + 1] = entry[2][2]
+    if newer(prev) then
+      return {0}
     end
+  end
+  for _, entry in ipairs(entries) do
+    out[#out + 1] = entry[2][2]
   end
 end
 return out

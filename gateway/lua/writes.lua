@@ -2,7 +2,8 @@
 -- ARGV[1] key prefix  ARGV[2] replica id  ARGV[3] TTL of a connected session, ms
 -- ARGV[4] TTL of a session whose client left (the recovery window), ms  ARGV[5] presence TTL, ms
 -- then operations, each a tag and its fields:
---   S pid user sid rooms o c t   save a session (connected) and index it under its user
+--   S pid user sid rooms o c t j  save a session (connected) and index it under its user
+--   R pid rooms room at          its rooms changed: `room` joined at position `at` ("" when left)
 --   E pid t                      the session's client left at t: keep it for the window
 --   O user                       user online on this replica
 --   F user                       user no longer online on this replica
@@ -15,12 +16,23 @@ while i <= #ARGV do
   if op == "S" then
     local key = prefix .. ":s:" .. ARGV[i + 1]
     redis.call("HSET", key, "user", ARGV[i + 2], "sid", ARGV[i + 3], "rooms", ARGV[i + 4],
-               "o", ARGV[i + 5], "c", ARGV[i + 6], "t", ARGV[i + 7])
+               "o", ARGV[i + 5], "c", ARGV[i + 6], "t", ARGV[i + 7], "j", ARGV[i + 8])
     redis.call("PEXPIRE", key, live_ttl)
     local index = prefix .. ":u:" .. ARGV[i + 2]
     redis.call("SADD", index, ARGV[i + 1])
     redis.call("PEXPIRE", index, live_ttl)
-    i = i + 8
+    i = i + 9
+  elseif op == "R" then
+    local key = prefix .. ":s:" .. ARGV[i + 1]
+    if redis.call("EXISTS", key) == 1 then
+      local ok, joined = pcall(cjson.decode, redis.call("HGET", key, "j") or "{}")
+      if not ok or type(joined) ~= "table" then joined = {} end
+      if ARGV[i + 4] == "" then joined[ARGV[i + 3]] = nil else joined[ARGV[i + 3]] = ARGV[i + 4] end
+      local encoded = "{}"
+      if next(joined) ~= nil then encoded = cjson.encode(joined) end
+      redis.call("HSET", key, "rooms", ARGV[i + 2], "j", encoded)
+    end
+    i = i + 5
   elseif op == "E" then
     local key = prefix .. ":s:" .. ARGV[i + 1]
     if redis.call("EXISTS", key) == 1 then  -- never recreate a session a kick deleted

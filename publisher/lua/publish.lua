@@ -32,14 +32,20 @@ local offset = epoch .. ':' .. id
 local message = string.sub(envelope, 1, -2) .. ',"o":"' .. offset .. '"}'
 
 -- 4. History, trimmed by length and by age, and gone 2 windows after the last write.
+-- Each entry names its predecessor in the stream ('p'): trimming leaves no trace in the stream
+-- (max-deleted-entry-id only follows XDEL), so recovery checks that the first entry after an
+-- offset follows on from it (history.lua) and never replays a history with a hole.
 if history ~= '' then
   local window = tonumber(ARGV[5])
-  local added = redis.pcall('XADD', history, 'MAXLEN', '~', ARGV[4], id, 'm', message)
+  local newest = redis.call('XREVRANGE', history, '+', '-', 'COUNT', 1)
+  local prev = '0-0'
+  if newest[1] then prev = newest[1][1] end
+  local added = redis.pcall('XADD', history, 'MAXLEN', '~', ARGV[4], id, 'm', message, 'p', prev)
   if type(added) == 'table' and added.err then
     -- The stream is ahead of the clock, so it predates the current epoch (the clock was lost
     -- and the stream was not): none of it can be replayed any more. Start it again.
     redis.call('DEL', history)
-    redis.call('XADD', history, 'MAXLEN', '~', ARGV[4], id, 'm', message)
+    redis.call('XADD', history, 'MAXLEN', '~', ARGV[4], id, 'm', message, 'p', '0-0')
   end
   redis.call('XTRIM', history, 'MINID', '~', string.format('%d', ms - window))
   redis.call('PEXPIRE', history, string.format('%d', 2 * window))

@@ -2,12 +2,18 @@
 -- ngw:s:<pid> listed in ngw:u:<user>, so a client away at the time comes back with the right
 -- rooms. The user's own room is always kept. Session keys are built here from the pids, so
 -- this runs on a single Redis (standalone or Sentinel), not a Cluster.
--- KEYS[1] the user's session set   ARGV[1] session key prefix (e.g. "ngw:s:")
+-- Each session also keeps, in field "j" (a JSON object), the bus position at which a room was
+-- joined: recovery replays that room from there, not from the client's older offset, so a
+-- client away during the join gets the room's events after the join and none before.
+-- KEYS[1] the user's session set   KEYS[2] the clock hash   ARGV[1] session key prefix (e.g. "ngw:s:")
 -- ARGV[2] "join" or "leave"   ARGV[3] the user's own room   ARGV[4..] the rooms
 -- Returns the number of sessions changed.
 local prefix, joining, own = ARGV[1], ARGV[2] == 'join', ARGV[3]
 local given = {}
 for i = 4, #ARGV do given[ARGV[i]] = true end
+
+local clock = redis.call('HMGET', KEYS[2], 'ms', 'seq')
+local here = string.format('%d-%d', tonumber(clock[1]) or 0, tonumber(clock[2]) or 0)
 
 local changed = 0
 for _, pid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -33,7 +39,20 @@ for _, pid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     end
     local encoded = cjson.encode(out)
     if encoded ~= raw then
-      redis.call('HSET', key, 'rooms', encoded)
+      local jraw = redis.call('HGET', key, 'j')
+      local jok, joined = false, nil
+      if jraw then jok, joined = pcall(cjson.decode, jraw) end
+      if not jok or type(joined) ~= 'table' then joined = {} end
+      for i = 4, #ARGV do
+        if joining then
+          if not joined[ARGV[i]] then joined[ARGV[i]] = here end
+        else
+          joined[ARGV[i]] = nil
+        end
+      end
+      local jencoded = '{}'
+      if next(joined) ~= nil then jencoded = cjson.encode(joined) end
+      redis.call('HSET', key, 'rooms', encoded, 'j', jencoded)
       changed = changed + 1
     end
   end
