@@ -459,9 +459,6 @@ def test_token_expiry_drops_the_socket(node_clients: NodeClients, gw: GatewayPro
     assert not [r for r in node_clients.log("a") if r["type"] == "connect"][1:], "it came back"
 
 
-@pytest.mark.xfail(reason="gateway bug: JWT_LEEWAY is applied twice to exp while connected (the "
-                          "registry stores exp + leeway and the sweeper compares it with now - "
-                          "leeway), so the socket is dropped at exp + 2 * leeway", strict=True)
 def test_token_expiry_honours_the_leeway(node_clients: NodeClients, start_gateway: StartGateway) -> None:
     leeway = 2
     replica = start_gateway({**BASE_ENV, "JWT_LEEWAY": str(leeway)})

@@ -51,7 +51,8 @@ API_KEY = secrets.token_hex(16)
 # Fast reconnection, so a test does not wait out the client's default backoff; the
 # reconnection logic itself is socket.io-client's own.
 FAST = {"reconnectionDelay": 50, "reconnectionDelayMax": 200}
-TRANSPORTS = {"websocket": ["websocket"], "polling": ["polling"]}
+# "upgrade" is socket.io-client's default: long-polling first, then WebSocket.
+TRANSPORTS = {"websocket": ["websocket"], "polling": ["polling"], "upgrade": ["polling", "websocket"]}
 BACK_TIMEOUT = 10.0
 COMMON_ENV = {
     "JWT_SECRET": SECRET,
@@ -280,8 +281,10 @@ def quiet(clients: NodeClients, name: str, gap: float = 0.3) -> list[Received]:
 class Producer:
     """Emits continuously from a thread, cycling through rooms; remembers what it published."""
 
-    def __init__(self, deployment: Deployment, rooms: list[str], pause: float = 0.002) -> None:
+    def __init__(self, deployment: Deployment, rooms: list[str], pause: float = 0.002,
+                 start: int = 0) -> None:
         self.deployment = deployment
+        self.start = start
         self.rooms = rooms
         self.pause = pause
         self.published: list[int] = []
@@ -290,7 +293,7 @@ class Producer:
         self._thread = threading.Thread(target=self._run, name="producer", daemon=True)
 
     def _run(self) -> None:
-        n = 0
+        n = self.start
         while not self._stop.is_set():
             room = self.rooms[n % len(self.rooms)]
             try:
@@ -406,6 +409,51 @@ def test_client_that_never_received_an_event_recovers_what_was_emitted_while_awa
     assert rooms_of(node_clients, "a") == sorted(rooms)
 
 
+@pytest.mark.parametrize(("bus", "target"), TARGETS)
+def test_abrupt_drop_without_a_close_frame_recovers(
+    node_clients: NodeClients, deployments: Deployments, bus: str, target: int,
+) -> None:
+    """The TCP connection is destroyed with no WebSocket close frame (a pulled cable) and the
+    client comes straight back: the server may still hold the old transport."""
+    dep = deployments.get(bus)
+    user = uid()
+    room = f"user:{user}"
+    first = connect(node_clients, "a", dep.replica(0).ns_url, token(user))
+    dep.emit(room, payload(0, room))
+    node_clients.wait_events("a", EVENT, 1)
+    for n in range(1, 4):
+        node_clients.set_uri("a", dep.replica(target * n).url)
+        node_clients.close_transport("a", mode="terminate")
+        dep.emit(room, payload(n, room))
+        back = node_clients.wait_connected("a", timeout=BACK_TIMEOUT)
+        assert back["type"] == "connect", back
+        assert back["recovered"] is True, f"outcomes: {recovery_outcomes(dep.replica(target * n))}"
+        assert back["sid"] == first["sid"]
+        assert numbers(settle(node_clients, "a", n + 1)) == list(range(n + 1))
+
+
+@pytest.mark.parametrize("role", ["teacher", "admin"])
+@pytest.mark.parametrize("bus", BUSES)
+def test_role_rooms_are_restored_with_their_events(
+    node_clients: NodeClients, deployments: Deployments, nowhere: str, bus: str, role: str,
+) -> None:
+    dep = deployments.get(bus)
+    user, c = uid(), uid("c")
+    role_room = f"teacher:{user}" if role == "teacher" else "admin:all"
+    rooms = [f"user:{user}", f"classroom:{c}", role_room]
+    first = connect(node_clients, "a", dep.replica(0).ns_url, token(user, (c,), role=role))
+    before = rooms_of(node_clients, "a")
+    assert set(rooms) <= set(before), before
+    go_away(node_clients, "a", nowhere)
+    for n in range(6):
+        dep.emit(rooms[n % 3], payload(n, rooms[n % 3]))
+    back = come_back(node_clients, "a", dep.replica(1))
+    assert (back["recovered"], back["sid"]) == (True, first["sid"]), back
+    got = numbers(settle(node_clients, "a", 6))
+    assert got == list(range(6))
+    assert rooms_of(node_clients, "a") == before
+
+
 @pytest.mark.parametrize("transport", list(TRANSPORTS))
 @pytest.mark.parametrize("bus", BUSES)
 def test_events_published_during_the_restore_arrive_once_in_order(
@@ -435,6 +483,44 @@ def test_events_published_during_the_restore_arrive_once_in_order(
     missing = sorted(set(published) - set(got))
     assert not missing, f"{len(missing)} events lost, first {missing[:20]}"
     assert got == published
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_client_of_a_replica_that_drains_or_dies_recovers_on_another(
+    node_clients: NodeClients, shared_redis: RedisServer, start_gateway: StartGateway, how: str,
+) -> None:
+    """SIGTERM lets clients go by closing their transport (they reconnect, elsewhere, and
+    recover); SIGKILL drops them. Either way, another replica restores them."""
+    prefix = uid("d")
+    settings = {"KEY_PREFIX": prefix, "CHANNEL_PREFIX": f"{prefix}.io"}
+    env = {**COMMON_ENV, **settings, "REDIS_URL": shared_redis.url, "DRAIN_SECONDS": "1"}
+    leaving, staying = start_gateway(env), start_gateway(env)
+    user, c = uid(), uid("c")
+    rooms = [f"user:{user}", f"classroom:{c}"]
+    with _publisher(shared_redis.url, settings) as pub:
+        first = connect(node_clients, "a", leaving.ns_url, token(user, (c,)))
+        pub.emit(EVENT, payload(0, rooms[0]), room=rooms[0])
+        node_clients.wait_events("a", EVENT, 1)
+        node_clients.set_uri("a", staying.url)  # where the load balancer sends it next
+        with Producer(Deployment("redis", [staying], settings, shared_redis, prefix, pub), rooms,
+                      pause=0.005, start=1) as producer:
+            node_clients.wait_events("a", EVENT, 5)
+            if how == "sigterm":
+                leaving.sigterm()
+            else:
+                leaving.kill()
+            node_clients.wait_disconnected("a", timeout=BACK_TIMEOUT)
+            back = node_clients.wait_connected("a", timeout=BACK_TIMEOUT)
+            assert back["type"] == "connect", back
+            assert back["recovered"] is True, f"outcomes: {recovery_outcomes(staying)}"
+            assert back["sid"] == first["sid"]
+            count = len(node_clients.events("a", EVENT))
+            node_clients.wait_events("a", EVENT, count + 10)
+            published = producer.stop()
+        got = numbers(settle(node_clients, "a", len(published) + 1))
+        assert got == [0, *published]
+    if how == "sigterm":
+        assert leaving.wait_exit(10) == 0
 
 
 # -- when it must not recover ---------------------------------------------------------------------
@@ -476,10 +562,7 @@ def test_back_after_the_window_is_not_recovered_and_then_gets_new_events(
 
 
 @pytest.mark.parametrize("bus", [
-    pytest.param("redis", id="redis", marks=pytest.mark.xfail(
-        reason="gateway bug: history.lua detects trimmed entries by XINFO max-deleted-entry-id, "
-               "which XADD MAXLEN/XTRIM do not update (only XDEL does): recovered, silently short",
-        strict=True)),
+    pytest.param("redis", id="redis"),
     pytest.param("memory", id="memory"),
 ])
 def test_history_trimmed_past_the_offset_is_not_recovered(
@@ -597,9 +680,6 @@ def test_redis_restarted_while_away_is_not_recovered_then_events_flow(
     assert_no_crash(dep)
 
 
-@pytest.mark.xfail(reason="gateway bug: after a Redis restart, recoveries on a replica fail "
-                          "(history_lost) while its command client still holds connections to "
-                          "the old Redis", strict=True)
 def test_recovery_works_again_after_a_redis_restart(
     node_clients: NodeClients, restartable: Deployment, nowhere: str,
 ) -> None:
@@ -832,10 +912,7 @@ def _wait_rooms(clients: NodeClients, name: str, expected: list[str], timeout: f
 
 @pytest.mark.parametrize("received_before", [
     pytest.param(True, id="had-events"),
-    pytest.param(False, id="no-event-yet", marks=pytest.mark.xfail(
-        reason="gateway bug: a producer's join rewrites the session record with an empty start "
-               "offset ('o'), so a client that has received no event is refused (bad_offset)",
-        strict=True)),
+    pytest.param(False, id="no-event-yet"),
 ])
 def test_room_joined_by_a_producer_is_kept_on_recovery(
     node_clients: NodeClients, deployments: Deployments, nowhere: str, received_before: bool,
@@ -864,9 +941,6 @@ def test_room_joined_by_a_producer_is_kept_on_recovery(
     assert rooms_of(node_clients, "a") == sorted(rooms)
 
 
-@pytest.mark.xfail(reason="gateway bug: recovery replays a room joined while away from the "
-                          "client's offset, so events emitted to it before the join are delivered",
-                   strict=True)
 def test_room_joined_while_away_comes_back_with_its_events_after_the_join(
     node_clients: NodeClients, deployments: Deployments, nowhere: str,
 ) -> None:
