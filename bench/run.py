@@ -45,6 +45,7 @@ SETUP_HINT = "run bench/setup.sh"
 # first hundred; behind a load balancer the real clients have their own addresses. Everything
 # else, recovery history included, stays at the project's defaults. --gateway-env overrides.
 PROJECT_ENV = {"HANDSHAKE_RATE_PER_IP": "100000"}
+SCRIPT_COMMANDS = {"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"}
 # Phase verdicts: a core busier than this was the limit.
 SATURATED = 0.9
 # Commands that run.py itself sends to redis while measuring: left out of commands per event.
@@ -528,7 +529,10 @@ def redis_delta(a, b, per, rest_rate=None):
         out["keys_per"] = round((b.keys - a.keys) / per, 3)
         out["calls_per"] = {k: round(v / per, 3) for k, v in out["calls"].items()}
         out["commands_per"] = round(sum(calls.values()) / per, 2)
-        out["redis_usec_per"] = round(sum(usec[k] for k in calls) / per, 2)
+        # Redis's own time, top-level commands only: a script's usec already includes the commands
+        # it calls (which commandstats also counts on their own lines)
+        scripts = [k for k in calls if k in SCRIPT_COMMANDS]
+        out["redis_usec_per"] = round(sum(usec[k] for k in (scripts or calls)) / per, 2)
         if out["redis_cpu_s"] is not None:
             out["redis_cpu_us_per"] = round(out["redis_cpu_s"] * 1e6 / per, 1)
         if rest_rate:

@@ -86,7 +86,7 @@ FIGURES = {  # per kind of configuration: (label, getter)
         ("redis B/event, one room (used_memory)", rc("redis_mem_b_per_event_one_room")),
         ("redis B/event, one room (MEMORY USAGE)", rc("redis_key_b_per_event_one_room")),
         ("redis commands/event", rc("redis_commands_per_event")),
-        ("redis usec/event (commandstats)", rc("redis_usec_per_event")),
+        ("redis usec/event (commandstats, top level)", rc("redis_usec_per_event")),
         ("redis CPU us/event (/proc)", rc("redis_cpu_us_per_event")),
         ("heartbeat commands/s", rc("heartbeat_commands_per_s")),
         ("gw CPU us/delivery", lambda r: r.get("gw_cpu_us_per_delivery")),
@@ -296,6 +296,10 @@ def main():
     if a.quick and not a.out:
         out = os.path.join(HERE, "results", "tmp", time.strftime("series-quick-%Y%m%d-%H%M%S.jsonl"))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    load1 = os.getloadavg()[0]
+    if load1 > 1.0:
+        print(f"WARNING: load average {load1:.1f} before the series: other work on this 2-CPU machine will show "
+              "as `cpu0_foreign` and make the figures noisy", file=sys.stderr)
     extra, label = snapshot(a) if "project" in targets else ([], None)
     if label:
         print(f"project: {label}", file=sys.stderr)
