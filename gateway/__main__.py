@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import secrets
@@ -89,6 +90,7 @@ async def serve(settings: Settings) -> None:
             sys.stderr.write(f"gateway: cannot listen on {settings.host}:{settings.port}: {exc.strerror}\n")
         raise SystemExit(1) from None
     gateway = app[GATEWAY]
+    _tune_gc()
     log.info("listening", extra={"host": settings.host, "port": settings.port,
                                  "bus": gateway.backend.name, "settings": settings.public_view()})
     if settings.dev:
@@ -114,6 +116,16 @@ async def serve(settings: Settings) -> None:
         await gateway.drain(0)
     await runner.cleanup()
     log.info("stopped")
+
+
+def _tune_gc() -> None:
+    """Fewer, cheaper collections: everything built at start is frozen out of the collector's
+    scans, and the young generation collects every 50,000 allocations instead of 700. The hot
+    path allocates dicts and tuples by the thousand per second but makes no cycles, so the
+    default cadence only costs time (and, at the default, pauses in the latency tail)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 async def _warn_if_redis_silent(gateway: object, settings: Settings) -> None:

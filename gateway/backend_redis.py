@@ -90,6 +90,7 @@ class RedisBackend:
 
     async def start(self, sink: BusSink) -> None:
         self._sink = sink
+        self.subscriber.on_message = sink.on_message  # straight to delivery: no hop per message
         self.subscriber.desired.add(self.names.broadcast_channel().encode())
         self.subscriber.start()
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._beat(), name="bus-heartbeat")
@@ -108,7 +109,7 @@ class RedisBackend:
 
     # -- the listener's callbacks ---------------------------------------------------------------
 
-    def _on_message(self, channel: bytes, data: bytes) -> None:
+    def _on_message(self, data: bytes) -> None:
         sink = self._sink
         if sink is not None:
             sink.on_message(data)

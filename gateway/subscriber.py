@@ -79,7 +79,7 @@ class Subscriber:
     def __init__(
         self,
         endpoint: Endpoint,
-        on_message: Callable[[bytes, bytes], None],
+        on_message: Callable[[bytes], None],
         *,
         probe_channel: bytes,
         on_connected: Callable[[], Awaitable[None]],
@@ -181,7 +181,7 @@ class Subscriber:
                 if channel == self.probe_channel:
                     self._probe_seen.set()
                 else:
-                    self.on_message(channel, reply[2])
+                    self.on_message(reply[2])
                 return
             if kind == b"subscribe":
                 channel = reply[1]
