@@ -240,6 +240,51 @@ def test_http_emit_on_one_replica_reaches_sockets_on_the_others(
     node_clients.assert_no_event("user2", "coins:earned", within=0.05, allowed=1)
 
 
+def test_typed_helpers_reach_the_client_in_camel_case(
+    node_clients: NodeClients, cluster: GatewayCluster, pub: Publisher,
+) -> None:
+    user = uid()
+    connect(node_clients, "a", cluster[2], token(user))
+    pub.coins_earned(user, amount=5, reason="quiz", new_balance=105)
+    pub.achievement_unlocked(user, achievement_id="first-quiz", name="First quiz",
+                             description="Finished a quiz", icon="quiz.png", xp_reward=20)
+    pub.rank_promoted(user, old_rank={"name": "Bronze", "level": 1},
+                      new_rank={"name": "Silver", "level": 2}, xp_required=500)
+    pub.notification_new(user, id="n-1", type="info", title="Hello", message="Welcome",
+                         created_at="2024-05-01T12:00:00.000Z", data={"link": "/x"})
+    pub.notification_read(user, notification_id="n-1", read_at=READ_AT)
+    events = node_clients.wait_events("a", None, 5)
+    assert [(e.event, e.payload) for e in events] == [
+        ("coins:earned", {"amount": 5, "reason": "quiz", "newBalance": 105}),
+        ("achievement:unlocked", {"achievementId": "first-quiz", "name": "First quiz",
+                                  "description": "Finished a quiz", "icon": "quiz.png",
+                                  "xpReward": 20}),
+        ("rank:promoted", {"oldRank": {"name": "Bronze", "level": 1},
+                           "newRank": {"name": "Silver", "level": 2}, "xpRequired": 500}),
+        ("notification:new", {"id": "n-1", "userId": user, "type": "info", "title": "Hello",
+                              "message": "Welcome", "data": {"link": "/x"}, "read": False,
+                              "createdAt": "2024-05-01T12:00:00.000Z"}),
+        ("notification:read", {"notificationId": "n-1", "readAt": READ_AT}),
+    ]
+    with pytest.raises(ValueError, match="newBalance"):
+        pub.coins_earned(user, amount=5, reason="quiz", new_balance="105")  # type: ignore[arg-type]
+    node_clients.assert_no_event("a", within=QUIET, allowed=5)
+
+
+@pytest.mark.parametrize("payload", [[1, "two", {"three": 3}], "text", 42, 2.5, True, None,
+                                     {"deep": {"er": [{"est": None}]}}],
+                         ids=["list", "string", "int", "float", "bool", "null", "nested"])
+def test_emit_takes_any_json_payload(
+    node_clients: NodeClients, cluster: GatewayCluster, pub: Publisher, payload: Any,
+) -> None:
+    user = uid()
+    connect(node_clients, "a", cluster[0], token(user))
+    pub.emit("custom:thing", payload, user=user)
+    [event] = node_clients.wait_events("a", "custom:thing", 1)
+    assert event.payload == payload
+    assert len(event.data_args) == 1
+
+
 # -- producers moving sockets: join, leave, disconnect ---------------------------------------
 
 

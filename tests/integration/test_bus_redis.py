@@ -1,0 +1,322 @@
+"""The Redis bus, for real: gateway replicas as processes, a redis-server of the test's own, the
+real socket.io-client, and Redis itself inspected (`PUBSUB NUMSUB`) or written to directly.
+
+- a replica listens to a room's channel only while it holds a socket in that room;
+- a producer written from docs/wire-protocol.md alone (no `publisher` import) reaches clients;
+- what is not a v1 envelope is counted and dropped, and the listener keeps working;
+- Redis killed and restarted under live replicas: readiness goes 503 and comes back by itself,
+  producers are told (never a silent drop), and events published afterwards arrive.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from publisher import Publisher, PublisherError
+from tests.support.gateway_proc import GatewayCluster, GatewayProcess, make_token
+from tests.support.redis_server import RedisServer
+from tests.support.sio_client import NodeClients
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = secrets.token_hex(32)
+API_KEY = secrets.token_urlsafe(24)
+COINS = {"amount": 50, "reason": "exercise_completed", "newBalance": 1250}
+QUIET = 0.5
+ENV = {"JWT_SECRET": SECRET, "PUBLISH_API_KEY": API_KEY, "DRAIN_SECONDS": "0",
+       "HANDSHAKE_RATE_PER_IP": "10000"}
+# Redis back after an outage: the replicas retry with a backoff capped at a few seconds.
+RECOVERY = 30.0
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def uid() -> str:
+    return f"u{uuid.uuid4().hex[:12]}"
+
+
+def token(user: str, **claims: Any) -> str:
+    return make_token(SECRET, user, **claims)
+
+
+def wait_until(probe: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
+        time.sleep(every)
+
+
+def scrape(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = gw.http_get("/metrics")
+    assert status == 200, body
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric(gw: GatewayProcess, name: str, **labels: str) -> float:
+    return scrape(gw).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def status_of(gw: GatewayProcess, path: str) -> int | None:
+    try:
+        return gw.http_get(path, timeout=2)[0]
+    except OSError:
+        return None
+
+
+def http_emit(gw: GatewayProcess, body: dict[str, Any]) -> int:
+    request = urllib.request.Request(
+        gw.url + "/api/emit", data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+
+
+def connect(clients: NodeClients, name: str, gw: GatewayProcess, tok: str,
+            transport: str = "websocket", **opts: Any) -> dict[str, Any]:
+    clients.connect(name, gw.ns_url, token=tok, transports=[transport], **opts)
+    record = clients.wait_connected(name)
+    assert record["type"] == "connect", record
+    return record
+
+
+def channel_of(room: str | None) -> str:
+    return "socket.io#/notifications#" + (f"{room}#" if room is not None else "")
+
+
+def numsub(redis: RedisServer, room: str | None) -> int:
+    client = redis.client()
+    try:
+        [(_, count)] = client.pubsub_numsub(channel_of(room))
+    finally:
+        client.close()
+    return int(count)
+
+
+def show_logs(*replicas: GatewayProcess) -> None:
+    for replica in replicas:
+        print(f"-- {replica.name} log:\n{replica.log_tail(120)}")
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clients() -> Iterator[NodeClients]:
+    with NodeClients() as driver:
+        yield driver
+        print(f"-- socket.io-client driver stderr:\n{driver.stderr_text()}")
+    assert not driver.problems(), driver.problems()
+
+
+@pytest.fixture(scope="module")
+def pair(shared_redis: RedisServer) -> Iterator[GatewayCluster]:
+    with GatewayCluster(2, shared_redis.url, ENV) as replicas:
+        yield replicas
+        show_logs(*replicas)
+
+
+@pytest.fixture(scope="module")
+def pub(shared_redis: RedisServer) -> Iterator[Publisher]:
+    with Publisher(shared_redis.url) as publisher:
+        yield publisher
+
+
+# -- channels follow the sockets -------------------------------------------------------------
+
+
+def test_a_replica_listens_to_a_room_only_while_it_holds_a_socket_in_it(
+    clients: NodeClients, pair: GatewayCluster, pub: Publisher, shared_redis: RedisServer,
+) -> None:
+    r0, r1 = pair
+    user, classroom = uid(), f"k{uuid.uuid4().hex[:8]}"
+    room, croom = f"user:{user}", f"classroom:{classroom}"
+    assert numsub(shared_redis, None) == 2, "every replica listens to the broadcast channel"
+    assert numsub(shared_redis, room) == 0
+
+    connect(clients, "a", r0, token(user, classrooms=[classroom]))
+    assert numsub(shared_redis, room) == 1
+    assert numsub(shared_redis, croom) == 1
+    connect(clients, "a-tab", r0, token(user), "polling")
+    assert numsub(shared_redis, room) == 1, "one subscription per replica, not per socket"
+    connect(clients, "a-r1", r1, token(user))
+    assert numsub(shared_redis, room) == 2
+    assert numsub(shared_redis, croom) == 1
+
+    clients.disconnect("a-r1")
+    wait_until(lambda: numsub(shared_redis, room) == 1, 5, "r1 unsubscribed after its last socket left")
+    clients.disconnect("a")
+    assert numsub(shared_redis, room) == 1, "a-tab still holds the room on r0"
+    wait_until(lambda: numsub(shared_redis, croom) == 0, 5, "the classroom's last socket left r0")
+    clients.disconnect("a-tab")
+    wait_until(lambda: numsub(shared_redis, room) == 0, 5, "r0 unsubscribed after its last socket left")
+
+    # a producer's join and leave move the subscriptions too
+    other = uid()
+    extra = f"classroom:{uuid.uuid4().hex[:8]}"
+    connect(clients, "b", r1, token(other))
+    pub.join(other, extra)
+    wait_until(lambda: numsub(shared_redis, extra) == 1, 2, "subscribed on join")
+    pub.leave(other, extra)
+    wait_until(lambda: numsub(shared_redis, extra) == 0, 2, "unsubscribed on leave")
+
+
+# -- the wire protocol, from the document ----------------------------------------------------
+
+
+def _publish_as_documented(redis: RedisServer, room: str | None, envelope: dict[str, Any]) -> tuple[str, int]:
+    """docs/wire-protocol.md, "Publishing: the script", by hand: EVAL of the documented
+    script with the documented keys and arguments, and the envelope as plain JSON."""
+    script = (ROOT / "publisher" / "lua" / "publish.lua").read_text(encoding="utf-8")
+    body = json.dumps(envelope, separators=(",", ":"))
+    client = redis.client()
+    try:
+        offset, receivers = client.eval(
+            script, 2, "ngw:clock", f"ngw:h:{room}" if room is not None else "",
+            channel_of(room), body, secrets.token_hex(8), 1000, 120_000)
+    finally:
+        client.close()
+    return offset.decode(), int(receivers)
+
+
+def test_a_producer_written_from_the_wire_protocol_document(
+    clients: NodeClients, pair: GatewayCluster, shared_redis: RedisServer,
+) -> None:
+    r0, r1 = pair
+    user = uid()
+    connect(clients, "a", r1, token(user))
+    connect(clients, "b", r0, token(uid()))
+    envelope = {"v": 1, "k": "e", "t": time.time() * 1000, "ev": "coins:earned", "d": COINS,
+                "r": f"user:{user}", "trace": "unknown keys are ignored"}
+    offset, receivers = _publish_as_documented(shared_redis, f"user:{user}", envelope)
+    assert receivers == 1, "exactly one replica listens to the user's channel"
+    [event] = clients.wait_events("a", "coins:earned", 1)
+    assert event.payload == COINS
+    assert event.offset == offset, "the client gets the position the script assigned"
+    clients.assert_no_event("b", within=QUIET)
+
+    everyone = {"v": 1, "k": "e", "t": time.time() * 1000, "ev": "system:notice", "d": {"x": 1},
+                "r": None}
+    _, receivers = _publish_as_documented(shared_redis, None, everyone)
+    assert receivers == 2
+    for name in ("a", "b"):
+        assert clients.wait_events(name, "system:notice", 1)[0].payload == {"x": 1}
+
+
+BAD_MESSAGES: dict[str, Callable[[str], bytes]] = {
+    "unknown_version": lambda room: json.dumps({"v": 2, "k": "e", "t": 1.0, "ev": "coins:earned",
+                                                "d": {}, "r": room, "o": "e:1-1"}).encode(),
+    "msgpack_from_redis_emitter": lambda room: b"\x93\xa6emitter\x83\xa4type\x02",
+    "not_json": lambda room: b"{this is not json",
+    "no_offset": lambda room: json.dumps({"v": 1, "k": "e", "t": 1.0, "ev": "coins:earned",
+                                          "d": {}, "r": room}).encode(),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MESSAGES))
+def test_what_is_not_a_v1_envelope_is_counted_and_dropped(
+    clients: NodeClients, pair: GatewayCluster, pub: Publisher, shared_redis: RedisServer,
+    case: str,
+) -> None:
+    r0 = pair[0]
+    user = uid()
+    connect(clients, "a", r0, token(user))
+    before = metric(r0, "ws_errors_total", kind="bus_bad_envelope")
+    client = shared_redis.client()
+    try:
+        assert client.publish(channel_of(f"user:{user}"), BAD_MESSAGES[case](f"user:{user}")) == 1
+    finally:
+        client.close()
+    wait_until(lambda: metric(r0, "ws_errors_total", kind="bus_bad_envelope") == before + 1, 3,
+               f"{case}: counted in ws_errors_total{{kind=\"bus_bad_envelope\"}}")
+    pub.emit("coins:earned", COINS, user=user)  # the listener is still there
+    [event] = clients.wait_events("a", None, 1)
+    assert (event.event, event.payload) == ("coins:earned", COINS)
+    assert r0.alive()
+
+
+# -- Redis goes away and comes back ----------------------------------------------------------
+
+
+def test_redis_killed_and_restarted(clients: NodeClients, redis_server: RedisServer) -> None:
+    cluster = GatewayCluster(2, redis_server.url, ENV)
+    with cluster, Publisher(redis_server.url) as publisher:
+        try:
+            _outage_scenario(clients, cluster, redis_server, publisher)
+        finally:
+            show_logs(*cluster)
+
+
+def _outage_scenario(clients: NodeClients, cluster: GatewayCluster, redis: RedisServer,
+                     publisher: Publisher) -> None:
+    r0, r1 = cluster
+    alice, bob = uid(), uid()
+    classroom = f"k{uuid.uuid4().hex[:8]}"
+    connect(clients, "alice", r0, token(alice, classrooms=[classroom]))
+    connect(clients, "bob", r1, token(bob, classrooms=[classroom]), "polling")
+    publisher.emit("coins:earned", {**COINS, "n": 0}, room=f"classroom:{classroom}")
+    for name in ("alice", "bob"):
+        clients.wait_events(name, "coins:earned", 1)
+    reconnects = [metric(r, "bus_reconnects_total") for r in cluster]
+
+    redis.kill()
+    for replica in cluster:
+        wait_until(lambda replica=replica: status_of(replica, "/readyz") == 503, 10,
+                   f"{replica.name} not ready while Redis is down")
+        assert status_of(replica, "/healthz") == 200, "alive, only not ready"
+    with pytest.raises(PublisherError):
+        publisher.emit("coins:earned", {**COINS, "n": "lost"}, user=alice)
+    assert http_emit(r0, {"event": "coins:earned", "user": alice, "data": COINS}) >= 500, \
+        "the HTTP endpoint must not answer 200 for an event it could not put on the bus"
+    for name in ("alice", "bob"):
+        assert [r["type"] for r in clients.log(name)].count("disconnect") == 0, \
+            "clients stay connected through a bus outage"
+
+    redis.restart()
+    for replica in cluster:
+        wait_until(lambda replica=replica: status_of(replica, "/readyz") == 200, RECOVERY,
+                   f"{replica.name} ready again by itself", every=0.1)
+
+    # published after readiness came back: every one arrives, where it should
+    publisher.emit("coins:earned", {**COINS, "n": 1}, user=alice)
+    publisher.emit("coins:earned", {**COINS, "n": 2}, user=bob)
+    publisher.emit("coins:earned", {**COINS, "n": 3}, room=f"classroom:{classroom}")
+    publisher.emit("coins:earned", {**COINS, "n": 4}, broadcast=True)
+    expected = {"alice": [0, 1, 3, 4], "bob": [0, 2, 3, 4]}
+    for name, ns in expected.items():
+        events = clients.wait_events(name, "coins:earned", len(ns), timeout=10)
+        assert [e.payload["n"] for e in events] == ns, name
+        clients.assert_no_event(name, "coins:earned", within=QUIET / 2, allowed=len(ns))
+
+    # new connections and the HTTP endpoint work again too
+    carol = uid()
+    connect(clients, "carol", r1, token(carol))
+    assert http_emit(r0, {"event": "coins:earned", "user": carol, "data": COINS}) == 200
+    assert clients.wait_events("carol", "coins:earned", 1)[0].payload == COINS
+    for replica, before in zip(cluster, reconnects, strict=True):
+        assert metric(replica, "bus_reconnects_total") > before, f"{replica.name} counts its reconnection"
