@@ -169,6 +169,19 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         self.admission: Admission | None = None
         self.allowed_origins: frozenset[str] | None = None  # None: any
         self.bad_packet_hook: Any = None
+        self._corked: list[FastSocket] = []
+
+    def cork(self, sock: FastSocket) -> None:
+        """`sock` holds frames: write them all at the end of this loop turn."""
+        corked = self._corked
+        corked.append(sock)
+        if len(corked) == 1:
+            asyncio.get_running_loop().call_soon(self._uncork)
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, []
+        for sock in corked:
+            sock.flush()
 
     def create_queue(self, *args: Any, **kwargs: Any) -> LiteQueue:
         return LiteQueue()

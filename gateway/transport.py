@@ -59,6 +59,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
     """An Engine.IO socket that writes WebSocket frames itself (see the module docstring)."""
 
     _tr: asyncio.Transport | None = None
+    _out: list[bytes] | None = None  # frames held until the end of this event-loop turn
     connected: bool
     upgraded: bool
     last_ping: float | None
@@ -73,13 +74,28 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
             self._overflow()
 
     def push_message(self, text: bytes, frame: bytes) -> None:
-        """Send an Engine.IO MESSAGE: the prebuilt frame on WebSocket, else through the queue."""
+        """Send an Engine.IO MESSAGE: the prebuilt frame on WebSocket, else through the queue.
+
+        On WebSocket the frame is corked until the end of the loop turn: all that one read from
+        Redis brings for this socket leaves in one write (one system call instead of one per
+        event, which is most of the cost of a fan-out).
+        """
         if self._tr is not None:
-            self.write_frame(frame)
+            out = self._out
+            if out is None:
+                self._out = [frame]
+                self.server.cork(self)
+            else:
+                out.append(frame)
         elif not self.closed and not self.closing:
             self.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, text.decode()))
             if self.queue.qsize() > MAX_POLLING_QUEUE:
                 self._overflow()
+
+    def flush(self) -> None:
+        out, self._out = self._out, None
+        if out:
+            self.write_frame(out[0] if len(out) == 1 else b"".join(out))
 
     @property
     def is_websocket(self) -> bool:
@@ -93,6 +109,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         """
         if self._tr is not None:
             if flush:
+                self.flush()
                 self._tr.close()
             else:
                 self._tr.abort()
@@ -109,6 +126,8 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
 
     async def send(self, pkt: eio_packet.Packet) -> None:
         if self._tr is not None:
+            if self._out:
+                self.flush()  # what is corked was sent first: it goes first
             encoded = pkt.encode()
             if isinstance(encoded, str):
                 self.write_frame(ws_text_frame(encoded.encode()))
