@@ -34,8 +34,10 @@ from publisher.redis_url import async_client
 log = logging.getLogger("gateway.bus")
 
 HEARTBEAT_EVERY = 5.0
+FULL_BEAT_EVERY = 6  # beats: sessions' `t` and the online set are rewritten every 30 s
 PRESENCE_TTL_MS = 15_000
-CONNECTED_SESSION_SLACK_MS = 30_000
+# A connected session's record outlives two full beats, so it never expires while connected.
+CONNECTED_SESSION_SLACK_MS = 2 * int(HEARTBEAT_EVERY * 1000) * FULL_BEAT_EVERY
 
 
 def _script(name: str) -> str:
@@ -269,22 +271,24 @@ class RedisBackend:
     # -- heartbeat ------------------------------------------------------------------------------
 
     async def _beat(self) -> None:
+        beats = 0
         while True:
             await asyncio.sleep(HEARTBEAT_EVERY)
-            await self._beat_once()
+            beats += 1
+            await self._beat_once(full=beats % FULL_BEAT_EVERY == 0)
 
-    async def _beat_once(self) -> None:
+    async def _beat_once(self, *, full: bool = True) -> None:
         sink = self._sink
         if sink is None:
             return
-        users, pids = sink.heartbeat_snapshot()
+        users, pids = sink.heartbeat_snapshot() if full else ((), ())
         started = time.perf_counter()
         try:
             await self._heartbeat(
                 keys=[self.names.replicas_key(), self.names.online_key(self.replica_id)],
                 args=[self.replica_id, int(time.time() * 1000), PRESENCE_TTL_MS,
                       self._window_ms + CONNECTED_SESSION_SLACK_MS, self.names.key_prefix,
-                      len(users), *users, *pids],
+                      "full" if full else "light", "\n".join(users), "\n".join(pids)],
             )
         except (RedisError, OSError) as exc:
             log.warning("bus heartbeat failed: %s", exc)

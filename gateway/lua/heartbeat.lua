@@ -1,29 +1,43 @@
--- A replica's periodic heartbeat: presence and the liveness of its sessions, in one call.
+-- A replica's periodic heartbeat: presence and the liveness of its sessions.
 -- KEYS[1]: <prefix>:replicas  KEYS[2]: <prefix>:online:<replica>
 -- ARGV[1]: replica id  ARGV[2]: now, ms  ARGV[3]: presence TTL, ms  ARGV[4]: session TTL, ms
--- ARGV[5]: key prefix  ARGV[6]: number of users N, then N user ids, then the pids of the
--- replica's connected sessions.
--- The online set is rewritten whole, so a Redis that restarted empty is repaired within one
--- beat; sessions get `t` = now (last known alive) and their TTL pushed back.
+-- ARGV[5]: key prefix  ARGV[6]: "full" or "light"
+-- ARGV[7]: the users online on the replica, ARGV[8]: the pids of its connected sessions,
+--          each a "\n"-separated list (two arguments however many sockets: cheap to send).
+-- A light beat only says the replica is alive (its score, its online set's TTL). A full beat,
+-- every few light ones and after every reconnection, rewrites the online set whole (so a
+-- Redis that restarted empty is repaired) and gives each session `t` = now (last known alive)
+-- and its TTL back.
 local now = ARGV[2]
 redis.call("ZADD", KEYS[1], now, ARGV[1])
 redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", tonumber(now) - 10 * tonumber(ARGV[3]))
-redis.call("DEL", KEYS[2])
-local n = tonumber(ARGV[6])
-local first = 7
-if n > 0 then
-  for i = first, first + n - 1, 5000 do
-    redis.call("SADD", KEYS[2], unpack(ARGV, i, math.min(i + 4999, first + n - 1)))
-  end
+if ARGV[6] ~= "full" then
   redis.call("PEXPIRE", KEYS[2], ARGV[3])
+  return 1
 end
-local prefix = ARGV[5] .. ":s:"
-for i = first + n, #ARGV do
-  local key = prefix .. ARGV[i]
-  if redis.call("HSET", key, "t", now) == 0 then
-    redis.call("PEXPIRE", key, ARGV[4])
-  else
-    redis.call("DEL", key)  -- the session was deleted meanwhile (kicked): do not resurrect it
+
+local function each(list, fn)
+  for item in string.gmatch(list, "[^\n]+") do fn(item) end
+end
+
+redis.call("DEL", KEYS[2])
+local batch = {}
+each(ARGV[7], function(user)
+  batch[#batch + 1] = user
+  if #batch == 5000 then
+    redis.call("SADD", KEYS[2], unpack(batch))
+    batch = {}
   end
-end
+end)
+if #batch > 0 then redis.call("SADD", KEYS[2], unpack(batch)) end
+redis.call("PEXPIRE", KEYS[2], ARGV[3])
+
+local prefix = ARGV[5] .. ":s:"
+each(ARGV[8], function(pid)
+  local key = prefix .. pid
+  if redis.call("EXISTS", key) == 1 then  -- never resurrect a session a kick deleted
+    redis.call("HSET", key, "t", now)
+    redis.call("PEXPIRE", key, ARGV[4])
+  end
+end)
 return 1
