@@ -477,6 +477,14 @@ def test_an_event_for_one_user_is_received_by_exactly_one_replica(
     after = [events_received(r) for r in cluster]
     assert [b - a for a, b in zip(before, after, strict=True)] == [0, count, 0]
 
+    # control messages about the user go to the same channel: one replica again
+    controls = [scrape(r).get(("bus_messages_received_total", (("kind", "control"),)), 0.0) for r in cluster]
+    room = f"classroom:{kid()}"
+    pub.join(user, room)
+    wait_until(lambda: room in rooms_of(node_clients, "a"), EFFECTIVE, "joined", every=0.1)
+    now = [scrape(r).get(("bus_messages_received_total", (("kind", "control"),)), 0.0) for r in cluster]
+    assert [b - a for a, b in zip(controls, now, strict=True)] == [0, 1, 0]
+
 
 def test_an_event_for_a_room_is_received_by_the_replicas_holding_it(
     node_clients: NodeClients, cluster: GatewayCluster, pub: Publisher, shared_redis: RedisServer,

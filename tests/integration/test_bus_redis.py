@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -258,6 +260,29 @@ def test_what_is_not_a_v1_envelope_is_counted_and_dropped(
     [event] = clients.wait_events("a", None, 1)
     assert (event.event, event.payload) == ("coins:earned", COINS)
     assert r0.alive()
+
+
+def test_redis_over_a_unix_socket(clients: NodeClients) -> None:
+    path = Path(tempfile.mkdtemp(prefix="ngw-sock-")) / "redis.sock"  # short: sun_path is 108 bytes
+    server = RedisServer(None, "--unixsocket", str(path), "--unixsocketperm", "700").start()
+    url = f"unix://{path}?db=0"
+    try:
+        with GatewayCluster(2, url, ENV) as cluster, Publisher(url) as publisher:
+            try:
+                user = uid()
+                connect(clients, "a", cluster[0], token(user))
+                connect(clients, "b", cluster[1], token(user))
+                publisher.emit("coins:earned", COINS, user=user)
+                for name in ("a", "b"):
+                    assert clients.wait_events(name, "coins:earned", 1)[0].payload == COINS
+                assert http_emit(cluster[1], {"event": "x:y", "all": True, "data": {}}) == 200
+                for name in ("a", "b"):
+                    clients.wait_events(name, "x:y", 1)
+            finally:
+                show_logs(*cluster)
+    finally:
+        server.stop()
+        shutil.rmtree(path.parent, ignore_errors=True)
 
 
 # -- Redis goes away and comes back ----------------------------------------------------------
