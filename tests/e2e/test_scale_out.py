@@ -425,10 +425,14 @@ def _presence_scenario(clients: NodeClients, pub: Publisher, r0: GatewayProcess,
                "r1 saw the socket go")
     assert pub.is_online(both) is True
 
+    online_sets = f"{pub.names.key_prefix}:online:*"
+    assert len(list(pub.client.scan_iter(online_sets))) == 2, "one presence set per replica"
     r1.kill()  # SIGKILL: no goodbye, its presence entries stay behind in Redis
     # r1 held only1's only socket: presence forgets it once r1's heartbeat is stale (≤ 15 s)
     wait_until(lambda: not pub.is_online(only1), PRESENCE_GONE, "a killed replica's users expire",
                every=0.5)
+    wait_until(lambda: len(list(pub.client.scan_iter(online_sets))) == 1, PRESENCE_GONE,
+               "the killed replica's presence set vanishes", every=0.5)
     assert pub.is_online(both) is True
     assert pub.online_count() == 1
     pub.emit("coins:earned", COINS, user=both)

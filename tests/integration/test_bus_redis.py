@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from publisher import Publisher, PublisherError
 from tests.support.gateway_proc import GatewayCluster, GatewayProcess, make_token
+from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 from tests.support.sio_client import NodeClients
 
@@ -285,6 +286,74 @@ def test_redis_over_a_unix_socket(clients: NodeClients) -> None:
         shutil.rmtree(path.parent, ignore_errors=True)
 
 
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ngw test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(hours=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_redis_over_tls(clients: NodeClients, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca, cert, key = _tls_files(tmp_path)
+    tls_port = free_port()
+    server = RedisServer(None, "--tls-port", str(tls_port), "--tls-cert-file", str(cert),
+                         "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                         "--tls-auth-clients", "no").start()
+    url = f"rediss://127.0.0.1:{tls_port}/0"
+    # The CA is trusted the standard way (OpenSSL's SSL_CERT_FILE), by the replicas and by us.
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    try:
+        with GatewayCluster(2, url, ENV) as cluster, Publisher(url) as publisher:
+            try:
+                user = uid()
+                connect(clients, "a", cluster[0], token(user))
+                connect(clients, "b", cluster[1], token(user), "polling")
+                publisher.emit("coins:earned", COINS, user=user)
+                for name in ("a", "b"):
+                    assert clients.wait_events(name, "coins:earned", 1)[0].payload == COINS
+                assert http_emit(cluster[0], {"event": "x:y", "user": user, "data": {}}) == 200
+                for name in ("a", "b"):
+                    clients.wait_events(name, "x:y", 1)
+            finally:
+                show_logs(*cluster)
+    finally:
+        server.stop()
+
+
 # -- Redis goes away and comes back ----------------------------------------------------------
 
 
@@ -345,3 +414,15 @@ def _outage_scenario(clients: NodeClients, cluster: GatewayCluster, redis: Redis
     assert clients.wait_events("carol", "coins:earned", 1)[0].payload == COINS
     for replica, before in zip(cluster, reconnects, strict=True):
         assert metric(replica, "bus_reconnects_total") > before, f"{replica.name} counts its reconnection"
+
+    # Redis lost everything: presence is rebuilt by the replicas' heartbeats (every 5 s)
+    wait_until(lambda: publisher.is_online(alice) and publisher.is_online(bob), 15,
+               "presence rebuilt after Redis lost its data", every=0.2)
+    # and control messages reach the sockets again
+    classroom2 = f"classroom:k{uuid.uuid4().hex[:8]}"
+    publisher.join(alice, classroom2)
+    publisher.emit("coins:earned", {**COINS, "n": 5}, room=classroom2)
+    assert clients.wait_events("alice", "coins:earned", 5)[-1].payload["n"] == 5
+    publisher.disconnect_user(bob)
+    dropped = clients.wait_disconnected("bob", timeout=5)
+    assert dropped["reason"] == "io server disconnect"
