@@ -426,3 +426,91 @@ def _outage_scenario(clients: NodeClients, cluster: GatewayCluster, redis: Redis
     publisher.disconnect_user(bob)
     dropped = clients.wait_disconnected("bob", timeout=5)
     assert dropped["reason"] == "io server disconnect"
+
+
+@pytest.mark.xfail(
+    reason="gateway bug (gateway/bus.py on_bus_resubscribed + backend_redis.history): after Redis "
+           "lost its data the catch-up gives up on the epoch change ('bus catch-up impossible') "
+           "instead of replaying the new epoch's history, all of which is newer than anything "
+           "delivered; a replica that never received a message does not even try",
+    strict=True)
+def test_events_published_before_the_replicas_are_back_are_not_lost(
+    clients: NodeClients, redis_server: RedisServer,
+) -> None:
+    """Redis is back, a producer publishes at once (it succeeds: Redis takes it), the replicas
+    are still in their reconnection backoff. The events are in Redis's history; once the
+    replicas are back, the connected clients get them (or, at the very least, are not left
+    silently short)."""
+    cluster = GatewayCluster(2, redis_server.url, ENV)
+    with cluster, Publisher(redis_server.url) as publisher:
+        try:
+            r0, r1 = cluster
+            alice, bob = uid(), uid()
+            connect(clients, "alice", r0, token(alice))
+            connect(clients, "bob", r1, token(bob))
+            publisher.emit("coins:earned", {**COINS, "n": 0}, user=alice)
+            clients.wait_events("alice", "coins:earned", 1)
+            redis_server.kill()
+            for replica in cluster:
+                wait_until(lambda replica=replica: status_of(replica, "/readyz") == 503, 10, "not ready")
+            time.sleep(2.0)  # let the replicas' reconnection backoff grow, as in a real outage
+            redis_server.start()
+            publisher.emit("coins:earned", {**COINS, "n": 1}, user=alice)
+            publisher.emit("coins:earned", {**COINS, "n": 2}, user=bob)
+            assert status_of(r0, "/readyz") == 503, "the replicas came back before the emits: no test"
+            for replica in cluster:
+                wait_until(lambda replica=replica: status_of(replica, "/readyz") == 200, RECOVERY,
+                           f"{replica.name} ready again", every=0.1)
+            assert [e.payload["n"] for e in clients.wait_events("alice", "coins:earned", 2)] == [0, 1]
+            assert [e.payload["n"] for e in clients.wait_events("bob", "coins:earned", 1)] == [2]
+        finally:
+            show_logs(*cluster)
+
+
+NO_BASELINE = pytest.mark.xfail(
+    reason="gateway bug (gateway/bus.py on_bus_resubscribed): the catch-up starts from the last "
+           "message this replica received; a replica that never received one reads no history, "
+           "so what was published while its pub/sub connection was down is silently lost",
+    strict=True)
+
+
+@pytest.mark.parametrize("received_before", [
+    pytest.param(True, id="after_an_event"),
+    pytest.param(False, id="before_any_event", marks=NO_BASELINE),
+])
+def test_events_published_while_redis_drops_the_subscriber_are_caught_up(
+    clients: NodeClients, redis_server: RedisServer, received_before: bool,
+) -> None:
+    """Redis closes the replicas' pub/sub connections (as `client-output-buffer-limit pubsub`
+    does to a slow subscriber) and, in the same transaction, an event is published: no replica
+    is listening when it is published, but Redis keeps it (no data is lost). The replicas
+    reconnect within their first backoff step and catch up from history."""
+    cluster = GatewayCluster(2, redis_server.url, ENV)
+    with cluster, Publisher(redis_server.url) as publisher:
+        try:
+            alice = uid()
+            connect(clients, "alice", cluster[0], token(alice))
+            if received_before:
+                publisher.emit("coins:earned", {**COINS, "n": 0}, user=alice)
+                clients.wait_events("alice", "coins:earned", 1)
+            reconnects = metric(cluster[0], "bus_reconnects_total")
+            script = (ROOT / "publisher" / "lua" / "publish.lua").read_text(encoding="utf-8")
+            envelope = json.dumps({"v": 1, "k": "e", "t": time.time() * 1000, "ev": "coins:earned",
+                                   "d": {**COINS, "n": 1}, "r": f"user:{alice}"})
+            client = redis_server.client()
+            try:
+                pipe = client.pipeline(transaction=True)
+                pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                pipe.eval(script, 2, "ngw:clock", f"ngw:h:user:{alice}", channel_of(f"user:{alice}"),
+                          envelope, secrets.token_hex(8), 1000, 120_000)
+                killed, (_, receivers) = pipe.execute()
+            finally:
+                client.close()
+            assert int(killed) >= 2, "every replica's pub/sub connection was closed"
+            assert int(receivers) == 0, "nobody was listening when the event was published"
+            wait_until(lambda: metric(cluster[0], "bus_reconnects_total") > reconnects, 10, "reconnected")
+            expected = [0, 1] if received_before else [1]
+            events = clients.wait_events("alice", "coins:earned", len(expected), timeout=10)
+            assert [e.payload["n"] for e in events] == expected
+        finally:
+            show_logs(*cluster)
