@@ -265,9 +265,10 @@ def test_what_is_not_a_v1_envelope_is_counted_and_dropped(
 
 def test_redis_over_a_unix_socket(clients: NodeClients) -> None:
     path = Path(tempfile.mkdtemp(prefix="ngw-sock-")) / "redis.sock"  # short: sun_path is 108 bytes
-    server = RedisServer(None, "--unixsocket", str(path), "--unixsocketperm", "700").start()
+    server = RedisServer(None, "--unixsocket", str(path), "--unixsocketperm", "700")
     url = f"unix://{path}?db=0"
     try:
+        server.start()
         with GatewayCluster(2, url, ENV) as cluster, Publisher(url) as publisher:
             try:
                 user = uid()
@@ -332,11 +333,12 @@ def test_redis_over_tls(clients: NodeClients, tmp_path: Path, monkeypatch: pytes
     tls_port = free_port()
     server = RedisServer(None, "--tls-port", str(tls_port), "--tls-cert-file", str(cert),
                          "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-                         "--tls-auth-clients", "no").start()
+                         "--tls-auth-clients", "no")
     url = f"rediss://127.0.0.1:{tls_port}/0"
     # The CA is trusted the standard way (OpenSSL's SSL_CERT_FILE), by the replicas and by us.
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
     try:
+        server.start()
         with GatewayCluster(2, url, ENV) as cluster, Publisher(url) as publisher:
             try:
                 user = uid()

@@ -61,10 +61,12 @@ class SentinelSetup:
 
     def start(self, timeout: float = 30.0) -> Self:
         try:
-            primary = RedisServer().start()
-            self.servers.append(primary)
-            replica = RedisServer(None, "--replicaof", "127.0.0.1", str(primary.port)).start()
+            primary = RedisServer()
+            self.servers.append(primary)  # stopped by stop() even if its start fails
+            primary.start()
+            replica = RedisServer(None, "--replicaof", "127.0.0.1", str(primary.port))
             self.servers.append(replica)
+            replica.start()
             self._wait(lambda: self._link_up(replica.port), timeout, "the replica syncs with the primary")
             for port in self.sentinel_ports:
                 self._start_sentinel(port, primary.port)
