@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dev", action="store_true",
                    help="try it out: in-memory bus (unless REDIS_URL), an ephemeral secret, a printed "
-                        "token and publish key, and a console at /")
+                        "token and publish key, and a console at / [env GATEWAY_DEV=true, default off]")
     for s in SETTINGS:
         if s.attr == "dev":
             continue

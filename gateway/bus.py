@@ -39,9 +39,13 @@ class HistoryLost(Exception):
     """A recovery cannot be complete: events after the client's offset are gone."""
 
 
-def outgoing(event: Event, with_offset: bool) -> Outgoing:
+def outgoing(event: Event, with_offset: bool, *, replay: bool = False) -> Outgoing:
     text = event_packet(event.ev, event.d, event.o if with_offset else None)
-    return Outgoing(event.seq, event.ev, text, eio_message_frame(text), event.t)
+    return Outgoing(event.seq, event.ev, text, eio_message_frame(text), event.t, replay)
+
+
+def _by_seq(out: Outgoing) -> int:
+    return out.seq
 
 
 class DeliveryCore:
@@ -54,6 +58,7 @@ class DeliveryCore:
         self.recovery = recovery
         self.epoch: str | None = None
         self._last: Event | Control | None = None  # the newest message received from the bus
+        self._baseline: Position | None = None  # the bus position at the last (re)subscription
         self._locks: dict[str, asyncio.Lock] = {}
         self.connecting: set[str] = set()  # sids between CONNECT and its reply: the server flushes them
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -181,7 +186,7 @@ class DeliveryCore:
                         messages = None
                     history = [out for _, out in self._decode_all(messages or [])]
             finally:
-                conn.attach(history)
+                conn.attach(history, self.metrics)
             if self.on_rooms_changed is not None:
                 if since is None:
                     try:
@@ -226,7 +231,7 @@ class DeliveryCore:
                 self.metrics.error("bus_bad_envelope")
                 continue
             if isinstance(message, Event):
-                out.append((message.r, outgoing(message, self.recovery)))
+                out.append((message.r, outgoing(message, self.recovery, replay=True)))
         return out
 
     # -- the bus going away and coming back ----------------------------------------------------
@@ -238,12 +243,24 @@ class DeliveryCore:
                 conn.pending = []
 
     async def on_bus_resubscribed(self) -> None:
-        """Deliver what was published while the bus was away, then live events again."""
+        """Deliver what was published while the bus was away, then live events again.
+
+        The catch-up starts from the newest position this replica knows: the last message it
+        received, or where it stood at its previous (re)connection if it received none since.
+        If Redis lost its data meanwhile (a new epoch), all of the new epoch is newer than
+        anything delivered: it is replayed from its start.
+        """
         conns = [c for c in self.registry.by_sid.values() if c.pending is not None]
-        last = self._last
-        since = Position(last.epoch, last.ms, last.seq) if last is not None else None
+        since = self._known_position()
+        try:
+            current: Position | None = await self.backend.position()
+        except BusUnavailable:
+            current = None
         by_room: dict[str, list[Outgoing]] = {}
-        if since is not None and conns:
+        if current is not None and since is not None and conns:
+            if since.epoch != current.epoch:
+                self._new_epoch(current.epoch)
+                since = Position(current.epoch, 0, 0)
             rooms = sorted({r for c in conns for r in c.rooms})
             try:
                 messages = await self.backend.history([(room, since) for room in rooms])
@@ -255,10 +272,22 @@ class DeliveryCore:
             for room, out in self._decode_all(messages or []):
                 if room is not None:
                     by_room.setdefault(room, []).append(out)
+        if current is not None:
+            self._baseline = current
         for conn in conns:
             if self._releasable(conn):
                 mine = [o for r in conn.rooms for o in by_room.get(r, ())]
-                conn.attach(sorted(mine, key=lambda o: o.seq) if len(conn.rooms) > 1 else mine)
+                conn.attach(sorted(mine, key=_by_seq) if len(conn.rooms) > 1 else mine, self.metrics)
+
+    def _known_position(self) -> Position | None:
+        last, baseline = self._last, self._baseline
+        if last is None:
+            return baseline
+        if baseline is not None and baseline.epoch == last.epoch and baseline.seq > last.seq:
+            return baseline
+        if baseline is not None and baseline.epoch != last.epoch and baseline.epoch == self.epoch:
+            return baseline
+        return Position(last.epoch, last.ms, last.seq)
 
     def _releasable(self, conn: Conn) -> bool:
         """Held for the bus, not by a connect or an `enter` that will flush it itself."""
@@ -269,7 +298,7 @@ class DeliveryCore:
         """Let held sockets go: while the bus is away, local delivery must keep working."""
         for conn in self.registry.by_sid.values():
             if conn.pending is not None and self._releasable(conn):
-                conn.attach([])
+                conn.attach([], self.metrics)
 
     def heartbeat_snapshot(self) -> tuple[list[str], list[str]]:
         users = []

@@ -16,12 +16,20 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.rooms import Identity
 
 if TYPE_CHECKING:
     from gateway.transport import FastSocket
+
+
+class Sent(Protocol):
+    """The two counters a write from `attach` moves (gateway.metrics.Metrics)."""
+
+    def sent(self, event: str, n: int, t_ms: float) -> None: ...
+
+    def sent_replay(self, n: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -33,6 +41,7 @@ class Outgoing:
     text: bytes  # the Socket.IO packet, for polling sockets
     frame: bytes  # the same as one WebSocket frame
     t_ms: float  # publish time, for ws_latency_seconds
+    replay: bool = False  # read from history (recovery, catch-up), not received live
 
 
 class Conn:
@@ -78,9 +87,10 @@ class Conn:
         self.eio.push_message(out.text, out.frame)
         return True
 
-    def attach(self, history: list[Outgoing]) -> int:
+    def attach(self, history: list[Outgoing], metrics: Sent | None = None) -> int:
         """End the attaching phase: history and what arrived meanwhile, merged in order.
 
+        Every event written is counted as sent (and as replayed when it came from history).
         Returns how many events were written.
         """
         pending = self.pending or []
@@ -90,6 +100,10 @@ class Conn:
         for out in merged:
             if self.deliver(out):
                 written += 1
+                if metrics is not None:
+                    metrics.sent(out.event, 1, out.t_ms)
+                    if out.replay:
+                        metrics.sent_replay(1)
         return written
 
 

@@ -102,7 +102,8 @@ class Subscriber:
         self._batch: list[bytes] = []
         self._replies: list[asyncio.Future[Any]] = []  # PING and AUTH, in order
         self._proto: _Protocol | None = None
-        self._ready = False
+        self._ready = False  # every desired channel confirmed on this connection: the bus is up
+        self._writable = False  # connected and authenticated: SUBSCRIBEs may be sent
         self._announced = False  # on_connected was called for this connection
         self._task: asyncio.Task[None] | None = None
         self._probe_seen = asyncio.Event()
@@ -136,7 +137,7 @@ class Subscriber:
         self.desired.add(channel)
         if channel in self.confirmed:
             return True
-        if not self._ready:
+        if not self._writable:
             return False
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
@@ -156,14 +157,14 @@ class Subscriber:
 
     def _send_batch(self) -> None:
         batch, self._batch = self._batch, []
-        if batch and self._ready:
+        if batch and self._writable:
             self._send(pack(b"SUBSCRIBE", *batch))
 
     def unsubscribe(self, channel: bytes) -> None:
         self.desired.discard(channel)
         if channel in self.confirmed:
             self.confirmed.discard(channel)
-            if self._ready:
+            if self._writable:
                 self._send(pack(b"UNSUBSCRIBE", channel))
 
     def _send(self, data: bytes) -> None:
@@ -263,15 +264,18 @@ class Subscriber:
         await self.on_connected()
         self.confirmed.clear()
         channels = list(self.desired)
-        self._ready = True
+        self._writable = True
         for i in range(0, len(channels), 1000):
             self._send(pack(b"SUBSCRIBE", *channels[i:i + 1000]))
-        # every channel confirmed, or the connection is not usable
+        # every channel confirmed, or the connection is not usable (and not ready meanwhile)
         deadline = loop.time() + SUBSCRIBE_TIMEOUT
         while not self.desired <= self.confirmed:
+            if proto.lost.done():
+                raise ConnectionError("redis closed the connection before confirming the subscriptions")
             if loop.time() > deadline:
                 raise ConnectionError("redis did not confirm the subscriptions in time")
             await asyncio.sleep(0.01)
+        self._ready = True
         log.info("bus connected", extra={"endpoint": ep.describe(), "channels": len(channels)})
         await self.on_resubscribed()
 
@@ -311,6 +315,7 @@ class Subscriber:
     def _teardown(self) -> None:
         announced, self._announced = self._announced, False
         self._ready = False
+        self._writable = False
         self.confirmed.clear()
         if self._proto is not None and self._proto.transport is not None:
             self._proto.transport.abort()
