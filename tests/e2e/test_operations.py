@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import secrets
 import socket
 import threading
@@ -32,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +47,7 @@ from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 from tests.support.sio_client import NodeClients, Received
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboard.json"
 SECRET = secrets.token_hex(32)
 API_KEY = secrets.token_urlsafe(24)
 EVENT = "coins:earned"
@@ -428,6 +431,20 @@ def test_every_family_has_its_type_and_labels(node_clients: NodeClients, replica
     assert metrics.value("gateway_draining") == 0
     assert metrics.value("ws_latency_seconds_count") >= 1
     assert_no_user_ids(metrics, [user])
+
+
+def test_the_dashboard_queries_every_family_the_replica_exports(replica: Replica) -> None:
+    """deploy/grafana/dashboard.json shows every gateway metric a live replica exports (a
+    counter by its _total sample, a histogram by its buckets)."""
+    exprs = json.dumps(json.loads(DASHBOARD.read_text(encoding="utf-8")))
+    missing = []
+    for name, family in scrape(replica.gw).families.items():
+        if name.startswith("process_"):
+            continue
+        sample = {"counter": f"{name}_total", "histogram": f"{name}_bucket"}.get(family.type, name)
+        if not re.search(rf"\b{re.escape(sample)}\b", exprs):
+            missing.append(sample)
+    assert not missing, f"the dashboard does not show {missing}"
 
 
 # -- metrics: what moves ---------------------------------------------------------------------
