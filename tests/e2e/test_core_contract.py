@@ -861,8 +861,6 @@ def test_dev_mode_secret_is_ephemeral(node_clients: NodeClients, start_gateway: 
     assert record["data"] == {"code": "token_invalid"}, "two dev replicas share a guessable secret"
 
 
-@pytest.mark.xfail(reason="gateway bug: `gateway --help` never names GATEWAY_DEV (the --dev help text "
-                          "omits the [env ...] part every other setting has)", strict=True)
 def test_help_documents_every_setting() -> None:
     from gateway.config import SETTINGS
 

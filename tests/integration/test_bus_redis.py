@@ -430,12 +430,6 @@ def _outage_scenario(clients: NodeClients, cluster: GatewayCluster, redis: Redis
     assert dropped["reason"] == "io server disconnect"
 
 
-@pytest.mark.xfail(
-    reason="gateway bug (gateway/bus.py on_bus_resubscribed + backend_redis.history): after Redis "
-           "lost its data the catch-up gives up on the epoch change ('bus catch-up impossible') "
-           "instead of replaying the new epoch's history, all of which is newer than anything "
-           "delivered; a replica that never received a message does not even try",
-    strict=True)
 def test_events_published_before_the_replicas_are_back_are_not_lost(
     clients: NodeClients, redis_server: RedisServer,
 ) -> None:
@@ -470,16 +464,9 @@ def test_events_published_before_the_replicas_are_back_are_not_lost(
             show_logs(*cluster)
 
 
-NO_BASELINE = pytest.mark.xfail(
-    reason="gateway bug (gateway/bus.py on_bus_resubscribed): the catch-up starts from the last "
-           "message this replica received; a replica that never received one reads no history, "
-           "so what was published while its pub/sub connection was down is silently lost",
-    strict=True)
-
-
 @pytest.mark.parametrize("received_before", [
     pytest.param(True, id="after_an_event"),
-    pytest.param(False, id="before_any_event", marks=NO_BASELINE),
+    pytest.param(False, id="before_any_event"),
 ])
 def test_events_published_while_redis_drops_the_subscriber_are_caught_up(
     clients: NodeClients, redis_server: RedisServer, received_before: bool,
