@@ -585,7 +585,8 @@ async def _polling_session(session: aiohttp.ClientSession, replica: Replica) -> 
     return str(orjson.loads(body[1:])["sid"])
 
 
-async def _polling_fuzz(replica: Replica, body: bytes, connect_first: bool, headers: dict[str, str]) -> list[int]:
+async def _polling_fuzz(replica: Replica, body: bytes, connect_first: bool, headers: dict[str, str],
+                        hung: list[bytes]) -> list[int]:
     statuses = []
     short = aiohttp.ClientTimeout(total=3)
     async with aiohttp.ClientSession() as session:
@@ -596,10 +597,14 @@ async def _polling_fuzz(replica: Replica, body: bytes, connect_first: bool, head
             async with session.post(url, data=packet.encode(), timeout=short) as resp:
                 statuses.append(resp.status)
 
-        async def post(data: bytes, extra: dict[str, str]) -> int:
-            async with session.post(url, data=data, headers=extra, timeout=short) as resp:
-                await resp.read()
-                return resp.status
+        async def post(data: bytes, extra: dict[str, str]) -> int | None:
+            try:
+                async with session.post(url, data=data, headers=extra, timeout=short) as resp:
+                    await resp.read()
+                    return resp.status
+            except TimeoutError:  # a refusal that waits for a poll: the strict xfail below
+                hung.append(data)
+                return None
 
         async def get() -> int | None:
             with contextlib.suppress(TimeoutError):
@@ -612,13 +617,14 @@ async def _polling_fuzz(replica: Replica, body: bytes, connect_first: bool, head
         # session waits for its CLOSE packet to be polled (see the strict xfail below).
         answers = await asyncio.gather(post(body, headers), get())
         statuses += [s for s in answers if s is not None]
-        statuses.append(await post(b"1", {}))  # leave: a CLOSE packet, whatever state the session is in
+        answers = [await post(b"1", {})]  # leave: a CLOSE packet, whatever state the session is in
+        statuses += [s for s in answers if s is not None]
         await get()
         await well_behaved(replica, session)
     return statuses
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(body=polling_bodies, connect_first=st.booleans(),
        headers=st.fixed_dictionaries({}, optional={
@@ -626,7 +632,10 @@ async def _polling_fuzz(replica: Replica, body: bytes, connect_first: bool, head
        }))
 def test_polling_posts_never_hurt_the_replica(replica: Replica, body: bytes, connect_first: bool,
                                               headers: dict[str, str]) -> None:
-    statuses = replica.run(_polling_fuzz(replica, body, connect_first, headers))
+    hung: list[bytes] = []
+    statuses = replica.run(_polling_fuzz(replica, body, connect_first, headers, hung))
+    if hung:
+        event("a POST hung (see test_a_refused_polling_packet_is_answered)")
     assert all(s < 500 for s in statuses), statuses
     replica.run(_forget_closed_polling_sockets(replica))  # a known leak, tested on its own below
     _after_example(replica)
@@ -663,7 +672,7 @@ async def _polling_leave_politely(replica: Replica, n: int) -> None:
 def test_polling_sessions_that_end_are_forgotten(replica: Replica) -> None:
     replica.run(_forget_closed_polling_sockets(replica))
     replica.run(_polling_leave_politely(replica, 20))
-    held = replica.run(_settled(replica, timeout=5.0))
+    held = replica.run(_settled(replica, timeout=2.0))
     replica.run(_forget_closed_polling_sockets(replica))
     assert held["eio_sockets"] == 0, f"20 polling sessions ended, the replica still holds {held}"
 
@@ -675,10 +684,10 @@ async def _bad_packet_post(replica: Replica) -> str:
         try:
             # "0" (OPEN) is not a packet a client sends: python-engineio refuses it and closes
             # the session, waiting for the CLOSE packet to be polled; nobody polls.
-            async with session.post(url, data=b"0", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            async with session.post(url, data=b"0", timeout=aiohttp.ClientTimeout(total=3)) as resp:
                 return f"answered {resp.status}"
         except TimeoutError:
-            return "no answer within 5 s"
+            return "no answer within 3 s"
         finally:
             with contextlib.suppress(TimeoutError):
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
