@@ -247,8 +247,6 @@ def test_integer_sub_and_user_id_claim(node_clients: NodeClients, gw: GatewayPro
     assert rooms_of(node_clients, "userId") == [f"user:{other}"]
 
 
-@pytest.mark.xfail(reason="gateway bug (contract vs. room grammar): a sub outside "
-                          "[A-Za-z0-9_.@-]{1,128} is refused as token_invalid", strict=True)
 @pytest.mark.parametrize("sub", ["auth0|5f7c8ec7c33c6c004bbafe82", "jane+tag@example.com"])
 def test_any_non_empty_string_is_a_user_id(node_clients: NodeClients, gw: GatewayProcess,
                                            sub: str) -> None:

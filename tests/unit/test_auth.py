@@ -68,7 +68,7 @@ def test_integer_sub_and_userid_fallback() -> None:
 
 @pytest.mark.parametrize("claims", [
     {}, {"sub": ""}, {"sub": {"id": 1}}, {"sub": [1]}, {"sub": 1.5}, {"sub": True},
-    {"sub": "a b"}, {"sub": "1", "classrooms": "7"}, {"sub": "1", "classrooms": [{"x": 1}]},
+    {"sub": "a\nb"}, {"sub": "1", "classrooms": "7"}, {"sub": "1", "classrooms": [{"x": 1}]},
 ])
 def test_bad_claims_are_token_invalid(claims: dict[str, Any]) -> None:
     assert code_of(auth(), hs(claims)) == "token_invalid"
