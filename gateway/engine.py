@@ -170,6 +170,13 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         self.allowed_origins: frozenset[str] | None = None  # None: any
         self.bad_packet_hook: Any = None
         self._corked: list[FastSocket] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        """Run `coro` in the background, holding it until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def cork(self, sock: FastSocket) -> None:
         """`sock` holds frames: write them all at the end of this loop turn."""

@@ -34,6 +34,8 @@ log = logging.getLogger("gateway.transport")
 
 # Packets a polling socket may hold before it counts as a slow consumer.
 MAX_POLLING_QUEUE = 1000
+# A closed polling session is kept this long, so a poll already under way can finish.
+FORGET_POLLING_AFTER = 5.0
 _BINARY_FIN = 0x82
 
 
@@ -106,6 +108,11 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
 
         `flush` lets what is buffered go out first (a drain); without it the connection is cut
         at once (a slow consumer, whose buffer is the problem).
+
+        A polling session ends at once: a poll waiting now returns what is queued (never with
+        a CLOSE behind it: socket.io-client would drop the socket before handling the events
+        and count them as missed), and the next poll finds no session, which the client takes
+        as a transport error: it reconnects and recovers.
         """
         if self._tr is not None:
             if flush:
@@ -113,9 +120,23 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
                 self._tr.close()
             else:
                 self._tr.abort()
-        else:
-            self.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
-            self.queue.put_nowait(None)
+        elif not self.closed:
+            self.queue.put_nowait(None)  # ends a waiting poll with what is queued
+            self.server.spawn(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE))
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        """python-engineio's close, without waiting for a client to drain the queue (one that
+        never polls again would hold the request forever), and the session forgotten."""
+        await super().close(wait=False, abort=abort, reason=reason)
+        if self.closed:
+            # a poll in flight still holds the socket; new requests find no session
+            loop = asyncio.get_running_loop()
+            loop.call_later(0 if self._tr is not None else FORGET_POLLING_AFTER, self._forget)
+
+    def _forget(self) -> None:
+        sockets = self.server.sockets
+        if sockets.get(self.sid) is self:
+            del sockets[self.sid]
 
     def _overflow(self) -> None:
         callback = self.on_overflow
