@@ -1,0 +1,107 @@
+"""What the hostile tests share: settings, tokens, memory and metrics of a replica, waits."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.gateway_proc import GatewayProcess, make_token
+from tests.support.sio_client import NodeClients
+
+COINS = {"amount": 1, "reason": "hostile", "newBalance": 1}
+EVENT = "coins:earned"
+MIB = 1024 * 1024
+
+
+def uid(prefix: str = "u") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def base_env(secret: str, **extra: str) -> dict[str, str]:
+    env = {"JWT_SECRET": secret, "LOG_LEVEL": "warning", "DRAIN_SECONDS": "0"}
+    env.update(extra)
+    return env
+
+
+def token(secret: str, user: str, **kwargs: Any) -> str:
+    return make_token(secret, user, **kwargs)
+
+
+def rss_kib(gw: GatewayProcess) -> int:
+    """VmRSS of the replica's process, KiB."""
+    with open(f"/proc/{gw.pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {gw.pid}")
+
+
+def metrics(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = gw.http_get("/metrics", timeout=10)
+    assert status == 200, body
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def metric(gw: GatewayProcess, name: str, **labels: str) -> float:
+    return metrics(gw).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_until(probe: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
+        time.sleep(every)
+
+
+def connect_good(clients: NodeClients, name: str, gw: GatewayProcess, tok: str,
+                 transport: str = "websocket", **opts: Any) -> dict[str, Any]:
+    """A well-behaved user, with the real socket.io-client."""
+    clients.connect(name, gw.ns_url, token=tok, transports=[transport], **opts)
+    record = clients.wait_connected(name, timeout=10)
+    assert record["type"] == "connect", record
+    return record
+
+
+def assert_all_received(clients: NodeClients, name: str, sent: list[int], timeout: float = 20) -> int:
+    """Every event numbered in `sent` arrived at `name`, once each, in order; returns how many."""
+    got = clients.wait_events(name, EVENT, len(sent), timeout=timeout)
+    numbers = [e.payload.get("n") for e in got if isinstance(e.payload, dict) and "n" in e.payload]
+    assert numbers == sent, f"{name} got {len(numbers)} of {len(sent)}: first gaps " \
+        f"{sorted(set(sent) - set(numbers))[:10]}, duplicates {len(numbers) - len(set(numbers))}"
+    return len(numbers)
+
+
+def log_problems(gw: GatewayProcess) -> list[str]:
+    """Errors and tracebacks in a replica's log. Warnings about attackers are expected, and so
+    is python-engineio's one-off ERROR line about a client's mistake ("... further occurrences
+    of this error will be logged with level INFO")."""
+    out = []
+    for line in gw.log_text().splitlines():
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if "Traceback" in line or "Error" in line:
+                out.append(line[:400])
+            continue
+        if not isinstance(record, dict):
+            continue
+        msg = str(record.get("msg", ""))
+        if record.get("level") in {"error", "critical"} or "exc" in record:
+            if record.get("logger") == "engineio.server" and msg.endswith("logged with level INFO)"):
+                continue
+            out.append(line[:600])
+    return out
