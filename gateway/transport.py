@@ -34,8 +34,6 @@ log = logging.getLogger("gateway.transport")
 
 # Packets a polling socket may hold before it counts as a slow consumer.
 MAX_POLLING_QUEUE = 1000
-# A closed polling session is kept this long, so a poll already under way can finish.
-FORGET_POLLING_AFTER = 5.0
 _BINARY_FIN = 0x82
 
 
@@ -129,9 +127,9 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         never polls again would hold the request forever), and the session forgotten."""
         await super().close(wait=False, abort=abort, reason=reason)
         if self.closed:
-            # a poll in flight still holds the socket; new requests find no session
-            loop = asyncio.get_running_loop()
-            loop.call_later(0 if self._tr is not None else FORGET_POLLING_AFTER, self._forget)
+            # A poll in flight holds the socket and still returns what is queued; a new request
+            # would find no session anyway (python-engineio refuses a closed one).
+            self._forget()
 
     def _forget(self) -> None:
         sockets = self.server.sockets

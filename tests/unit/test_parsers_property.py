@@ -664,11 +664,6 @@ async def _polling_leave_politely(replica: Replica, n: int) -> None:
                 assert resp.status == 200
 
 
-@pytest.mark.xfail(reason="gateway bug: a polling session closed by its client (CLOSE packet) or by the "
-                          "heartbeat stays in eio.sockets forever: python-engineio's service task, which "
-                          "removed closed sockets, is turned off (engine.GatewayEngineIO.start_service_task "
-                          "= False) and engine.Heartbeat does not take its place for polling sockets",
-                   strict=True)
 def test_polling_sessions_that_end_are_forgotten(replica: Replica) -> None:
     replica.run(_forget_closed_polling_sockets(replica))
     replica.run(_polling_leave_politely(replica, 20))
@@ -694,11 +689,6 @@ async def _bad_packet_post(replica: Replica) -> str:
                     await resp.read()  # releases the stuck POST, for the next tests
 
 
-@pytest.mark.xfail(reason="gateway bug: a polling POST carrying a packet python-engineio refuses (OPEN, "
-                          "an unknown type) hangs until a GET drains the session's queue: "
-                          "AsyncServer.disconnect -> AsyncSocket.close(wait=True) -> queue.join(); a client "
-                          "that never polls leaves the request task and the socket held forever",
-                   strict=True)
 def test_a_refused_polling_packet_is_answered(replica: Replica) -> None:
     outcome = replica.run(_bad_packet_post(replica))
     replica.run(_forget_closed_polling_sockets(replica))
