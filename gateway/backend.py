@@ -17,11 +17,29 @@ class BusUnavailable(ConnectionError):
     """The bus cannot take or serve this request now; nothing was published."""
 
 
+SEQ_SPAN = 10**12
+
+
+def order_key(ms: int, seq: int) -> int:
+    """The order of bus messages as one integer: by `ms`, then `seq`.
+
+    `seq` alone orders messages within an epoch, unless Redis lost its last writes but kept
+    the clock (asynchronous replication in a failover, `appendfsync everysec` after a crash):
+    then `seq` values are handed out again. `ms` comes from Redis's clock, which went on, so
+    the pair still puts the new messages after the old ones.
+    """
+    return ms * SEQ_SPAN + seq
+
+
 @dataclass(frozen=True, slots=True)
 class Position:
     epoch: str
     ms: int
     seq: int
+
+    @property
+    def key(self) -> int:
+        return order_key(self.ms, self.seq)
 
     @property
     def offset(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backend import BusSink, Position
+from gateway.backend import BusSink, Position, order_key
 from publisher.envelope import encode_control, encode_event
 
 
@@ -130,7 +130,7 @@ class MemoryBackend:
                 return None
             for ms, seq, message in self._history.get(room, ()):
                 if (ms, seq) > key:
-                    out.append((seq, message))
+                    out.append((order_key(ms, seq), message))
         out.sort(key=lambda item: item[0])
         return [message for _, message in out]
 

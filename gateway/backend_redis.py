@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.backend import BusSink, BusUnavailable, Position
+from gateway.backend import BusSink, BusUnavailable, Position, order_key
 from gateway.redis_endpoint import parse_endpoint
 from gateway.subscriber import Subscriber
 from publisher import AsyncPublisher
@@ -214,7 +214,7 @@ class RedisBackend:
             return None
         messages: list[bytes] = reply[1:]
         if len(starts) > 1:
-            messages.sort(key=_seq_of)
+            messages.sort(key=_key_of)
         return messages
 
     # -- sessions and presence: queued writes -----------------------------------------------------
@@ -300,7 +300,9 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
-def _seq_of(message: bytes) -> int:
-    """The seq of a stored message, read from its offset (`..."o":"epoch:ms-seq"}`)."""
-    tail = message[message.rfind(b"-") + 1:]
-    return int(tail[: tail.find(b'"')])
+def _key_of(message: bytes) -> int:
+    """The order key of a stored message, read from its offset (`..."o":"epoch:ms-seq"}`)."""
+    dash = message.rfind(b"-")
+    tail = message[dash + 1:]
+    ms = message[message.rfind(b":", 0, dash) + 1:dash]
+    return order_key(int(ms), int(tail[: tail.find(b'"')]))

@@ -23,7 +23,7 @@ from typing import Any
 
 import socketio
 
-from gateway.backend import Backend, BusUnavailable, Position
+from gateway.backend import Backend, BusUnavailable, Position, order_key
 from gateway.connections import Conn, Outgoing, Registry
 from gateway.frames import eio_message_frame, event_packet
 from gateway.rooms import may_join, may_leave
@@ -41,11 +41,11 @@ class HistoryLost(Exception):
 
 def outgoing(event: Event, with_offset: bool, *, replay: bool = False) -> Outgoing:
     text = event_packet(event.ev, event.d, event.o if with_offset else None)
-    return Outgoing(event.seq, event.ev, text, eio_message_frame(text), event.t, replay)
+    return Outgoing(order_key(event.ms, event.seq), event.ev, text, eio_message_frame(text), event.t, replay)
 
 
-def _by_seq(out: Outgoing) -> int:
-    return out.seq
+def _by_key(out: Outgoing) -> int:
+    return out.key
 
 
 class DeliveryCore:
@@ -94,7 +94,7 @@ class DeliveryCore:
             log.warning("bus epoch changed: redis lost its history", extra={"epoch": epoch})
             self.metrics.bus_event("epoch_change")
             for conn in self.registry.by_sid.values():
-                conn.last_seq = 0
+                conn.last_key = 0
         self.epoch = epoch
 
     def _deliver(self, event: Event) -> None:
@@ -277,13 +277,13 @@ class DeliveryCore:
         for conn in conns:
             if self._releasable(conn):
                 mine = [o for r in conn.rooms for o in by_room.get(r, ())]
-                conn.attach(sorted(mine, key=_by_seq) if len(conn.rooms) > 1 else mine, self.metrics)
+                conn.attach(sorted(mine, key=_by_key) if len(conn.rooms) > 1 else mine, self.metrics)
 
     def _known_position(self) -> Position | None:
         last, baseline = self._last, self._baseline
         if last is None:
             return baseline
-        if baseline is not None and baseline.epoch == last.epoch and baseline.seq > last.seq:
+        if baseline is not None and baseline.epoch == last.epoch and baseline.key > order_key(last.ms, last.seq):
             return baseline
         if baseline is not None and baseline.epoch != last.epoch and baseline.epoch == self.epoch:
             return baseline

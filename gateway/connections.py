@@ -4,8 +4,8 @@ A room's index maps sid to `Conn`, so delivering an event to a room is one dict 
 one loop, with nothing allocated per recipient. The index of a user's sockets is their
 `user:<id>` room. One `Conn` per socket, with `__slots__`: it is the per-connection memory.
 
-Delivery order and exactly-once: every bus message carries a sequence number that grows
-across all rooms (see `recovery.py`). A socket remembers the last one it was given, so an
+Delivery order and exactly-once: every bus message carries a position that grows across all
+rooms (`backend.order_key`, see `recovery.py`). A socket remembers the last one it was given, so an
 event reaching it through two of its rooms, or both from history and live, is written once;
 while a socket is being attached (subscriptions confirming, history being read) its live
 events wait in `pending` and are merged, in order, with what history returned.
@@ -36,7 +36,7 @@ class Sent(Protocol):
 class Outgoing:
     """One event as every local recipient gets it: built once per event per replica."""
 
-    seq: int
+    key: int  # backend.order_key(ms, seq)
     event: str
     text: bytes  # the Socket.IO packet, for polling sockets
     frame: bytes  # the same as one WebSocket frame
@@ -51,7 +51,7 @@ class Conn:
         "eio",
         "eio_sid",
         "identity",
-        "last_seq",
+        "last_key",
         "pending",
         "pid",
         "refused",
@@ -62,14 +62,14 @@ class Conn:
     )
 
     def __init__(self, sid: str, eio_sid: str, identity: Identity, eio: FastSocket,
-                 pid: str | None, last_seq: int) -> None:
+                 pid: str | None, last_key: int) -> None:
         self.sid = sid
         self.eio_sid = eio_sid
         self.identity = identity
         self.eio = eio
         self.pid = pid
         self.rooms: dict[str, None] = {}  # an ordered set: the ack lists rooms in join order
-        self.last_seq = last_seq
+        self.last_key = last_key
         self.pending: list[Outgoing] | None = []  # attached when None
         self.tokens = 0.0  # rate limit bucket, see ratelimit.py
         self.stamp = 0.0
@@ -77,13 +77,13 @@ class Conn:
 
     def deliver(self, out: Outgoing) -> bool:
         """Write `out` unless this socket already has it; True when written."""
-        if out.seq <= self.last_seq:
+        if out.key <= self.last_key:
             return False
         pending = self.pending
         if pending is not None:
             pending.append(out)
             return False
-        self.last_seq = out.seq
+        self.last_key = out.key
         self.eio.push_message(out.text, out.frame)
         return True
 
@@ -95,7 +95,7 @@ class Conn:
         """
         pending = self.pending or []
         self.pending = None
-        merged = sorted(history + pending, key=_seq) if pending else history
+        merged = sorted(history + pending, key=_key) if pending else history
         written = 0
         for out in merged:
             if self.deliver(out):
@@ -107,8 +107,8 @@ class Conn:
         return written
 
 
-def _seq(out: Outgoing) -> int:
-    return out.seq
+def _key(out: Outgoing) -> int:
+    return out.key
 
 
 class Registry:

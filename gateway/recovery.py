@@ -14,7 +14,9 @@ reads only the rooms of the session, and a busy classroom does not push a quiet 
 out), but every message on the bus, whatever its room, is numbered by one counter in the same
 Lua script that appends it to history and publishes it (`publisher/lua/publish.lua`). The
 offset is `<epoch>:<ms>-<seq>` and the history entry's id is `<ms>-<seq>`, with `ms` never
-decreasing as `seq` grows, so ordering by stream id is ordering by `seq` in every room.
+decreasing as `seq` grows, so ordering by stream id is ordering by `seq` in every room. (The
+gateway orders by the pair, `backend.order_key`: if Redis loses its last writes but keeps the
+clock, `seq` values come again, later in `ms`.)
 
 Why "after the offset" is exactly what the client missed: a replica reads the bus on one
 connection, and Redis delivers a subscriber's messages in the order it ran the PUBLISHes, that
@@ -162,8 +164,10 @@ def _starts(rooms: list[str], since: Position, joined_raw: str | None) -> list[t
         at = joined.get(room) if isinstance(joined, dict) else None
         if isinstance(at, str) and "-" in at:
             ms_text, _, seq_text = at.partition("-")
-            if ms_text.isdigit() and seq_text.isdigit() and int(seq_text) > since.seq:
-                start = Position(since.epoch, int(ms_text), int(seq_text))
+            if ms_text.isdigit() and seq_text.isdigit():
+                joined_at = Position(since.epoch, int(ms_text), int(seq_text))
+                if joined_at.key > since.key:
+                    start = joined_at
         starts.append((room, start))
     return starts
 

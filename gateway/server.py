@@ -159,10 +159,10 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             sio_packet.CONNECT_ERROR, data={"message": message, "data": {"code": code}}, namespace=NAMESPACE))
 
     def _register(self, sid: str, eio_sid: str, eio_socket: FastSocket, identity: Identity,
-                  pid: str | None, last_seq: int) -> Conn:
+                  pid: str | None, last_key: int) -> Conn:
         self.manager.basic_enter_room(sid, NAMESPACE, None, eio_sid=eio_sid)
         self.manager.basic_enter_room(sid, NAMESPACE, sid, eio_sid=eio_sid)
-        conn = Conn(sid, eio_sid, identity, eio_socket, pid, last_seq)
+        conn = Conn(sid, eio_sid, identity, eio_socket, pid, last_key)
         self.core.connecting.add(sid)
         expires = identity.exp + self.auth.leeway if identity.exp is not None else None
         self.core.registry.add(conn, expires)
@@ -192,7 +192,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             self.core.detach(stale.sid)
             stale.eio.close_transport()
         conn = self._register(restorable.sid, eio_sid, eio_socket, identity, restorable.pid,
-                              restorable.since.seq)
+                              restorable.since.key)
         try:
             await self.core.recover_rooms(conn, restorable.starts)
         except HistoryLost:
@@ -336,5 +336,5 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
 
 def _joined_json(starts: list[tuple[str, Any]], since: Any) -> str:
     """The join positions to keep in a restored session: those later than its offset."""
-    joined = {room: start.stream_id for room, start in starts if start.seq > since.seq}
+    joined = {room: start.stream_id for room, start in starts if start.key > since.key}
     return orjson.dumps(joined).decode() if joined else "{}"
