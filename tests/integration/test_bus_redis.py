@@ -506,13 +506,6 @@ def test_events_published_while_redis_drops_the_subscriber_are_caught_up(
             show_logs(*cluster)
 
 
-@pytest.mark.xfail(
-    reason="gateway bug (gateway/connections.py Conn.deliver drops out.seq <= last_seq; the epoch "
-           "only changes when the clock is gone): when Redis loses its last writes but keeps the "
-           "clock (async replication in a Sentinel failover, appendfsync everysec after a crash), "
-           "seq numbers are handed out again in the same epoch and connected sockets drop the new "
-           "events as duplicates",
-    strict=True)
 def test_events_after_redis_lost_its_last_writes_still_arrive(
     clients: NodeClients, redis_server: RedisServer,
 ) -> None:
