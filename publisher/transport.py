@@ -8,6 +8,9 @@ failure in the middle of a command closes that connection, so a half-read reply 
 taken for the next command's; it reconnects on its next use. After a fork the parent's
 connections are left alone and new ones are made.
 
+A connection that failed goes back to the pool instead: the pool reconnects it on next use,
+and a Sentinel pool asks the sentinels first, which is how a publisher follows a failover.
+
 Delivery: a call is sent again after a connection error or timeout, up to `retries` times,
 sleeping 0.05, 0.1, 0.2 s... (doubling, at most 1 s) in between; then `PublishError` (or
 `PublishTimeout`). If the connection broke after Redis ran the script, the retry publishes a
@@ -101,9 +104,12 @@ class SyncTransport:
                     replies.append(exc)
         except BaseException:
             conn.disconnect()
+            # Back to the pool, not kept: the pool reconnects it on its next use, and a
+            # Sentinel pool asks the sentinels where the primary is now (a kept connection
+            # would dial the old primary again after a failover).
+            self._pool.release(conn)
             raise
-        finally:
-            self._idle.append(conn)
+        self._idle.append(conn)
         return replies
 
     def _once(self, calls: Sequence[Call]) -> list[Any]:
@@ -164,9 +170,9 @@ class AsyncTransport:
                     replies.append(exc)
         except BaseException:  # also CancelledError: the reply may still be on its way
             await asyncio.shield(conn.disconnect())
+            await asyncio.shield(self._pool.release(conn))  # see SyncTransport: follows a failover
             raise
-        finally:
-            self._idle.append(conn)
+        self._idle.append(conn)
         return replies
 
     async def _once(self, calls: Sequence[Call]) -> list[Any]:

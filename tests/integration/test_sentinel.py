@@ -85,12 +85,6 @@ def connect(clients: NodeClients, name: str, gw: GatewayProcess, user: str, **cl
     assert record["type"] == "connect", record
 
 
-PINNED = pytest.mark.xfail(
-    reason="gateway bug (publisher/transport.py): a Publisher/AsyncPublisher keeps its connections "
-           "and reconnects a failed one with send_packed_command -> connect_check_health(), which "
-           "dials the connection's old host; only SentinelManagedConnection.connect() asks the "
-           "sentinels, so after a failover every call fails with PublishError",
-    strict=True)
 
 
 @dataclass
@@ -189,7 +183,6 @@ def test_new_connections_after_the_failover(failed_over: Scene) -> None:
     assert scene.clients.wait_events(f"carol-{scene.how}", "new:connection", 1, timeout=ARRIVAL)
 
 
-@PINNED
 def test_http_emit_after_the_failover(failed_over: Scene) -> None:
     scene = failed_over
     r1 = scene.cluster[1]
@@ -200,7 +193,6 @@ def test_http_emit_after_the_failover(failed_over: Scene) -> None:
     assert scene.clients.wait_events("alice", "http:after", 1, timeout=ARRIVAL)[0].payload == {"n": 3}
 
 
-@PINNED
 def test_a_publisher_from_before_the_failover_follows_it(failed_over: Scene) -> None:
     scene = failed_over
     for replica in scene.cluster:
