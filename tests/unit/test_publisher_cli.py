@@ -34,7 +34,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     (("emit", "connect", "{}", "--all"), "'connect' is reserved by Socket.IO"),
     (("emit", "a b", "{}", "--all"), "is not an event name"),
     (("emit", "x", "{}", "--room", "lobby"), "'lobby' is not a room"),
-    (("emit", "x", "{}", "--user", "a b"), "character ' '"),
+    (("emit", "x", "{}", "--user", "a\tb"), "character '\\t'"),
     (("emit", "coins:earned", '{"amount": 1}', "--user", "1"), "coins:earned: reason is required"),
     (("emit", "coins:earned", '{"amount": "1", "reason": "r", "newBalance": 1}', "--user", "1"),
      "coins:earned: amount must be an integer, got '1'"),
