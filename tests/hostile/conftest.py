@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from publisher import Publisher
 from tests.support import node_env
 from tests.support.gateway_proc import GatewayProcess
+from tests.support.redis_server import RedisServer
 from tests.support.sio_client import NodeClients
 
 HOSTILE_DIR = Path(__file__).resolve().parent
@@ -91,3 +93,9 @@ def start_gateway(request: pytest.FixtureRequest) -> Iterator[StartGateway]:
         for replica in started:
             print(f"-- {replica!r} log:\n{replica.log_tail(200)}")
     assert not dead, f"replicas died during the test: {dead}"
+
+
+@pytest.fixture
+def pub(shared_redis: RedisServer) -> Iterator[Publisher]:
+    with Publisher(shared_redis.url) as publisher:
+        yield publisher

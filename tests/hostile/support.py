@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from publisher import Publisher
 from tests.support.gateway_proc import GatewayProcess, make_token
 from tests.support.sio_client import NodeClients
 
@@ -105,3 +107,31 @@ def log_problems(gw: GatewayProcess) -> list[str]:
                 continue
             out.append(line[:600])
     return out
+
+
+class Feeder:
+    """Publishes numbered events to a user from a thread until stopped (and at least `least`)."""
+
+    def __init__(self, pub: Publisher, user: str, least: int = 200) -> None:
+        self.pub = pub
+        self.user = user
+        self.least = least
+        self.sent: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set() or n < self.least:
+            self.pub.emit(EVENT, {**COINS, "n": n}, user=self.user)
+            self.sent.append(n)
+            n += 1
+            self._stop.wait(0.002)
+
+    def __enter__(self) -> Feeder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)

@@ -5,17 +5,14 @@ reason; the well-behaved user gets every event, once each, in order."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import orjson
-import pytest
 
 from publisher import Publisher
 from tests.hostile.conftest import StartGateway
 from tests.hostile.rawws import NS, Closed, RawWS, connected
 from tests.hostile.support import (
-    COINS,
-    EVENT,
+    Feeder,
     assert_all_received,
     base_env,
     connect_good,
@@ -29,40 +26,6 @@ from tests.support.sio_client import NodeClients
 
 RATE = {"RATE_LIMIT_EVENTS": "10", "RATE_LIMIT_BURST": "20", "RATE_LIMIT_DISCONNECT_AFTER": "100"}
 FLOOD = 1000
-
-
-class Feeder:
-    """Publishes numbered events to a user from a thread until stopped (and at least `least`)."""
-
-    def __init__(self, pub: Publisher, user: str, least: int = 200) -> None:
-        self.pub = pub
-        self.user = user
-        self.least = least
-        self.sent: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="feeder", daemon=True)
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set() or n < self.least:
-            self.pub.emit(EVENT, {**COINS, "n": n}, user=self.user)
-            self.sent.append(n)
-            n += 1
-            self._stop.wait(0.002)
-
-    def __enter__(self) -> Feeder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-
-@pytest.fixture
-def pub(shared_redis: RedisServer) -> Iterator[Publisher]:
-    with Publisher(shared_redis.url) as publisher:
-        yield publisher
 
 
 def read_until_closed(ws: RawWS, timeout: float = 10.0) -> tuple[list[str], bool]:
