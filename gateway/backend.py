@@ -50,6 +50,10 @@ class Position:
         return f"{self.ms}-{self.seq}"
 
 
+# (room, replay after this position, up to this one or None for no end)
+Span = tuple[str, Position, Position | None]
+
+
 class BusSink(Protocol):
     """The delivery core, as the bus sees it."""
 
@@ -88,8 +92,9 @@ class Backend(Protocol):
 
     async def position(self) -> Position: ...
 
-    async def history(self, starts: Sequence[tuple[str, Position]]) -> list[bytes] | None:
-        """Each room's events after its own start, merged by seq; None when any is incomplete."""
+    async def history(self, spans: Sequence[Span]) -> list[bytes] | None:
+        """Each room's events after its own start (up to its end, when it has one), merged in
+        order; None when any of them is incomplete."""
         ...
 
     def save_session(self, pid: str, record: dict[str, str], user: str) -> None: ...
@@ -98,6 +103,8 @@ class Backend(Protocol):
 
     def end_session(self, pid: str, t_ms: int) -> None: ...
 
-    def session_rooms(self, pid: str, rooms_json: str, room: str, joined_at: str) -> None: ...
+    def session_rooms(self, pid: str, rooms_json: str, room: str, change: str, at: str) -> None:
+        """`room` joined (`change` "j") or left ("l") at stream id `at` ("" when unknown)."""
+        ...
 
     def set_online(self, user: str, online: bool) -> None: ...

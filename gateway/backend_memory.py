@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backend import BusSink, Position, order_key
+from gateway.backend import BusSink, Position, Span, order_key
 from publisher.envelope import encode_control, encode_event
 
 
@@ -105,31 +105,37 @@ class MemoryBackend:
                     current.append(room)
                 elif not add and room in current and room != f"user:{user}":
                     current.remove(room)
+            before = set(orjson.loads(record["rooms"]))
             record["rooms"] = orjson.dumps(current).decode()
             joined = orjson.loads(record.get("j", "{}"))
+            left = orjson.loads(record.get("l", "{}"))
             for room in rooms:
                 if add:
                     joined.setdefault(room, here)
-                else:
+                    left.pop(room, None)
+                elif room in before and room not in current:
                     joined.pop(room, None)
+                    left[room] = here
             record["j"] = orjson.dumps(joined).decode()
+            record["l"] = orjson.dumps(left).decode()
 
     # -- positions and history ------------------------------------------------------------------
 
     async def position(self) -> Position:
         return Position(self._epoch, self._ms, self._seq)
 
-    async def history(self, starts: Sequence[tuple[str, Position]]) -> list[bytes] | None:
+    async def history(self, spans: Sequence[Span]) -> list[bytes] | None:
         out: list[tuple[int, bytes]] = []
-        for room, after in starts:
+        for room, after, until in spans:
             if after.epoch != self._epoch:
                 return None
-            key = (after.ms, after.seq)
+            start = (after.ms, after.seq)
+            end = (until.ms, until.seq) if until is not None else None
             trimmed = self._trimmed.get(room)
-            if trimmed is not None and trimmed > key:
+            if trimmed is not None and trimmed > start:
                 return None
             for ms, seq, message in self._history.get(room, ()):
-                if (ms, seq) > key:
+                if (ms, seq) > start and (end is None or (ms, seq) <= end):
                     out.append((order_key(ms, seq), message))
         out.sort(key=lambda item: item[0])
         return [message for _, message in out]
@@ -159,18 +165,24 @@ class MemoryBackend:
             entry[0]["t"] = str(t_ms)
             self._sessions[pid] = (entry[0], time.monotonic() + self._window_ms / 1000)
 
-    def session_rooms(self, pid: str, rooms_json: str, room: str, joined_at: str) -> None:
+    def session_rooms(self, pid: str, rooms_json: str, room: str, change: str, at: str) -> None:
         entry = self._sessions.get(pid)
         if entry is None:
             return
         record = entry[0]
         record["rooms"] = rooms_json
         joined = orjson.loads(record.get("j", "{}"))
-        if joined_at:
-            joined[room] = joined_at
+        left = orjson.loads(record.get("l", "{}"))
+        if change == "j":
+            left.pop(room, None)
+            if at:
+                joined[room] = at
         else:
             joined.pop(room, None)
+            if at:
+                left[room] = at
         record["j"] = orjson.dumps(joined).decode()
+        record["l"] = orjson.dumps(left).decode()
 
     def set_online(self, user: str, online: bool) -> None:
         return None

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.backend import BusSink, BusUnavailable, Position, order_key
+from gateway.backend import BusSink, BusUnavailable, Position, Span, order_key
 from gateway.redis_endpoint import parse_endpoint
 from gateway.subscriber import Subscriber
 from publisher import AsyncPublisher
@@ -199,21 +199,24 @@ class RedisBackend:
             raise BusUnavailable(str(exc)) from exc
         return Position(_text(epoch), int(ms or 0), int(seq or 0))
 
-    async def history(self, starts: Sequence[tuple[str, Position]]) -> list[bytes] | None:
-        if not starts:
+    async def history(self, spans: Sequence[Span]) -> list[bytes] | None:
+        if not spans:
             return []
         current = await self._position_now()
-        if any(start.epoch != current.epoch for _, start in starts):
+        if any(start.epoch != current.epoch for _, start, _ in spans):
             return None
+        args: list[str] = []
+        for _, start, end in spans:
+            args.append(start.stream_id)
+            args.append(end.stream_id if end is not None else "+")
         try:
-            reply = await self._history(keys=[self.names.history_key(room) for room, _ in starts],
-                                        args=[start.stream_id for _, start in starts])
+            reply = await self._history(keys=[self.names.history_key(room) for room, _, _ in spans], args=args)
         except (RedisError, OSError) as exc:
             raise BusUnavailable(str(exc)) from exc
         if not reply or int(reply[0]) != 1:
             return None
         messages: list[bytes] = reply[1:]
-        if len(starts) > 1:
+        if len(spans) > 1:
             messages.sort(key=_key_of)
         return messages
 
@@ -236,8 +239,8 @@ class RedisBackend:
     def end_session(self, pid: str, t_ms: int) -> None:
         self._queue("E", pid, str(t_ms))
 
-    def session_rooms(self, pid: str, rooms_json: str, room: str, joined_at: str) -> None:
-        self._queue("R", pid, rooms_json, room, joined_at)
+    def session_rooms(self, pid: str, rooms_json: str, room: str, change: str, at: str) -> None:
+        self._queue("R", pid, rooms_json, room, change, at)
 
     def set_online(self, user: str, online: bool) -> None:
         self._queue("O" if online else "F", user)

@@ -23,7 +23,7 @@ from typing import Any
 
 import socketio
 
-from gateway.backend import Backend, BusUnavailable, Position, order_key
+from gateway.backend import Backend, BusUnavailable, Position, Span, order_key
 from gateway.connections import Conn, Outgoing, Registry
 from gateway.frames import eio_message_frame, event_packet
 from gateway.rooms import may_join, may_leave
@@ -131,10 +131,11 @@ class DeliveryCore:
                 if rooms:
                     self._spawn(self.enter(conn, rooms, since=since))
         elif control.k == "leave":
+            at = Position(control.epoch, control.ms, control.seq)
             for conn in conns:
                 for room in control.rooms:
                     if may_leave(conn.identity, room):
-                        self.leave(conn, room)
+                        self.leave(conn, room, at)
 
     # -- rooms -------------------------------------------------------------------------------------
 
@@ -150,15 +151,16 @@ class DeliveryCore:
         except BusUnavailable:
             return None
 
-    async def recover_rooms(self, conn: Conn, starts: Sequence[tuple[str, Position]]) -> None:
+    async def recover_rooms(self, conn: Conn, spans: Sequence[Span]) -> None:
         """Put a restored socket back in its rooms, with each room's events after its start
         queued ahead of the live ones (merged in order when the server flushes `conn.pending`).
+        A span with an end is a room left while away: replayed up to the leave, not rejoined.
 
         Raises HistoryLost when part of that history is gone.
         """
-        await self._subscribe([room for room, _ in starts if self.registry.join(conn, room)])
+        await self._subscribe([room for room, _, end in spans if end is None and self.registry.join(conn, room)])
         try:
-            messages = await self.backend.history(starts)
+            messages = await self.backend.history(spans)
         except BusUnavailable:
             messages = None
         if messages is None:
@@ -181,7 +183,7 @@ class DeliveryCore:
                 await self._subscribe([r for r in fresh if self.registry.join(conn, r)])
                 if since is not None:
                     try:
-                        messages = await self.backend.history([(room, since) for room in fresh])
+                        messages = await self.backend.history([(room, since, None) for room in fresh])
                     except BusUnavailable:
                         messages = None
                     history = [out for _, out in self._decode_all(messages or [])]
@@ -194,17 +196,19 @@ class DeliveryCore:
                     except BusUnavailable:
                         since = None
                 for room in fresh:
-                    self.on_rooms_changed(conn, room, since)
+                    self.on_rooms_changed(conn, room, "j", since)
         if not lock.locked():
             self._locks.pop(conn.sid, None)
 
-    def leave(self, conn: Conn, room: str) -> None:
+    def leave(self, conn: Conn, room: str, at: Position | None = None) -> None:
+        """Take `conn` out of `room`; `at` is where on the bus it left (a producer's leave),
+        kept in its session so that a recovery replays the room up to there."""
         if room not in conn.rooms:
             return
         if self.registry.leave(conn, room):
             self.backend.unsubscribe(room)
         if self.on_rooms_changed is not None:
-            self.on_rooms_changed(conn, room, None)
+            self.on_rooms_changed(conn, room, "l", at)
 
     def detach(self, sid: str) -> Conn | None:
         conn, emptied = self.registry.remove(sid)
@@ -263,7 +267,7 @@ class DeliveryCore:
                 since = Position(current.epoch, 0, 0)
             rooms = sorted({r for c in conns for r in c.rooms})
             try:
-                messages = await self.backend.history([(room, since) for room in rooms])
+                messages = await self.backend.history([(room, since, None) for room in rooms])
             except BusUnavailable:
                 messages = None
             if messages is None:

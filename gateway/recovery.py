@@ -56,7 +56,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backend import Backend, BusUnavailable, Position
+from gateway.backend import Backend, BusUnavailable, Position, Span
 from gateway.rooms import Identity
 from publisher.envelope import EnvelopeError, parse_offset
 
@@ -72,13 +72,13 @@ class Restorable:
 
     pid: str
     sid: str
-    starts: list[tuple[str, Position]]  # (room, replay after this position), in join order
+    spans: list[Span]  # (room, replay after, up to): rooms in join order, then rooms left while away
     since: Position  # the client's offset (or the session's start)
     created_ms: int
 
     @property
     def rooms(self) -> list[str]:
-        return [room for room, _ in self.starts]
+        return [room for room, _, end in self.spans if end is None]
 
 
 class Recovery:
@@ -126,7 +126,8 @@ class Recovery:
         if not sid:
             return None, "bad_session"
         since = Position(parsed.epoch, parsed.ms, parsed.seq)
-        return Restorable(pid, sid, _starts(rooms, since, record.get("j")), since, created), RECOVERED
+        spans = _spans(rooms, since, record.get("j"), record.get("l"))
+        return Restorable(pid, sid, spans, since, created), RECOVERED
 
     def save(self, pid: str, sid: str, identity: Identity, rooms: list[str],
              start: Position | None, created_ms: int | None = None, start_offset: str | None = None,
@@ -144,32 +145,41 @@ class Recovery:
         }
         self.backend.save_session(pid, record, identity.user_id)
 
-    def rooms_changed(self, pid: str, rooms: list[str], room: str, at: Position | None) -> None:
-        self.backend.session_rooms(pid, orjson.dumps(rooms).decode(), room, at.stream_id if at else "")
+    def rooms_changed(self, pid: str, rooms: list[str], room: str, change: str, at: Position | None) -> None:
+        self.backend.session_rooms(pid, orjson.dumps(rooms).decode(), room, change, at.stream_id if at else "")
 
     def ended(self, pid: str) -> None:
         self.backend.end_session(pid, _now_ms())
 
 
-def _starts(rooms: list[str], since: Position, joined_raw: str | None) -> list[tuple[str, Position]]:
-    """Each room replays from the client's offset, or from when it was joined if that is
-    later: a room joined while the client was away brings only what came after the join."""
+def _positions(raw: str | None, epoch: str) -> dict[str, Position]:
     try:
-        joined = orjson.loads(joined_raw or "{}")
+        table = orjson.loads(raw or "{}")
     except orjson.JSONDecodeError:
-        joined = {}
-    starts = []
-    for room in rooms:
-        start = since
-        at = joined.get(room) if isinstance(joined, dict) else None
-        if isinstance(at, str) and "-" in at:
-            ms_text, _, seq_text = at.partition("-")
+        return {}
+    out = {}
+    if isinstance(table, dict):
+        for room, at in table.items():
+            ms_text, _, seq_text = at.partition("-") if isinstance(at, str) else ("", "", "")
             if ms_text.isdigit() and seq_text.isdigit():
-                joined_at = Position(since.epoch, int(ms_text), int(seq_text))
-                if joined_at.key > since.key:
-                    start = joined_at
-        starts.append((room, start))
-    return starts
+                out[room] = Position(epoch, int(ms_text), int(seq_text))
+    return out
+
+
+def _spans(rooms: list[str], since: Position, joined_raw: str | None, left_raw: str | None) -> list[Span]:
+    """Each room replays from the client's offset, or from when it was joined if that is
+    later: a room joined while the client was away brings only what came after the join. A
+    room left while away replays from the offset up to the leave, and is not rejoined."""
+    joined = _positions(joined_raw, since.epoch)
+    spans: list[Span] = []
+    for room in rooms:
+        at = joined.get(room)
+        spans.append((room, at if at is not None and at.key > since.key else since, None))
+    for room, until in _positions(left_raw, since.epoch).items():
+        if until.key > since.key and room not in rooms:
+            at = joined.get(room)
+            spans.append((room, at if at is not None and at.key > since.key else since, until))
+    return spans
 
 
 def _int(raw: str | None) -> int:

@@ -194,7 +194,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         conn = self._register(restorable.sid, eio_sid, eio_socket, identity, restorable.pid,
                               restorable.since.key)
         try:
-            await self.core.recover_rooms(conn, restorable.starts)
+            await self.core.recover_rooms(conn, restorable.spans)
         except HistoryLost:
             self._unregister(conn)
             raise
@@ -202,7 +202,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             return
         self.recovery.save(restorable.pid, conn.sid, identity, list(conn.rooms), None,
                            created_ms=restorable.created_ms, start_offset=restorable.since.offset,
-                           joined_json=_joined_json(restorable.starts, restorable.since))
+                           joined_json=_joined_json(restorable.spans, restorable.since))
         await self._accept(conn)
         self.metrics.recovery(RECOVERED)
         self.metrics.handshake("recovered")
@@ -234,10 +234,10 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
                 self.core.backend.set_online(conn.identity.user_id, False)
         self.manager.basic_disconnect(conn.sid, NAMESPACE)
 
-    def _save_session(self, conn: Conn, room: str, at: Any) -> None:
+    def _save_session(self, conn: Conn, room: str, change: str, at: Any) -> None:
         """A connected socket's rooms changed: the session record follows."""
         if conn.pid is not None:
-            self.recovery.rooms_changed(conn.pid, list(conn.rooms), room, at)
+            self.recovery.rooms_changed(conn.pid, list(conn.rooms), room, change, at)
 
     # -- EVENT ------------------------------------------------------------------------------------
 
@@ -334,7 +334,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         log.warning("slow consumer: transport closed", extra={"sid": sid})
 
 
-def _joined_json(starts: list[tuple[str, Any]], since: Any) -> str:
+def _joined_json(spans: list[Any], since: Any) -> str:
     """The join positions to keep in a restored session: those later than its offset."""
-    joined = {room: start.stream_id for room, start in starts if start.key > since.key}
+    joined = {room: start.stream_id for room, start, end in spans if end is None and start.key > since.key}
     return orjson.dumps(joined).decode() if joined else "{}"

@@ -1,6 +1,7 @@
 -- Events of several rooms, each after its own position, for recovery and catch-up.
--- KEYS: the rooms' history streams.  ARGV[i]: the stream id "<ms>-<seq>" to start after in KEYS[i]
--- (the client's offset, or later for a room it joined after that offset).
+-- KEYS: the rooms' history streams.  ARGV[2i-1]: the stream id "<ms>-<seq>" to start after in
+-- KEYS[i] (the client's offset, or later for a room it joined after that offset); ARGV[2i]: the
+-- id to stop at, inclusive ("+" for none; a room the client left while away stops at the leave).
 -- Returns {ok, m1, m2, ...}: ok = 1 with the messages after the offset (each room in order;
 -- the caller merges rooms by seq), or ok = 0 when a room lost an entry after the offset.
 --
@@ -16,15 +17,15 @@ end
 
 local out = {1}
 for k, key in ipairs(KEYS) do
-  local after = ARGV[k]
+  local after, till = ARGV[2 * k - 1], ARGV[2 * k]
   local a_ms, a_seq = parse(after)
   local function newer(id)  -- is stream id `id` strictly after this room's start?
     local ms, seq = parse(id)
     return ms > a_ms or (ms == a_ms and seq > a_seq)
   end
-  local entries = redis.call("XRANGE", key, "(" .. after, "+")
-  if entries[1] then
-    local fields = entries[1][2]
+  local first = redis.call("XRANGE", key, "(" .. after, "+", "COUNT", 1)
+  if first[1] then
+    local fields = first[1][2]
     local prev = "0-0"
     for i = 1, #fields, 2 do
       if fields[i] == "p" then prev = fields[i + 1] end
@@ -32,6 +33,10 @@ for k, key in ipairs(KEYS) do
     if newer(prev) then
       return {0}
     end
+  end
+  local entries = first
+  if till ~= "+" or first[1] then
+    entries = redis.call("XRANGE", key, "(" .. after, till)
   end
   for _, entry in ipairs(entries) do
     out[#out + 1] = entry[2][2]

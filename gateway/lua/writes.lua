@@ -3,7 +3,9 @@
 -- ARGV[4] TTL of a session whose client left (the recovery window), ms  ARGV[5] presence TTL, ms
 -- then operations, each a tag and its fields:
 --   S pid user sid rooms o c t j  save a session (connected) and index it under its user
---   R pid rooms room at          its rooms changed: `room` joined at position `at` ("" when left)
+--   R pid rooms room kind at     its rooms changed: `room` joined (kind "j") or left ("l") at
+--                                stream id `at` (recovery replays a room from its join and up to
+--                                its leave; see publisher/lua/rooms.lua)
 --   E pid t                      the session's client left at t: keep it for the window
 --   O user                       user online on this replica
 --   F user                       user no longer online on this replica
@@ -25,21 +27,27 @@ while i <= #ARGV do
   elseif op == "R" then
     local key = prefix .. ":s:" .. ARGV[i + 1]
     if redis.call("EXISTS", key) == 1 then
-      local ok, joined = pcall(cjson.decode, redis.call("HGET", key, "j") or "{}")
-      if not ok or type(joined) ~= "table" then joined = {} end
-      if ARGV[i + 4] == "" then joined[ARGV[i + 3]] = nil else joined[ARGV[i + 3]] = ARGV[i + 4] end
-      local encoded = "{}"
-      if next(joined) ~= nil then encoded = cjson.encode(joined) end
-      redis.call("HSET", key, "rooms", ARGV[i + 2], "j", encoded)
+      local function map(field)
+        local ok, value = pcall(cjson.decode, redis.call("HGET", key, field) or "{}")
+        if not ok or type(value) ~= "table" then value = {} end
+        return value
+      end
+      local function encode_map(value)
+        if next(value) == nil then return "{}" end
+        return cjson.encode(value)
+      end
+      local room, kind, at = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+      local joined, left = map("j"), map("l")
+      if kind == "j" then
+        left[room] = nil
+        if at ~= "" then joined[room] = at end
+      else
+        joined[room] = nil
+        if at ~= "" then left[room] = at end
+      end
+      redis.call("HSET", key, "rooms", ARGV[i + 2], "j", encode_map(joined), "l", encode_map(left))
     end
-    i = i + 5
-  elseif op == "E" then
-    local key = prefix .. ":s:" .. ARGV[i + 1]
-    if redis.call("EXISTS", key) == 1 then  -- never recreate a session a kick deleted
-      redis.call("HSET", key, "t", ARGV[i + 2])
-      redis.call("PEXPIRE", key, gone_ttl)
-    end
-    i = i + 3
+    i = i + 6
   elseif op == "O" then
     redis.call("SADD", online, ARGV[i + 1])
     redis.call("PEXPIRE", online, presence_ttl)

@@ -4,7 +4,9 @@
 -- this runs on a single Redis (standalone or Sentinel), not a Cluster.
 -- Each session also keeps, in field "j" (a JSON object), the bus position at which a room was
 -- joined: recovery replays that room from there, not from the client's older offset, so a
--- client away during the join gets the room's events after the join and none before.
+-- client away during the join gets the room's events after the join and none before. In field
+-- "l" it keeps where a room was left: a client away during the leave still gets that room's
+-- events from its offset up to the leave, and none after.
 -- KEYS[1] the user's session set   KEYS[2] the clock hash   ARGV[1] session key prefix (e.g. "ngw:s:")
 -- ARGV[2] "join" or "leave"   ARGV[3] the user's own room   ARGV[4..] the rooms
 -- Returns the number of sessions changed.
@@ -22,8 +24,9 @@ for _, pid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local ok, rooms = false, nil
   if raw then ok, rooms = pcall(cjson.decode, raw) end
   if ok and type(rooms) == 'table' then
-    local out, seen = {own}, {[own] = true}
+    local out, seen, was = {own}, {[own] = true}, {}
     for _, room in ipairs(rooms) do
+      was[room] = true
       if type(room) == 'string' and not seen[room] and (joining or not given[room]) then
         out[#out + 1] = room
         seen[room] = true
@@ -39,20 +42,28 @@ for _, pid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
     end
     local encoded = cjson.encode(out)
     if encoded ~= raw then
-      local jraw = redis.call('HGET', key, 'j')
-      local jok, joined = false, nil
-      if jraw then jok, joined = pcall(cjson.decode, jraw) end
-      if not jok or type(joined) ~= 'table' then joined = {} end
+      local function map(field)
+        local raw_map = redis.call('HGET', key, field)
+        local map_ok, value = false, nil
+        if raw_map then map_ok, value = pcall(cjson.decode, raw_map) end
+        if not map_ok or type(value) ~= 'table' then value = {} end
+        return value
+      end
+      local function encode_map(value)
+        if next(value) == nil then return '{}' end
+        return cjson.encode(value)
+      end
+      local joined, left = map('j'), map('l')
       for i = 4, #ARGV do
         if joining then
           if not joined[ARGV[i]] then joined[ARGV[i]] = here end
-        else
+          left[ARGV[i]] = nil
+        elseif was[ARGV[i]] and not seen[ARGV[i]] then  -- a member until now: it left here
+          left[ARGV[i]] = here
           joined[ARGV[i]] = nil
         end
       end
-      local jencoded = '{}'
-      if next(joined) ~= nil then jencoded = cjson.encode(joined) end
-      redis.call('HSET', key, 'rooms', encoded, 'j', jencoded)
+      redis.call('HSET', key, 'rooms', encoded, 'j', encode_map(joined), 'l', encode_map(left))
       changed = changed + 1
     end
   end

@@ -1187,9 +1187,6 @@ def test_room_joined_while_away_comes_back_with_its_events_after_the_join(
     assert numbers(settle(node_clients, "a", 3)) == [0, 2, 3]
 
 
-@pytest.mark.xfail(reason="gateway bug: a room left while away is dropped from the session, so "
-                          "what it got between the client's offset and the leave is never "
-                          "replayed: recovered, silently short", strict=True)
 def test_room_left_while_away_keeps_what_was_emitted_to_it_before_the_leave(
     node_clients: NodeClients, deployments: Deployments, nowhere: str,
 ) -> None:
