@@ -85,6 +85,7 @@ class RedisBackend:
         self._writer_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._policy_checked = False
 
     @property
     def connected(self) -> bool:
@@ -124,6 +125,22 @@ class RedisBackend:
         if self._sink is not None:
             await self._sink.on_bus_resubscribed()
         self._spawn(self._beat_once())
+        if not self._policy_checked:
+            self._policy_checked = True
+            self._spawn(self._check_eviction_policy())
+
+    async def _check_eviction_policy(self) -> None:
+        """History and sessions must not be evicted: an evicted history stream cannot be told
+        from a room with no events, and recovery would come back silently short."""
+        try:
+            reply = await self.client.config_get("maxmemory-policy")
+        except (RedisError, OSError):
+            return  # managed services often refuse CONFIG: nothing to check with
+        policy = reply.get("maxmemory-policy") if isinstance(reply, dict) else None
+        if policy not in (None, "noeviction"):
+            self._metrics.bus_event("eviction_policy")
+            log.error(f"Redis evicts keys (maxmemory-policy {policy}): recovery may replay a room's "
+                      "history short if it is evicted. Set maxmemory-policy noeviction on the bus's Redis.")
 
     def _on_disconnected(self) -> None:
         if self._sink is not None:
