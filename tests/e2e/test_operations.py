@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -255,11 +255,8 @@ def unready(replica: GatewayProcess) -> tuple[int, str] | None:
 
 
 def json_lines(replica: GatewayProcess) -> list[dict[str, Any]]:
-    out = []
-    for line in replica.log_text().splitlines():
-        if line.strip():
-            out.append(json.loads(line))
-    return out
+    """The replica's JSON log lines (whether every line is JSON is the log tests' business)."""
+    return [json.loads(line) for line in replica.log_text().splitlines() if line.startswith("{")]
 
 
 class Producer:
@@ -852,6 +849,11 @@ def test_readiness_says_no_while_redis_refuses_the_bus(pubsub_outage: Outage) ->
 
 
 DRAIN_SECONDS = 2.0
+# What socket.io-client reports when a drain lets it go: its transport ended (never "io server
+# disconnect", after which it would not reconnect). A WebSocket is closed; a long-polling
+# session is ended, and the client learns it from its next poll.
+LET_GO = {"websocket": {"transport close"}, "upgrade": {"transport close"},
+          "polling": {"transport close", "transport error"}}
 DRAIN_EXIT_SLACK = 5.0
 
 
@@ -868,13 +870,13 @@ def test_sigterm_drains_clients_to_the_other_replica_without_losing_an_event(
     staying.wait_ready(20)
 
     classroom = f"classroom:{uid('c')}"
-    names = [f"c{i}" for i in range(8)]
+    names = [f"c{i}" for i in range(9)]
     users = {name: uid() for name in names}
     first: dict[str, dict[str, Any]] = {}
-    # WebSocket, and socket.io-client's default (long-polling, then the upgrade to WebSocket).
-    # Sockets that stay on long-polling are drained in the two tests after this one.
+    # WebSocket, long-polling, and socket.io-client's default (long-polling, then the upgrade).
+    transports = {}
     for i, name in enumerate(names):
-        transport = "websocket" if i % 2 == 0 else "upgrade"
+        transport = transports[name] = ("websocket", "polling", "upgrade")[i % 3]
         first[name] = connect(node_clients, name, leaving.ns_url,
                               token(users[name], (classroom.split(":")[1],)), transport)
         if transport == "upgrade":
@@ -904,7 +906,7 @@ def test_sigterm_drains_clients_to_the_other_replica_without_losing_an_event(
         # replica and recovers its session.
         for name in names:
             gone = node_clients.wait_disconnected(name, timeout=DRAIN_SECONDS + DRAIN_EXIT_SLACK)
-            assert gone["reason"] == "transport close", (name, gone)
+            assert gone["reason"] in LET_GO[transports[name]], (name, gone)
             assert gone["retrying"] is True, (name, gone)
         for name in names:
             back = node_clients.wait_connected(name, timeout=WAIT)
@@ -1015,12 +1017,6 @@ class Relay:
             thread.join(2)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway bug: draining a long-polling socket queues the Engine.IO CLOSE right behind the "
-    "events still waiting in its queue (FastSocket.close_transport), so one poll returns "
-    "[events..., CLOSE]; socket.io-client hands decoded packets on at the next tick, after "
-    "the CLOSE has marked it disconnected, so those events are buffered with no offset "
-    "recorded, emitted on reconnection, and replayed again by the recovering replica"))
 def test_a_drained_polling_client_gets_no_event_twice(
     node_clients: NodeClients, shared_redis: RedisServer, start_gateway: StartGateway,
 ) -> None:
@@ -1062,12 +1058,6 @@ def test_a_drained_polling_client_gets_no_event_twice(
         relay.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway bug: a long-polling socket let go by the drain is never ended on the draining "
-    "replica: close_transport() only queues a CLOSE packet, the socket stays registered "
-    "(events keep being queued to it, ws_connections_active keeps counting it), socket_gone() "
-    "never runs (no 'disconnected' log line, no ws_disconnects_total, the recovery session is "
-    "not marked ended), and drain() waits 2 s more for a registry that never empties"))
 def test_every_client_let_go_by_a_drain_is_logged_as_disconnected(
     node_clients: NodeClients, redis_server: RedisServer, start_gateway: StartGateway, nowhere: str,
 ) -> None:
@@ -1078,7 +1068,9 @@ def test_every_client_let_go_by_a_drain_is_logged_as_disconnected(
         node_clients.set_uri(transport, nowhere)  # they stay away: only the drain is looked at
     gw.sigterm()
     for transport in sids:
-        assert node_clients.wait_disconnected(transport, timeout=WAIT)["reason"] == "transport close"
+        gone = node_clients.wait_disconnected(transport, timeout=WAIT)
+        assert gone["reason"] in LET_GO[transport], gone
+        assert gone["retrying"] is True, gone
     assert gw.wait_exit(DRAIN_SECONDS + DRAIN_EXIT_SLACK) == 0
     gw.stop()
     ended = {line.get("sid"): line.get("reason") for line in json_lines(gw) if line["msg"] == "disconnected"}
@@ -1164,3 +1156,31 @@ def test_json_logs_have_a_line_per_connection_and_never_a_token(
             assert piece not in text, f"the log holds a token or a part of one: {piece[:24]}..."
     assert SECRET not in text
     assert API_KEY not in text
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "gateway bug: python-engineio's own logger (engineio.server, logger=False) keeps the plain "
+    "StreamHandler python-engineio attaches to it, so its messages (the first 'Invalid session "
+    "<sid>' of the process, at ERROR: any poll with an unknown sid, e.g. after a drain or a "
+    "restart) are written a second time as raw text beside the JSON line; the client-chosen sid "
+    "goes out unescaped, so a request can forge whole JSON log lines"))
+def test_log_lines_stay_json_whatever_a_client_sends(start_gateway: StartGateway) -> None:
+    gw = start_gateway({**BASE_ENV, "LOG_FORMAT": "json"})
+    forged = {"ts": "2026-01-01T00:00:00.000Z", "level": "info", "logger": "gateway.socket",
+              "msg": "connected", "sid": "forged", "user_id": "admin"}
+    sid = "\n" + json.dumps(forged) + "\n"
+    status, _ = request("GET", gw.url + "/socket.io/?EIO=4&transport=polling&sid=" + quote(sid))
+    assert status == 400
+    status, _ = request("GET", gw.url + "/socket.io/?EIO=4&transport=polling&sid=unknown")
+    assert status == 400
+    gw.sigterm()
+    assert gw.wait_exit(DRAIN_SECONDS + DRAIN_EXIT_SLACK) == 0
+    gw.stop()
+    text = gw.log_text()
+    for raw in text.splitlines():
+        if raw.strip():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                pytest.fail(f"a log line is not JSON: {raw[:200]!r}")
+            assert line.get("sid") != "forged", f"a client forged a log line: {raw}"
