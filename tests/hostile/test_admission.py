@@ -4,7 +4,10 @@ someone else's refusals."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -34,10 +37,10 @@ LIMITED = {"HANDSHAKE_RATE_EXEMPT": NOT_EXEMPT, "HANDSHAKE_RATE_PER_IP": "1"}  #
 
 
 def handshake(gw: GatewayProcess, query: str = "EIO=4&transport=polling",
-              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+              headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[int, dict[str, str], str]:
     request = urllib.request.Request(f"{gw.url}/socket.io/?{query}", headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, dict(resp.headers), resp.read().decode()
     except urllib.error.HTTPError as exc:
         try:
@@ -188,3 +191,55 @@ def test_max_connections_per_user_holds_when_connects_arrive_together(
         ws.close()
     accepted = [r for r in replies if r.startswith(f"40{NS},")]
     assert len(accepted) <= 3, f"{len(accepted)} of 12 sockets of one user accepted, limit 3"
+
+
+def polling_sid(gw: GatewayProcess) -> str:
+    status, _, body = handshake(gw)
+    assert status == 200, body
+    return str(json.loads(body[1:])["sid"])
+
+
+@pytest.mark.xfail(
+    reason="gateway bug (python-engineio): every WebSocket upgrade request naming an existing polling session is "
+           "accepted (101) and waits ping_interval + ping_timeout (45 s) for its 2probe, any number at once per "
+           "session, and `sid=` in the query exempts them from the per-IP rate; engine.io's reference server "
+           "refuses an upgrade while one is under way",
+    strict=True,
+)
+def test_one_session_cannot_hold_many_upgrade_attempts(start_gateway: StartGateway, jwt_secret: str) -> None:
+    gw = start_gateway(base_env(jwt_secret, **LIMITED))
+    sid = polling_sid(gw)
+    held = []
+    for _ in range(20):
+        with contextlib.suppress(Refused):
+            held.append(RawWS.connect(gw.port, f"/socket.io/?EIO=4&transport=websocket&sid={sid}"))
+    time.sleep(1)  # a refused attempt would be closed at once
+    open_later = [ws for ws in held if not ws.wait_closed(0.05)]
+    for ws in held:
+        ws.close()
+    assert len(open_later) <= 1, f"{len(open_later)} upgrade attempts held open for one session"
+
+
+@pytest.mark.xfail(
+    reason="gateway bug (python-engineio): concurrent long-polls on one session are all held until the ping "
+           "interval; engine.io's reference server answers an overlapping poll with 400 and closes the session",
+    strict=True,
+)
+def test_one_session_cannot_hold_many_polls(start_gateway: StartGateway, jwt_secret: str) -> None:
+    gw = start_gateway(base_env(jwt_secret))
+    sid = polling_sid(gw)
+    answers: list[int | str] = []
+
+    def poll() -> None:
+        try:
+            answers.append(handshake(gw, f"EIO=4&transport=polling&sid={sid}", timeout=2)[0])
+        except OSError as exc:  # urllib's timeout: the poll was held
+            answers.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=poll) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    held = [a for a in answers if not isinstance(a, int)]
+    assert len(held) <= 1, f"{len(held)} of 20 concurrent polls held on one session: {answers}"
