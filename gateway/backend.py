@@ -52,6 +52,8 @@ class Position:
 
 # (room, replay after this position, up to this one or None for no end)
 Span = tuple[str, Position, Position | None]
+# The room name that stands, in a Span, for the history of events sent to everyone.
+EVERYONE = ""
 
 
 class BusSink(Protocol):

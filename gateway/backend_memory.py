@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backend import BusSink, Position, Span, order_key
+from gateway.backend import EVERYONE, BusSink, Position, Span, order_key
 from publisher.envelope import encode_control, encode_event
 
 
@@ -60,8 +60,8 @@ class MemoryBackend:
         self._ms = max(int(time.time() * 1000), self._ms)
         pos = Position(self._epoch, self._ms, self._seq)
         message = envelope[:-1] + b',"o":"' + pos.offset.encode() + b'"}'
-        if keep and room is not None and self._window_ms > 0:
-            self._keep(room, pos, message)
+        if keep and self._window_ms > 0:
+            self._keep(room if room is not None else EVERYONE, pos, message)
         sink = self._sink
         if sink is not None:
             # Asynchronous, as a Redis subscriber would receive it.

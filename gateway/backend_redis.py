@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.backend import BusSink, BusUnavailable, Position, Span, order_key
+from gateway.backend import EVERYONE, BusSink, BusUnavailable, Position, Span, order_key
 from gateway.redis_endpoint import parse_endpoint
 from gateway.subscriber import Subscriber
 from publisher import AsyncPublisher
@@ -227,7 +227,9 @@ class RedisBackend:
             args.append(start.stream_id)
             args.append(end.stream_id if end is not None else "+")
         try:
-            reply = await self._history(keys=[self.names.history_key(room) for room, _, _ in spans], args=args)
+            keys = [self.names.history_key(room) if room != EVERYONE else self.names.broadcast_history_key()
+                    for room, _, _ in spans]
+            reply = await self._history(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             raise BusUnavailable(str(exc)) from exc
         if not reply or int(reply[0]) != 1:

@@ -23,7 +23,7 @@ from typing import Any
 
 import socketio
 
-from gateway.backend import Backend, BusUnavailable, Position, Span, order_key
+from gateway.backend import EVERYONE, Backend, BusUnavailable, Position, Span, order_key
 from gateway.connections import Conn, Outgoing, Registry
 from gateway.frames import eio_message_frame, event_packet
 from gateway.rooms import may_join, may_leave
@@ -158,7 +158,8 @@ class DeliveryCore:
 
         Raises HistoryLost when part of that history is gone.
         """
-        await self._subscribe([room for room, _, end in spans if end is None and self.registry.join(conn, room)])
+        await self._subscribe([room for room, _, end in spans
+                               if end is None and room != EVERYONE and self.registry.join(conn, room)])
         try:
             messages = await self.backend.history(spans)
         except BusUnavailable:
@@ -265,7 +266,7 @@ class DeliveryCore:
             if since.epoch != current.epoch:
                 self._new_epoch(current.epoch)
                 since = Position(current.epoch, 0, 0)
-            rooms = sorted({r for c in conns for r in c.rooms})
+            rooms = [*sorted({r for c in conns for r in c.rooms}), EVERYONE]
             try:
                 messages = await self.backend.history([(room, since, None) for room in rooms])
             except BusUnavailable:
@@ -274,14 +275,13 @@ class DeliveryCore:
                 self.metrics.bus_event("catchup_gap")
                 log.warning("bus catch-up impossible: history lost while disconnected")
             for room, out in self._decode_all(messages or []):
-                if room is not None:
-                    by_room.setdefault(room, []).append(out)
+                by_room.setdefault(room if room is not None else EVERYONE, []).append(out)
         if current is not None:
             self._baseline = current
         for conn in conns:
             if self._releasable(conn):
-                mine = [o for r in conn.rooms for o in by_room.get(r, ())]
-                conn.attach(sorted(mine, key=_by_key) if len(conn.rooms) > 1 else mine, self.metrics)
+                mine = [o for r in (*conn.rooms, EVERYONE) for o in by_room.get(r, ())]
+                conn.attach(sorted(mine, key=_by_key), self.metrics)
 
     def _known_position(self) -> Position | None:
         last, baseline = self._last, self._baseline

@@ -42,8 +42,8 @@ Cost, per event: one HINCRBY/HGET/HSET on the clock, one XADD (+ approximate tri
 per room, one PUBLISH, all in one EVALSHA. Per session: one hash of six short fields and a set
 member, refreshed by the replica's heartbeat. Measured in `bench/` (docs/performance.md).
 
-Broadcasts (`broadcast_to_all`) are not kept in history: an announcement to everyone is not
-replayed to a client that was away. Node's adapters do the same for lack of a room.
+Broadcasts (`broadcast_to_all`) have a history of their own (`<prefix>:hb`), replayed to every
+recovering session like one more room, as Node's in-memory adapter does.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backend import Backend, BusUnavailable, Position, Span
+from gateway.backend import EVERYONE, Backend, BusUnavailable, Position, Span
 from gateway.rooms import Identity
 from publisher.envelope import EnvelopeError, parse_offset
 
@@ -78,7 +78,7 @@ class Restorable:
 
     @property
     def rooms(self) -> list[str]:
-        return [room for room, _, end in self.spans if end is None]
+        return [room for room, _, end in self.spans if end is None and room != EVERYONE]
 
 
 class Recovery:
@@ -179,6 +179,7 @@ def _spans(rooms: list[str], since: Position, joined_raw: str | None, left_raw: 
         if until.key > since.key and room not in rooms:
             at = joined.get(room)
             spans.append((room, at if at is not None and at.key > since.key else since, until))
+    spans.append((EVERYONE, since, None))  # and what was sent to everyone meanwhile
     return spans
 
 

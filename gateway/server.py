@@ -336,5 +336,6 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
 
 def _joined_json(spans: list[Any], since: Any) -> str:
     """The join positions to keep in a restored session: those later than its offset."""
-    joined = {room: start.stream_id for room, start, end in spans if end is None and start.key > since.key}
+    joined = {room: start.stream_id for room, start, end in spans
+              if end is None and room and start.key > since.key}
     return orjson.dumps(joined).decode() if joined else "{}"

@@ -88,7 +88,7 @@ class Commands:
     """Builds the calls of one publisher, from its names and options."""
 
     __slots__ = (
-        "_broadcast", "_channel_head", "_clock", "_history_head", "_max_payload", "_maxlen",
+        "_broadcast", "_broadcast_history", "_channel_head", "_clock", "_history_head", "_max_payload", "_maxlen",
         "_online_head", "_publish_head", "_publish_tail", "_replicas", "_revoke_px",
         "_session_head", "_window", "names",
     )
@@ -115,6 +115,7 @@ class Commands:
         self._channel_head = f"{names.channel_prefix}#{NAMESPACE}#"
         self._broadcast = names.broadcast_channel()
         self._history_head = names.history_key("")
+        self._broadcast_history = names.broadcast_history_key()
         self._session_head = names.session_key("")
         self._online_head = names.online_key("")
         self._replicas = names.replicas_key()
@@ -141,7 +142,7 @@ class Commands:
 
     def event(self, event: str, data: Any, room: str | None = None,
               user: str | int | None = None, broadcast: bool = False) -> Call:
-        """An event for one target: a room, a user's room, or everyone (no history)."""
+        """An event for one target: a room, a user's room, or everyone."""
         if broadcast:
             if room is not None or user is not None:
                 raise TypeError("emit takes exactly one target: room=, user= or broadcast=True")
@@ -157,10 +158,10 @@ class Commands:
         validate(event, data)
         body = sanitize(data, self._max_payload)
         envelope = encode_event(event, body, room, _now_ms())
+        keep = self._window != "0"  # with no recovery window there is nothing to recover
         if room is None:
-            return self._publish(self._broadcast, "", envelope)
-        # With no recovery window there is nothing to recover: keep no history.
-        history = self._history_head + room if self._window != "0" else ""
+            return self._publish(self._broadcast, self._broadcast_history if keep else "", envelope)
+        history = self._history_head + room if keep else ""
         return self._publish(self._channel_head + room + "#", history, envelope)
 
     def message(self, message: Message) -> Call:

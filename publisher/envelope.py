@@ -76,6 +76,10 @@ class BusNames:
     def history_key(self, room: str) -> str:
         return f"{self.key_prefix}:h:{room}"
 
+    def broadcast_history_key(self) -> str:
+        """The history of events for everyone (not a room: no room key can be named so)."""
+        return f"{self.key_prefix}:hb"
+
     def session_key(self, pid: str) -> str:
         return f"{self.key_prefix}:s:{pid}"
 

@@ -90,11 +90,14 @@ class Deployment:
     def replica(self, i: int) -> GatewayProcess:
         return self.replicas[i % len(self.replicas)]
 
-    def emit(self, room: str, payload: dict[str, Any]) -> str:
-        """Emit EVENT to `room`; the offset the bus gave it."""
+    def emit(self, room: str | None, payload: dict[str, Any]) -> str:
+        """Emit EVENT to `room` (None: everyone); the offset the bus gave it."""
         if self.publisher is not None:
+            if room is None:
+                return self.publisher.emit(EVENT, payload, broadcast=True)
             return self.publisher.emit(EVENT, payload, room=room)
-        body = json.dumps({"event": EVENT, "data": payload, "room": room}).encode()
+        target = {"room": room} if room is not None else {"all": True}
+        body = json.dumps({"event": EVENT, "data": payload, **target}).encode()
         request = urllib.request.Request(
             self.replicas[0].url + "/api/emit", data=body, method="POST",
             headers={"content-type": "application/json", "authorization": f"Bearer {API_KEY}"},
@@ -1211,6 +1214,27 @@ def test_room_left_while_away_keeps_what_was_emitted_to_it_before_the_leave(
     assert back["sid"] == first["sid"]
     assert rooms_of(node_clients, "a") == [rooms[0]]
     assert numbers(settle(node_clients, "a", 3)) == [0, 1, 3]
+
+
+@pytest.mark.parametrize("bus", BUSES)
+def test_events_for_everyone_sent_while_away_are_replayed(
+    node_clients: NodeClients, deployments: Deployments, nowhere: str, bus: str,
+) -> None:
+    """As Node's adapter does: a broadcast missed during a blip is replayed with the rest."""
+    dep = deployments.get(bus)
+    user = uid()
+    room = f"user:{user}"
+    first = connect(node_clients, "a", dep.replica(0).ns_url, token(user))
+    dep.emit(room, payload(0, room))
+    node_clients.wait_events("a", EVENT, 1)
+    go_away(node_clients, "a", nowhere)
+    dep.emit(None, payload(1, "everyone"))
+    dep.emit(room, payload(2, room))
+    back = come_back(node_clients, "a", dep.replica(1))
+    assert back["recovered"] is True
+    assert back["sid"] == first["sid"]
+    dep.emit(None, payload(3, "everyone"))
+    assert numbers(settle(node_clients, "a", 4)) == [0, 1, 2, 3]
 
 
 # -- recovery off ------------------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_history_entry_is_the_published_message(pub: Publisher, r: redis.Redis,
     assert 0 < ttl <= 240_000
 
 
-def test_broadcast_goes_to_the_broadcast_channel_only_without_history(
+def test_broadcast_goes_to_the_broadcast_channel_only_with_its_own_history(
         pub: Publisher, r: redis.Redis, prefix: str, listen: Any) -> None:
     everyone = f"{prefix}#/notifications#"
     room = f"{prefix}#/notifications#user:1#"
@@ -151,7 +151,8 @@ def test_broadcast_goes_to_the_broadcast_channel_only_without_history(
     assert isinstance(event, Event)
     assert (event.r, event.o) == (None, offset)
     listener.nothing()
-    assert r.keys(f"{prefix}:h:*") == []
+    assert r.keys(f"{prefix}:h:*") == []  # no room's history
+    assert [entry[1][b"m"] for entry in r.xrange(f"{prefix}:hb")] == [message]
 
 
 def test_an_event_reaches_its_room_and_no_other(pub: Publisher, prefix: str,
