@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pytest
@@ -46,6 +47,7 @@ from tests.e2e.test_operations import (
     Producer,
     explain,
     numbers,
+    on_websocket,
     payload,
     request,
     scrape,
@@ -163,6 +165,14 @@ def connect(clients: NodeClients, name: str, behind: Behind, user: str, transpor
     return record
 
 
+def draining(replica: GatewayProcess) -> bool:
+    return scrape(replica).value("gateway_draining") == 1
+
+
+def held_by(behind: Behind, sid: str, replica: GatewayProcess) -> bool:
+    return behind.holder(sid) is replica
+
+
 def wait_routed_to(behind: Behind, replica: GatewayProcess, timeout: float = 15.0) -> None:
     """Wait until nginx sends new sessions to `replica` again.
 
@@ -247,8 +257,7 @@ def test_websocket_through_nginx(node_clients: NodeClients, behind: Behind, tran
         address = ws_address(i) if transport == "websocket" else None
         connect(node_clients, f"w{i}", behind, user, transport, (room,), address)
     for i in range(len(users)):
-        wait_until(lambda i=i: node_clients.state(f"w{i}")["transport"] == "websocket", WAIT,
-                   f"w{i} on WebSocket")
+        wait_until(partial(on_websocket, node_clients, f"w{i}"), WAIT, f"w{i} on WebSocket")
     for n in range(5):
         behind.pub.emit(EVENT, payload(n), room=f"classroom:{room}")
     behind.pub.emit(EVENT, payload(99), room=f"user:{users[0]}")
@@ -263,7 +272,7 @@ def test_websocket_through_nginx(node_clients: NodeClients, behind: Behind, tran
         assert len(upstreams_of(behind.lb, engine_id)) == 1
     for i in range(len(users)):
         sid = node_clients.state(f"w{i}")["sid"]
-        wait_until(lambda sid=sid: behind.holder(sid), 5.0, f"w{i} logged by a replica")
+        wait_until(partial(behind.holder, sid), 5.0, f"w{i} logged by a replica")
 
 
 # -- a rolling restart -----------------------------------------------------------------------
@@ -318,8 +327,7 @@ def test_a_rolling_restart_loses_no_event_for_clients_that_recover(
 
             sigterm_at = time.monotonic()
             leaving.sigterm()
-            wait_until(lambda r=leaving: scrape(r).value("gateway_draining") == 1, 2.0,
-                       "the leaving replica says it drains")
+            wait_until(partial(draining, leaving), 2.0, "the leaving replica says it drains")
             for name in moving:
                 gone = node_clients.wait_disconnected(name, timeout=DRAIN_SECONDS + DRAIN_EXIT_SLACK)
                 assert gone["reason"] in LET_GO[transports[name]], (name, gone)
@@ -334,7 +342,7 @@ def test_a_rolling_restart_loses_no_event_for_clients_that_recover(
                 now = len([r for r in node_clients.log(name) if r["type"] == "disconnect"])
                 assert now == drops[name], f"{name} was dropped though its replica stayed"
             for name in moving:  # its log line follows the CONNECT the client has seen
-                wait_until(lambda n=name, r=staying: behind.holder(sids[n]) is r, 5.0,
+                wait_until(partial(held_by, behind, sids[name], staying), 5.0,
                            f"{name} logged as connected on the other replica")
             moved = scrape(staying).value("ws_recoveries_total", outcome="recovered") - \
                 before.value("ws_recoveries_total", outcome="recovered")
