@@ -43,5 +43,5 @@ def configure(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # python-socketio and python-engineio log every packet at INFO; ours say what matters.
-    for noisy in ("socketio", "engineio", "aiohttp.access"):
+    for noisy in ("socketio", "engineio", "gateway.socketio", "gateway.engineio", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -56,8 +56,10 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             ping_timeout=settings.ping_timeout / 1000,
             transports=["polling", "websocket"],
             serializer=FastPacket,
-            logger=False,
-            engineio_logger=False,
+            # Named loggers of ours: with logger=False the libraries attach a plain-text handler of
+            # their own, which would print beside the JSON lines (and echo client input raw).
+            logger=logging.getLogger("gateway.socketio"),
+            engineio_logger=logging.getLogger("gateway.engineio"),
         )
         self.settings = settings
         self.core = core

@@ -48,6 +48,13 @@ while i <= #ARGV do
       redis.call("HSET", key, "rooms", ARGV[i + 2], "j", encode_map(joined), "l", encode_map(left))
     end
     i = i + 6
+  elseif op == "E" then
+    local key = prefix .. ":s:" .. ARGV[i + 1]
+    if redis.call("EXISTS", key) == 1 then  -- never recreate a session a kick deleted
+      redis.call("HSET", key, "t", ARGV[i + 2])
+      redis.call("PEXPIRE", key, gone_ttl)
+    end
+    i = i + 3
   elseif op == "O" then
     redis.call("SADD", online, ARGV[i + 1])
     redis.call("PEXPIRE", online, presence_ttl)

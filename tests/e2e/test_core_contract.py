@@ -671,7 +671,7 @@ BAD_EMITS: dict[str, tuple[Any, str | None]] = {
     "two_targets": ({"event": "coins:earned", "user": "1", "room": "classroom:1", "data": COINS}, None),
     "room_unknown_kind": ({"event": "coins:earned", "room": "lobby:1", "data": COINS}, None),
     "room_no_id": ({"event": "coins:earned", "room": "user:", "data": COINS}, None),
-    "room_bad_char": ({"event": "coins:earned", "room": "classroom:a b", "data": COINS}, None),
+    "room_bad_char": ({"event": "coins:earned", "room": "classroom:a\tb", "data": COINS}, None),
     "room_not_string": ({"event": "coins:earned", "room": ["user:1"], "data": COINS}, None),
     "admin_other": ({"event": "coins:earned", "room": "admin:x", "data": COINS}, None),
     "user_object": ({"event": "coins:earned", "user": {"id": 1}, "data": COINS}, None),
