@@ -47,8 +47,8 @@ _CONTRACT_ENV = (
 def _gateway_env_names() -> frozenset[str]:
     names = set(_CONTRACT_ENV)
     try:
-        from gateway.config import SETTINGS  # noqa: PLC0415  (the gateway may not import yet)
-    except Exception:  # any failure: the contract's list is enough
+        from gateway.config import SETTINGS
+    except Exception:  # noqa: BLE001 - any failure: the contract's list is enough
         return frozenset(names)
     names.update(setting.env for setting in SETTINGS)
     return frozenset(names)
