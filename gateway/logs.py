@@ -6,6 +6,8 @@ passed to a logger anywhere in the gateway; the formatter also drops any field n
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
 import time
@@ -33,14 +35,59 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes lines in batches: at most every 50 ms, at once for warnings and errors.
+
+    A connection is two log lines; written one by one they cost a system call each, which in
+    a burst of handshakes is a noticeable share of the replica's CPU.
+    """
+
+    FLUSH_AFTER = 0.05
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self._lines: list[str] = []
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - the logging module's own contract for handlers
+            self.handleError(record)
+            return
+        self._lines.append(line)
+        if record.levelno >= logging.WARNING:
+            self.flush()
+            return
+        if not self._scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop (start-up, shutdown, a thread): write now
+                self.flush()
+                return
+            self._scheduled = True
+            loop.call_later(self.FLUSH_AFTER, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        lines, self._lines = self._lines, []
+        if lines:
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed: nothing left to tell
+                pass
+
+
 def configure(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchingHandler()
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    atexit.register(handler.flush)
     root.setLevel(level.upper())
     # python-socketio and python-engineio log every packet at INFO; ours say what matters.
     for noisy in ("socketio", "engineio", "gateway.socketio", "gateway.engineio", "aiohttp.access"):
