@@ -18,8 +18,9 @@ class Script:
     sha: str
 
     @classmethod
-    def load(cls, filename: str) -> Script:
-        source = files("publisher").joinpath("lua", filename).read_bytes()
+    def load(cls, filename: str, package: str = "publisher") -> Script:
+        """The script `lua/<filename>` of `package` (the gateway keeps scripts of its own)."""
+        source = files(package).joinpath("lua", filename).read_bytes()
         # Redis names a script by the SHA1 of its body; this is an identifier, not security.
         return cls(filename, source, hashlib.sha1(source, usedforsecurity=False).hexdigest())
 
