@@ -354,8 +354,8 @@ def test_render_changes_only_addresses() -> None:
         rendered = nginx.render([1111, 2222])
     finally:
         nginx.cleanup()
-    assert "server 127.0.0.1:1111 max_fails=1 fail_timeout=5s;" in rendered
-    assert "server 127.0.0.1:2222 max_fails=1 fail_timeout=5s;" in rendered
+    assert "server 127.0.0.1:1111 max_fails=1 fail_timeout=2s;" in rendered
+    assert "server 127.0.0.1:2222 max_fails=1 fail_timeout=2s;" in rendered
     upstreams = UPSTREAM_BLOCK.search(rendered)
     assert upstreams is not None
     assert "gateway-1" not in upstreams.group(2)
