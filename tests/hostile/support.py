@@ -103,7 +103,8 @@ def log_problems(gw: GatewayProcess) -> list[str]:
             continue
         msg = str(record.get("msg", ""))
         if record.get("level") in {"error", "critical"} or "exc" in record:
-            if record.get("logger") == "engineio.server" and msg.endswith("logged with level INFO)"):
+            if record.get("logger") in {"engineio.server", "gateway.engineio"} \
+                    and msg.endswith("logged with level INFO)"):
                 continue
             out.append(line[:600])
     return out

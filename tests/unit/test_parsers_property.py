@@ -375,7 +375,7 @@ class _Collect(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if record.name == "engineio.server" and (
+        if record.name in {"engineio.server", "gateway.engineio"} and (
             message.endswith("(further occurrences of this error will be logged with level INFO)")
             or message == "post request handler error"
         ):
