@@ -43,6 +43,15 @@ def rss_kib(gw: GatewayProcess) -> int:
     raise AssertionError(f"no VmRSS for pid {gw.pid}")
 
 
+def rss_peak_kib(gw: GatewayProcess) -> int:
+    """VmHWM of the replica's process: the highest RSS it ever had, KiB (no sampling to miss)."""
+    with open(f"/proc/{gw.pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for pid {gw.pid}")
+
+
 def metrics(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     status, body = gw.http_get("/metrics", timeout=10)
     assert status == 200, body

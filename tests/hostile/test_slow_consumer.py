@@ -6,7 +6,6 @@ users of the same rooms keep receiving every event."""
 from __future__ import annotations
 
 import http.client
-import threading
 import time
 
 import orjson
@@ -26,6 +25,7 @@ from tests.hostile.support import (
     log_problems,
     metric,
     rss_kib,
+    rss_peak_kib,
     token,
     uid,
 )
@@ -65,17 +65,7 @@ def test_clients_that_never_read_are_let_go_and_memory_stays_bounded(
     slow = [connected(gw.port, token(jwt_secret, uid("slow"), classrooms=[classroom]), rcvbuf=4096)[0]
             for _ in range(SLOW_CLIENTS)]
     rss_before = rss_kib(gw)
-    peak = rss_before
     errors_before = metric(gw, "ws_errors_total", kind="slow_consumer")
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.wait(0.05):
-            peak = max(peak, rss_kib(gw))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     blob = "x" * BIG
     large_sent: list[int] = []
     with Feeder(pub, good, least=200) as feeder:
@@ -86,8 +76,7 @@ def test_clients_that_never_read_are_let_go_and_memory_stays_bounded(
     received = assert_all_received(node_clients, "good", feeder.sent, timeout=30)
     bulk = node_clients.wait_events("good", "notification:bulk", LARGE_EVENTS, timeout=30)
     assert [e.payload["i"] for e in bulk] == large_sent
-    stop.set()
-    sampler.join(5)
+    peak = rss_peak_kib(gw)
     rss_after = rss_kib(gw)
 
     outcomes = [drain_until_closed(ws, 10) for ws in slow]
@@ -103,9 +92,9 @@ def test_clients_that_never_read_are_let_go_and_memory_stays_bounded(
     assert let_go == SLOW_CLIENTS
     assert metric(gw, "ws_errors_total", kind="slow_consumer") - errors_before == SLOW_CLIENTS
     assert metric(gw, "ws_disconnects_total", reason="slow_consumer") == SLOW_CLIENTS
-    # Each slow socket may hold SEND_BUFFER_LIMIT in the replica (the kernel holds the rest); the
-    # events themselves are built once per replica. Without the bound, 20 x 9.6 MB = 192 MB.
-    assert (peak - rss_before) / 1024 < 48, f"RSS grew by {(peak - rss_before) / 1024:.0f} MiB"
+    # Once they are let go the replica holds nothing for them (20 x 9.2 MiB without the bound);
+    # the peak while it happens is the burst test's business, below.
+    assert (rss_after - rss_before) / 1024 < 16, f"RSS held {(rss_after - rss_before) / 1024:.0f} MiB more"
     assert metric(gw, "ws_connections_active") == 1
     assert log_problems(gw) == []
 
@@ -132,6 +121,41 @@ def test_a_slow_client_alone_in_its_room_is_let_go(
     assert closed
     assert metric(gw, "ws_errors_total", kind="slow_consumer") == 1
     assert grown < 24
+
+
+BURST_SLOW = 100
+
+
+@pytest.mark.xfail(
+    reason="gateway bug: SEND_BUFFER_LIMIT is checked only after a whole loop turn's frames are written: "
+           "FastSocket.push_message corks frames until the end of the turn, flush() joins them into one copy per "
+           "socket (b''.join) and writes it in one tr.write, and only then compares get_write_buffer_size() with "
+           "the limit; an aborted transport's buffer is freed on a later loop iteration. A burst read from Redis "
+           "in one turn (here 300 x 32 kB) so costs every slow socket of the room a copy of the whole burst at "
+           "once: about 7 MiB each instead of 64 KiB (100 slow clients: VmHWM +712 MiB in one run)",
+    strict=True,
+)
+def test_the_send_buffer_limit_bounds_each_slow_socket_even_in_a_burst(
+    start_gateway: StartGateway, shared_redis: RedisServer, jwt_secret: str, pub: Publisher,
+) -> None:
+    gw = start_gateway(base_env(jwt_secret, REDIS_URL=shared_redis.url, SEND_BUFFER_LIMIT=str(LIMIT)))
+    classroom = uid("c")
+    slow = [connected(gw.port, token(jwt_secret, uid("slow"), classrooms=[classroom]), rcvbuf=4096)[0]
+            for _ in range(BURST_SLOW)]
+    rss_before = rss_kib(gw)
+    blob = "x" * BIG
+    with pub.pipeline() as batch:  # one burst: the replica reads it in a few Redis reads
+        for i in range(LARGE_EVENTS):
+            batch.emit("notification:bulk", {"i": i, "blob": blob}, room=f"classroom:{classroom}")
+    outcomes = [drain_until_closed(ws, 10) for ws in slow]
+    for ws in slow:
+        ws.close()
+    peak = (rss_peak_kib(gw) - rss_before) / 1024
+    bound = BURST_SLOW * 2 * (LIMIT + BIG) / MIB + 48
+    print(f"\nslow consumers in a burst: {BURST_SLOW} clients, {LARGE_EVENTS} x {BIG // 1000} kB pipelined; RSS peak "
+          f"+{peak:.0f} MiB (bound {bound:.0f} MiB); let go {sum(c for _, c in outcomes)} of {BURST_SLOW}")
+    assert all(closed for _, closed in outcomes)
+    assert peak < bound, f"RSS peaked {peak:.0f} MiB above the start for {BURST_SLOW} slow sockets"
 
 
 class PollingClient:
