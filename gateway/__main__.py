@@ -76,7 +76,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+    # keepalive_timeout: a connection idle between requests (or that never sends one) is closed
+    # after HANDSHAKE_TIMEOUT; aiohttp's default holds it for an hour.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0,
+                           keepalive_timeout=settings.handshake_timeout)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=4096)
     try:

@@ -24,6 +24,7 @@ class Admission:
         self._max_per_user = settings.max_connections_per_user
         self._handshake_timeout = settings.handshake_timeout
         self._pending: dict[str, float] = {}
+        self._connecting: dict[str, int] = {}
         self._metrics = metrics
         self.draining = False
 
@@ -44,7 +45,7 @@ class Admission:
 
     def check_request(self, request: web.BaseRequest) -> web.Response | None:
         """A refusal for a request that would open a new Engine.IO session, else None."""
-        if "sid=" in request.query_string:
+        if "sid" in request.query:  # a request of an existing session (python-engineio checks it)
             return None
         if self.draining:
             self._metrics.handshake("draining")  # type: ignore[attr-defined]
@@ -57,7 +58,20 @@ class Admission:
         return None
 
     def user_may_connect(self, user_id: str, current: int) -> bool:
-        return current < self._max_per_user
+        """Room for one more socket of this user? Counts the handshakes of that user still under
+        way (a CONNECT awaits Redis before its socket is registered); `connect_done` ends one."""
+        pending = self._connecting.get(user_id, 0)
+        if current + pending >= self._max_per_user:
+            return False
+        self._connecting[user_id] = pending + 1
+        return True
+
+    def connect_done(self, user_id: str) -> None:
+        left = self._connecting.get(user_id, 0) - 1
+        if left > 0:
+            self._connecting[user_id] = left
+        else:
+            self._connecting.pop(user_id, None)
 
     def handshake_started(self, eio_sid: str) -> None:
         self._pending[eio_sid] = time.monotonic() + self._handshake_timeout

@@ -35,6 +35,8 @@ from gateway.transport import FastSocket
 log = logging.getLogger("gateway.socket")
 
 SUBSCRIBE_EVENT = "subscribe:notifications"
+BINARY_PACKETS = frozenset({"5", "6"})  # Socket.IO BINARY_EVENT, BINARY_ACK
+MAX_ATTACHMENTS = 4  # no event of this namespace needs more (each is up to MAX_PAYLOAD_BYTES)
 MAX_SUBSCRIBE_PAYLOAD = 4096
 SWEEP_EVERY = 0.25
 
@@ -142,6 +144,12 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             await self._refuse(eio_sid, "too_many_connections", message="too_many_connections")
             return
         self.admission.handshake_done(eio_sid)
+        try:
+            await self._connect(eio_sid, eio_socket, identity, data)
+        finally:
+            self.admission.connect_done(identity.user_id)  # counted by the registry from now on
+
+    async def _connect(self, eio_sid: str, eio_socket: FastSocket, identity: Identity, data: Any) -> None:
         restorable = None
         if self.recovery.enabled and isinstance(data, dict) and data.get("pid") is not None:
             restorable, outcome = await self.recovery.find(identity, data.get("pid"), data.get("offset"))
@@ -278,6 +286,12 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         return None  # the server asks for no acks; a client's stray ACK is ignored
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if isinstance(data, str) and data[:1] in BINARY_PACKETS and _attachments(data) > MAX_ATTACHMENTS:
+            # python-socketio keeps every announced attachment in memory until the count is reached
+            sock = self.eio.sockets.get(eio_sid)
+            if sock is not None:
+                self._bad_packet(sock, "a binary packet announces too many attachments")
+            return
         try:
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, TypeError, KeyError, IndexError) as exc:
@@ -297,6 +311,10 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         if sid is not None:
             self._reasons.setdefault(sid, str(reason or "client"))
         await super()._handle_disconnect(eio_sid, namespace, reason)
+        if reason == self.reason.CLIENT_DISCONNECT and eio_sid in self.eio.sockets:
+            # The client left the namespace but kept its transport: it gets HANDSHAKE_TIMEOUT to
+            # connect again (socket.io-client closes the transport itself), then it is closed.
+            self.admission.handshake_started(eio_sid)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         self.admission.handshake_done(eio_sid)
@@ -341,3 +359,9 @@ def _joined_json(spans: list[Any], since: Any) -> str:
     joined = {room: start.stream_id for room, start, end in spans
               if end is None and room and start.key > since.key}
     return orjson.dumps(joined).decode() if joined else "{}"
+
+
+def _attachments(packet: str) -> int:
+    """The attachment count a Socket.IO binary packet announces (`5<count>-...`)."""
+    digits = packet[1:packet.find("-")] if "-" in packet[:12] else ""
+    return int(digits) if digits.isdigit() else MAX_ATTACHMENTS + 1

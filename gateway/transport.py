@@ -23,8 +23,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import engineio
 from aiohttp import WSMsgType, web
 from engineio import packet as eio_packet
+from engineio import payload as eio_payload
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
 
@@ -60,6 +62,9 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
 
     _tr: asyncio.Transport | None = None
     _out: list[bytes] | None = None  # frames held until the end of this event-loop turn
+    _held = 0  # their size: with what the transport buffers, bounded by SEND_BUFFER_LIMIT
+    _queued_bytes = 0  # polling: bytes waiting for the next poll, bounded by SEND_BUFFER_LIMIT too
+    _polling = False  # polling: a GET is waiting for packets
     connected: bool
     upgraded: bool
     last_ping: float | None
@@ -80,20 +85,58 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         Redis brings for this socket leaves in one write (one system call instead of one per
         event, which is most of the cost of a fan-out).
         """
-        if self._tr is not None:
+        tr = self._tr
+        if tr is not None:
             out = self._out
             if out is None:
                 self._out = [frame]
+                self._held = len(frame)
                 self.server.cork(self)
             else:
                 out.append(frame)
+                self._held += len(frame)
+            if self._held > self.server.send_buffer_limit:
+                # A burst larger than the limit leaves now, in pieces: a reader takes it, and
+                # for a client that stopped reading the transport's buffer passes the limit.
+                self.flush()
         elif not self.closed and not self.closing:
             self.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, text.decode()))
-            if self.queue.qsize() > MAX_POLLING_QUEUE:
+            self._queued_bytes += len(text)
+            if self._queued_bytes > self.server.send_buffer_limit or self.queue.qsize() > MAX_POLLING_QUEUE:
                 self._overflow()
+
+    async def handle_get_request(self, environ: dict[str, Any]) -> Any:
+        """A poll, or an upgrade request. Engine.IO allows one poll at a time per session and one
+        upgrade: a second one is a broken or hostile client (engine.io's own server closes the
+        session), and would otherwise be held until the ping interval."""
+        upgrading = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+        if upgrading:
+            if self.upgrading or self.upgraded:
+                raise engineio.exceptions.EngineIOError("a second upgrade of the session")
+            return await super().handle_get_request(environ)
+        if self._polling:
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+            raise engineio.exceptions.EngineIOError("overlapping polls")
+        self._polling = True
+        try:
+            return await super().handle_get_request(environ)
+        finally:
+            self._polling = False
+            self._queued_bytes = 0  # a poll takes everything queued
+
+    async def handle_post_request(self, environ: dict[str, Any]) -> None:
+        """python-engineio's, reading the body whole: a body split over two TCP segments would
+        otherwise be parsed truncated (its aiohttp driver reads what has arrived so far)."""
+        length = int(environ.get("CONTENT_LENGTH", "0"))
+        if length > self.server.max_http_buffer_size:
+            raise engineio.exceptions.ContentTooLongError
+        body = (await environ["wsgi.input"].readexactly(length)).decode("utf-8")
+        for pkt in eio_payload.Payload(encoded_payload=body).packets:
+            await self.receive(pkt)
 
     def flush(self) -> None:
         out, self._out = self._out, None
+        self._held = 0
         if out:
             self.write_frame(out[0] if len(out) == 1 else b"".join(out))
 

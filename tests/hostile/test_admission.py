@@ -84,13 +84,6 @@ def test_rapid_new_sessions_from_one_address_get_429(
     assert log_problems(gw) == []
 
 
-@pytest.mark.xfail(
-    reason="gateway bug: Admission.check_request skips the per-IP rate (and the draining refusal) for any "
-           "request whose query string contains `sid=` (`if \"sid=\" in request.query_string`), so "
-           "`?EIO=4&transport=polling&xsid=1` (or `&t=sid=`) opens new sessions without limit; the test "
-           "should be on the parsed `sid` parameter naming an existing session",
-    strict=True,
-)
 @pytest.mark.parametrize("extra", ["&xsid=1", "&t=sid=0"])
 def test_the_rate_cannot_be_dodged_with_sid_in_the_query(
     start_gateway: StartGateway, jwt_secret: str, extra: str,
@@ -167,13 +160,6 @@ def test_the_socket_over_max_connections_per_user_is_refused(
     assert log_problems(gw) == []
 
 
-@pytest.mark.xfail(
-    reason="gateway bug: GatewayServer._handle_connect checks the user's socket count, then awaits "
-           "Recovery.find (a Redis round trip) when the CONNECT carries a pid, and only counts the socket in "
-           "_register afterwards: CONNECTs of one user arriving together with any pid (socket.io-client "
-           "sends one on every reconnection) all pass the check; 12 of 12 accepted with the limit at 3",
-    strict=True,
-)
 def test_max_connections_per_user_holds_when_connects_arrive_together(
     start_gateway: StartGateway, shared_redis: RedisServer, jwt_secret: str,
 ) -> None:
@@ -199,13 +185,6 @@ def polling_sid(gw: GatewayProcess) -> str:
     return str(json.loads(body[1:])["sid"])
 
 
-@pytest.mark.xfail(
-    reason="gateway bug (python-engineio): every WebSocket upgrade request naming an existing polling session is "
-           "accepted (101) and waits ping_interval + ping_timeout (45 s) for its 2probe, any number at once per "
-           "session, and `sid=` in the query exempts them from the per-IP rate; engine.io's reference server "
-           "refuses an upgrade while one is under way",
-    strict=True,
-)
 def test_one_session_cannot_hold_many_upgrade_attempts(start_gateway: StartGateway, jwt_secret: str) -> None:
     gw = start_gateway(base_env(jwt_secret, **LIMITED))
     sid = polling_sid(gw)
@@ -220,11 +199,6 @@ def test_one_session_cannot_hold_many_upgrade_attempts(start_gateway: StartGatew
     assert len(open_later) <= 1, f"{len(open_later)} upgrade attempts held open for one session"
 
 
-@pytest.mark.xfail(
-    reason="gateway bug (python-engineio): concurrent long-polls on one session are all held until the ping "
-           "interval; engine.io's reference server answers an overlapping poll with 400 and closes the session",
-    strict=True,
-)
 def test_one_session_cannot_hold_many_polls(start_gateway: StartGateway, jwt_secret: str) -> None:
     gw = start_gateway(base_env(jwt_secret))
     sid = polling_sid(gw)

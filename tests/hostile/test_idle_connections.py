@@ -13,7 +13,6 @@ import socket
 import time
 
 import orjson
-import pytest
 
 from publisher import Publisher
 from tests.hostile.conftest import StartGateway
@@ -158,13 +157,6 @@ def test_thousands_of_idle_connections_while_a_client_keeps_receiving(
     assert log_problems(gw) == []
 
 
-@pytest.mark.xfail(
-    reason="gateway bug: TCP connections that send nothing, or an incomplete request head (slowloris), are "
-           "held for aiohttp's keepalive_timeout, 3630 s by default in aiohttp 3.14 (gateway/__main__.py builds "
-           "its AppRunner without one); HANDSHAKE_TIMEOUT only starts once an Engine.IO session exists, so "
-           "connections that never get that far are bounded by nothing but the process's file descriptors",
-    strict=True,
-)
 def test_connections_that_never_send_a_request_are_closed_by_the_handshake_timeout(
     start_gateway: StartGateway, jwt_secret: str,
 ) -> None:
@@ -189,13 +181,6 @@ def test_connections_that_never_send_a_request_are_closed_by_the_handshake_timeo
             sock.close()
 
 
-@pytest.mark.xfail(
-    reason="gateway bug: after a client's Socket.IO DISCONNECT (`41/notifications,`) its Engine.IO transport "
-           "stays open for as long as it answers pings, with no session: not in ws_connections_active, not "
-           "counted against MAX_CONNECTIONS_PER_USER, not under HANDSHAKE_TIMEOUT (handshake_done was called at "
-           "CONNECT) nor under token expiry; one token opens any number of such transports",
-    strict=True,
-)
 def test_a_transport_whose_session_left_is_closed(
     start_gateway: StartGateway, jwt_secret: str,
 ) -> None:
@@ -224,13 +209,6 @@ def test_a_transport_whose_session_left_is_closed(
         f"{HANDSHAKE_TIMEOUT + 4:.0f} s later (token expired, per-user limit 2)"
 
 
-@pytest.mark.xfail(
-    reason="gateway bug (python-engineio's aiohttp driver): a polling POST body is read with "
-           "request.content.read(CONTENT_LENGTH), which returns what has arrived so far; a body that comes "
-           "in two TCP segments is parsed truncated and the session is closed as malformed. Over a real "
-           "network a CONNECT with a long token, or any POST over one MSS (~1.4 kB), can be split",
-    strict=True,
-)
 def test_a_polling_post_in_two_tcp_segments_is_read_whole(
     start_gateway: StartGateway, jwt_secret: str,
 ) -> None:

@@ -181,14 +181,6 @@ def test_2mib_chunked_polling_post_never_reaches_the_socket(
     assert log_problems(replica) == []
 
 
-@pytest.mark.xfail(
-    reason="gateway bug: a connected client declares a BINARY_EVENT with up to 9,999,999,999 attachments "
-           "(`459999999999-/notifications,[...]`) and python-socketio keeps every following frame (binary or "
-           "text, each up to MAX_PAYLOAD_BYTES) in AsyncServer._binary_packet until the count is reached: no "
-           "total size limit, no rate limit (attachments never reach _handle_event), so one client grows the "
-           "replica's memory without bound",
-    strict=True,
-)
 @pytest.mark.parametrize("frame", ["binary", "text"])
 def test_binary_attachments_cannot_get_around_the_payload_limit(
     replica: GatewayProcess, jwt_secret: str, node_clients: NodeClients, pub: Publisher, frame: str,
