@@ -282,8 +282,16 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             return
         await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=NAMESPACE, id=id, data=[payload]))
 
-    async def _handle_ack(self, eio_sid: str, namespace: str | None, id: int, data: Any) -> None:
-        return None  # the server asks for no acks; a client's stray ACK is ignored
+    async def _handle_ack(self, eio_sid: str, namespace: str | None, id: int, data: Any) -> None:  # noqa: A002
+        """The server asks for no acks: a client's ACK is ignored, but spends from the same
+        bucket as events, so a stream of them ends like a flood of events."""
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+        conn = self.core.registry.get(sid) if sid is not None else None
+        if conn is not None and not self.bucket.take(conn):
+            conn.refused += 1
+            self.metrics.error("rate_limited")
+            if conn.refused >= self.settings.rate_limit_disconnect_after:
+                await self.kick(conn, "rate_limited")
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         if isinstance(data, str) and data[:1] in BINARY_PACKETS and _attachments(data) > MAX_ATTACHMENTS:
