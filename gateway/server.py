@@ -282,7 +282,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             return
         await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=NAMESPACE, id=id, data=[payload]))
 
-    async def _handle_ack(self, eio_sid: str, namespace: str | None, id: int, data: Any) -> None:  # noqa: A002
+    async def _handle_ack(self, eio_sid: str, namespace: str | None, id: int, data: Any) -> None:
         """The server asks for no acks: a client's ACK is ignored, but spends from the same
         bucket as events, so a stream of them ends like a flood of events."""
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
