@@ -73,6 +73,10 @@ class BusSink(Protocol):
         """(users online here, pids of the sessions connected here)."""
         ...
 
+    def batch_hooks(self) -> tuple[Any, Any]:
+        """(begin, end): called around each read of messages from the bus."""
+        ...
+
 
 class Backend(Protocol):
     name: str

@@ -97,6 +97,7 @@ class RedisBackend:
     async def start(self, sink: BusSink) -> None:
         self._sink = sink
         self.subscriber.on_message = sink.on_message  # straight to delivery: no hop per message
+        self.subscriber.batch_begin, self.subscriber.batch_end = sink.batch_hooks()
         self.subscriber.desired.add(self.names.broadcast_channel().encode())
         self.subscriber.start()
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._beat(), name="bus-heartbeat")

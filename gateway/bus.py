@@ -44,6 +44,10 @@ def outgoing(event: Event, with_offset: bool, *, replay: bool = False) -> Outgoi
     return Outgoing(order_key(event.ms, event.seq), event.ev, text, eio_message_frame(text), event.t, replay)
 
 
+def _nothing() -> None:
+    return None
+
+
 def _by_key(out: Outgoing) -> int:
     return out.key
 
@@ -64,6 +68,8 @@ class DeliveryCore:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.kick_handler: Any = None  # set by the server: disconnects a socket with a reason
         self.on_rooms_changed: Any = None  # set by the server: saves the session's new rooms
+        self.batch_begin: Any = _nothing  # set by the server: the engine's begin/end_batch
+        self.batch_end: Any = _nothing
 
     # -- inbound ---------------------------------------------------------------------------------
 
@@ -303,6 +309,10 @@ class DeliveryCore:
         for conn in self.registry.by_sid.values():
             if conn.pending is not None and self._releasable(conn):
                 conn.attach([], self.metrics)
+
+    def batch_hooks(self) -> tuple[Any, Any]:
+        """(begin, end) around each read from the bus: the writes of a read leave together."""
+        return self.batch_begin, self.batch_end
 
     def heartbeat_snapshot(self) -> tuple[list[str], list[str]]:
         users = []

@@ -170,6 +170,7 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         self.allowed_origins: frozenset[str] | None = None  # None: any
         self.bad_packet_hook: Any = None
         self._corked: list[FastSocket] = []
+        self._in_batch = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Any) -> None:
@@ -179,11 +180,22 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         task.add_done_callback(self._tasks.discard)
 
     def cork(self, sock: FastSocket) -> None:
-        """`sock` holds frames: write them all at the end of this loop turn."""
+        """`sock` holds frames: write them all at the end of this batch (a read from the bus,
+        see `begin_batch`), or of this loop turn."""
         corked = self._corked
         corked.append(sock)
-        if len(corked) == 1:
+        if len(corked) == 1 and not self._in_batch:
             asyncio.get_running_loop().call_soon(self._uncork)
+
+    def begin_batch(self) -> None:
+        """What the bus delivers from here to `end_batch` is written when it ends, without a
+        loop turn of its own for the writes (at low rates, most reads bring one message)."""
+        self._in_batch = True
+
+    def end_batch(self) -> None:
+        self._in_batch = False
+        if self._corked:
+            self._uncork()
 
     def _uncork(self) -> None:
         corked, self._corked = self._corked, []

@@ -74,6 +74,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         self.eio.admission = admission
         self.eio.bad_packet_hook = self._bad_packet
         core.kick_handler = self.kick
+        core.batch_begin, core.batch_end = self.eio.begin_batch, self.eio.end_batch
         core.on_rooms_changed = self._save_session
         self.bucket = TokenBucket(settings.rate_limit_events, settings.rate_limit_burst)
         self._reasons: dict[str, str] = {}

@@ -36,6 +36,10 @@ REPLY_TIMEOUT = 3.0
 SUBSCRIBE_TIMEOUT = 5.0
 
 
+def _nothing() -> None:
+    return None
+
+
 def pack(*args: bytes) -> bytes:
     """A RESP command."""
     out = [b"*%d\r\n" % len(args)]
@@ -57,7 +61,9 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self.reader
         reader.feed(data)
-        on_reply = self.owner.on_reply
+        owner = self.owner
+        on_reply = owner.on_reply
+        owner.batch_begin()
         try:
             reply = reader.gets()
             while reply is not False:
@@ -67,6 +73,8 @@ class _Protocol(asyncio.Protocol):
             log.exception("redis pub/sub stream does not parse; reconnecting")
             if self.transport is not None:
                 self.transport.abort()
+        finally:
+            owner.batch_end()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
@@ -90,6 +98,8 @@ class Subscriber:
     ) -> None:
         self.endpoint = endpoint
         self.on_message = on_message
+        self.batch_begin: Callable[[], None] = _nothing  # around each read: see engine.begin_batch
+        self.batch_end: Callable[[], None] = _nothing
         self.probe_channel = probe_channel
         self.on_connected = on_connected
         self.on_resubscribed = on_resubscribed
