@@ -27,9 +27,9 @@ from typing import Any
 
 import jwt
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import StartGateway
+from tests.support.checks import scrape, wait_until
 from tests.support.gateway_proc import GatewayProcess, make_token
 from tests.support.sio_client import NodeClients
 
@@ -66,27 +66,6 @@ def token(sub: Any = None, **kwargs: Any) -> str:
     return make_token(SECRET, uid() if sub is None else sub, **kwargs)
 
 
-def wait_until(probe: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Poll `probe` until it returns something truthy; fail saying `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
-        time.sleep(every)
-
-
-def scrape(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, body = gw.http_get("/metrics")
-    assert status == 200, body
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(body):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def sample(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,

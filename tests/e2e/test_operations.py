@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from publisher import Publisher
 from tests.e2e.conftest import StartGateway, _failed
+from tests.support.checks import wait_until
 from tests.support.gateway_proc import GatewayProcess, make_token
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
@@ -119,17 +120,6 @@ def payload(n: int, room: str = "") -> dict[str, Any]:
 def numbers(events: list[Received]) -> list[int]:
     return [e.payload["n"] for e in events]
 
-
-def wait_until(probe: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    """Poll `probe` until it returns something truthy; fail saying `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
-        time.sleep(every)
 
 
 @dataclass

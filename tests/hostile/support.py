@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from publisher import Publisher
+from tests.support.checks import wait_until  # noqa: F401 - the hostile tests import it from here
 from tests.support.gateway_proc import GatewayProcess, make_token
 from tests.support.sio_client import NodeClients
 
@@ -65,17 +64,6 @@ def metrics(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 def metric(gw: GatewayProcess, name: str, **labels: str) -> float:
     return metrics(gw).get((name, tuple(sorted(labels.items()))), 0.0)
 
-
-def wait_until(probe: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
-        time.sleep(every)
 
 
 def connect_good(clients: NodeClients, name: str, gw: GatewayProcess, tok: str,

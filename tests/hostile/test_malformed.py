@@ -15,8 +15,9 @@ import pytest
 
 from publisher import Publisher
 from tests.hostile.rawws import BINARY, CLOSE, NS, PING, TEXT, Closed, RawWS, connected
-from tests.hostile.support import COINS, EVENT, base_env, log_problems, metric, token, uid, wait_until
+from tests.hostile.support import COINS, EVENT, base_env, log_problems, metric, token, uid
 from tests.support import node_env
+from tests.support.checks import wait_until
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.redis_server import RedisServer
 from tests.support.sio_client import NodeClients

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from publisher import Publisher, PublisherError
+from tests.support.checks import scrape, wait_until
 from tests.support.gateway_proc import GatewayCluster, GatewayProcess, make_token
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
@@ -55,26 +55,6 @@ def token(user: str, **claims: Any) -> str:
     return make_token(SECRET, user, **claims)
 
 
-def wait_until(probe: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
-        time.sleep(every)
-
-
-def scrape(gw: GatewayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, body = gw.http_get("/metrics")
-    assert status == 200, body
-    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
-    for family in text_string_to_metric_families(body):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def metric(gw: GatewayProcess, name: str, **labels: str) -> float:

@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from publisher import Publisher
+from tests.support.checks import wait_until
 from tests.support.gateway_proc import GatewayCluster, GatewayProcess, make_token
 from tests.support.sentinel import SentinelSetup
 from tests.support.sio_client import NodeClients
@@ -45,17 +45,6 @@ QUIET = 0.5
 def uid() -> str:
     return f"u{uuid.uuid4().hex[:12]}"
 
-
-def wait_until(probe: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
-        time.sleep(every)
 
 
 def ready(gw: GatewayProcess) -> int | None:
