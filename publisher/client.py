@@ -56,6 +56,17 @@ def _chunks(calls: list[Call]) -> Iterator[list[Call]]:
 _ONE_SOURCE = "give either a Redis URL or client=, not both and not neither"
 
 
+def _client(url: str | None, client: Any, redis_options: dict[str, Any], make: Any, retry: Any) -> tuple[Any, str]:
+    """The redis-py client of a publisher (built from `url`, or given) and where it points."""
+    if url is not None and client is None:
+        # Retries are ours alone (bounded, documented): redis-py's would multiply them.
+        redis_options.setdefault("retry", retry)
+        return make(url, **redis_options), redact(url)
+    if client is not None and url is None:
+        return client, describe(client)
+    raise TypeError(_ONE_SOURCE)
+
+
 def _check_retries(retries: int) -> int:
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
         raise ValueError(f"retries must be an integer from 0 to 10, got {retries!r}")
@@ -85,15 +96,7 @@ class Publisher(TypedEmitters[str]):
         )
         retries = _check_retries(retries)
         self._owns_client = client is None
-        if url is not None and client is None:
-            # Retries are ours alone (bounded, documented): redis-py's would multiply them.
-            redis_options.setdefault("retry", redis.retry.Retry(NoBackoff(), 0))
-            client = sync_client(url, **redis_options)
-            where = redact(url)
-        elif client is not None and url is None:
-            where = describe(client)
-        else:
-            raise TypeError(_ONE_SOURCE)
+        client, where = _client(url, client, redis_options, sync_client, redis.retry.Retry(NoBackoff(), 0))
         self._transport = SyncTransport(client, retries=retries, where=where)
 
     @property
@@ -221,14 +224,8 @@ class AsyncPublisher(TypedEmitters[Coroutine[Any, Any, str]]):
         )
         retries = _check_retries(retries)
         self._owns_client = client is None
-        if url is not None and client is None:
-            redis_options.setdefault("retry", redis.asyncio.retry.Retry(NoBackoff(), 0))
-            client = async_client(url, **redis_options)
-            where = redact(url)
-        elif client is not None and url is None:
-            where = describe(client)
-        else:
-            raise TypeError(_ONE_SOURCE)
+        client, where = _client(url, client, redis_options, async_client,
+                                redis.asyncio.retry.Retry(NoBackoff(), 0))
         self._transport = AsyncTransport(client, retries=retries, where=where)
 
     @property
