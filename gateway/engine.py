@@ -89,6 +89,16 @@ class LiteQueue:
                 raise
         return self._items.popleft()
 
+    def add_getter(self, fut: asyncio.Future[None]) -> None:
+        """Wake `fut` on the next put (how `FastSocket.poll` waits, with its own release)."""
+        if self._getters is None:
+            self._getters = deque()
+        self._getters.append(fut)
+
+    def remove_getter(self, fut: asyncio.Future[None]) -> None:
+        if self._getters is not None and fut in self._getters:
+            self._getters.remove(fut)
+
     def task_done(self) -> None:
         self._unfinished = max(0, self._unfinished - 1)
         if self._unfinished == 0 and self._joiners:

@@ -320,14 +320,15 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         if sid is not None:
             self._reasons.setdefault(sid, str(reason or "client"))
         await super()._handle_disconnect(eio_sid, namespace, reason)
-        if reason == self.reason.CLIENT_DISCONNECT and eio_sid in self.eio.sockets:
+        sock = self.eio.sockets.get(eio_sid)
+        if reason == self.reason.CLIENT_DISCONNECT and sock is not None and not (sock.closed or sock.closing):
             # The client left the namespace but kept its transport: it gets HANDSHAKE_TIMEOUT to
             # connect again (socket.io-client closes the transport itself), then it is closed.
             self.admission.handshake_started(eio_sid)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
-        self.admission.handshake_done(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, reason)
+        self.admission.handshake_done(eio_sid)
 
     def socket_gone(self, sid: str) -> None:
         """Called by the manager for every disconnect, whatever its cause."""

@@ -36,6 +36,7 @@ log = logging.getLogger("gateway.transport")
 
 # Packets a polling socket may hold before it counts as a slow consumer.
 MAX_POLLING_QUEUE = 1000
+POLLING_BUFFER_FACTOR = 3
 _BINARY_FIN = 0x82
 
 
@@ -64,7 +65,8 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
     _out: list[bytes] | None = None  # frames held until the end of this event-loop turn
     _held = 0  # their size: with what the transport buffers, bounded by SEND_BUFFER_LIMIT
     _queued_bytes = 0  # polling: bytes waiting for the next poll, bounded by SEND_BUFFER_LIMIT too
-    _polling = False  # polling: a GET is waiting for packets
+    _poll_gen = 0  # polling: the newest poll (an older one is released when a newer comes)
+    _poll_waiter: asyncio.Future[None] | None = None
     connected: bool
     upgraded: bool
     last_ping: float | None
@@ -102,27 +104,59 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         elif not self.closed and not self.closing:
             self.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, text.decode()))
             self._queued_bytes += len(text)
-            if self._queued_bytes > self.server.send_buffer_limit or self.queue.qsize() > MAX_POLLING_QUEUE:
+            # A polling session has no kernel buffer behind its queue, and a client fetches in
+            # bursts (a replay on recovery comes at once): it may hold 3 times the limit.
+            if self._queued_bytes > POLLING_BUFFER_FACTOR * self.server.send_buffer_limit \
+                    or self.queue.qsize() > MAX_POLLING_QUEUE:
                 self._overflow()
 
     async def handle_get_request(self, environ: dict[str, Any]) -> Any:
         """A poll, or an upgrade request. Engine.IO allows one poll at a time per session and one
-        upgrade: a second one is a broken or hostile client (engine.io's own server closes the
-        session), and would otherwise be held until the ping interval."""
+        upgrade at a time; a second poll releases the first, a second upgrade is refused (held,
+        each would wait for the ping interval)."""
         upgrading = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
         if upgrading:
             if self.upgrading or self.upgraded:
                 raise engineio.exceptions.EngineIOError("a second upgrade of the session")
             return await super().handle_get_request(environ)
-        if self._polling:
-            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
-            raise engineio.exceptions.EngineIOError("overlapping polls")
-        self._polling = True
         try:
             return await super().handle_get_request(environ)
         finally:
-            self._polling = False
             self._queued_bytes = 0  # a poll takes everything queued
+
+    async def poll(self) -> list[eio_packet.Packet]:
+        """Wait for packets to send to a polling client. A newer poll of the session releases
+        this one at once (with a NOOP): its connection may be gone without the server knowing,
+        and a client never holds two, so only the newest is ever held."""
+        loop = asyncio.get_running_loop()
+        self._poll_gen += 1
+        generation = self._poll_gen
+        waiting = self._poll_waiter
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)  # release the older poll
+        deadline = loop.time() + self.server.ping_interval + self.server.ping_timeout
+        queue: Any = self.queue
+        while queue.empty():
+            if generation != self._poll_gen:
+                return [eio_packet.Packet(eio_packet.NOOP)]
+            fut: asyncio.Future[None] = loop.create_future()
+            self._poll_waiter = fut
+            queue.add_getter(fut)
+            try:
+                await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise engineio.exceptions.QueueEmpty from None
+            finally:
+                queue.remove_getter(fut)
+        packets = []
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is None:
+                queue.put_nowait(None)  # the end of the session: every poll from now on sees it
+                break
+            packets.append(pkt)
+        return packets
 
     async def handle_post_request(self, environ: dict[str, Any]) -> None:
         """python-engineio's, reading the body whole: a body split over two TCP segments would
