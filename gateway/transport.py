@@ -161,11 +161,19 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
     async def handle_post_request(self, environ: dict[str, Any]) -> None:
         """python-engineio's, reading the body whole: a body split over two TCP segments would
         otherwise be parsed truncated (its aiohttp driver reads what has arrived so far)."""
-        length = int(environ.get("CONTENT_LENGTH", "0"))
+        try:
+            length = int(environ.get("CONTENT_LENGTH", "0"))
+        except ValueError:
+            raise engineio.exceptions.EngineIOError("bad Content-Length") from None
         if length > self.server.max_http_buffer_size:
             raise engineio.exceptions.ContentTooLongError
-        body = (await environ["wsgi.input"].readexactly(length)).decode("utf-8")
-        for pkt in eio_payload.Payload(encoded_payload=body).packets:
+        try:
+            body = (await environ["wsgi.input"].readexactly(length)).decode("utf-8")
+            packets = eio_payload.Payload(encoded_payload=body).packets
+        except (asyncio.IncompleteReadError, UnicodeDecodeError, ValueError) as exc:
+            # python-engineio answers an EngineIOError with 400 and ends the session
+            raise engineio.exceptions.EngineIOError(f"bad polling body: {exc}") from None
+        for pkt in packets:
             await self.receive(pkt)
 
     def flush(self) -> None:
@@ -205,8 +213,9 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         await super().close(wait=False, abort=abort, reason=reason)
         if self.closed:
             # A poll in flight holds the socket and still returns what is queued; a new request
-            # would find no session anyway (python-engineio refuses a closed one).
-            self._forget()
+            # would find no session anyway (python-engineio refuses a closed one). Forgotten on
+            # the next loop turn: the request that closed it still looks it up to answer.
+            asyncio.get_running_loop().call_soon(self._forget)
 
     def _forget(self) -> None:
         sockets = self.server.sockets
