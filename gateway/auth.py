@@ -246,9 +246,3 @@ def _classrooms(raw: Any) -> tuple[str, ...]:
             out.append(cid)
     return tuple(out)
 
-
-def seconds_left(identity: Identity, leeway: float) -> float | None:
-    """Seconds until the socket must be dropped for expiry; None when the token has no exp."""
-    if identity.exp is None:
-        return None
-    return identity.exp + leeway - time.time()

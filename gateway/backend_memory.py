@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from gateway.backend import EVERYONE, BusSink, Position, Span, order_key
-from publisher.envelope import encode_control, encode_event
+from publisher.envelope import encode_event
 
 
 class MemoryBackend:
@@ -34,7 +34,6 @@ class MemoryBackend:
         self._trimmed: dict[str, tuple[int, int]] = {}
         self._sessions: dict[str, tuple[dict[str, str], float]] = {}
         self._user_sessions: dict[str, set[str]] = {}
-        self._revoked: dict[str, int] = {}
         self._sink: BusSink | None = None
 
     @property
@@ -82,43 +81,6 @@ class MemoryBackend:
         envelope = encode_event(event, data, room, time.time() * 1000)
         return self._publish(envelope, room, keep=True)
 
-    async def publish_control(self, kind: str, user: str, rooms: Sequence[str] = ()) -> str:
-        envelope = encode_control(kind, user, list(rooms) or None, time.time() * 1000)
-        if kind == "kick":
-            for pid in self._user_sessions.pop(user, set()):
-                self._sessions.pop(pid, None)
-            self._revoked[user] = int(time.time() * 1000)
-        elif kind in {"join", "leave"}:
-            self._edit_session_rooms(user, rooms, add=kind == "join")
-        return self._publish(envelope, f"user:{user}", keep=False)
-
-    def _edit_session_rooms(self, user: str, rooms: Sequence[str], *, add: bool) -> None:
-        here = f"{self._ms}-{self._seq}"
-        for pid in self._user_sessions.get(user, ()):
-            entry = self._sessions.get(pid)
-            if entry is None:
-                continue
-            record = entry[0]
-            current = list(orjson.loads(record["rooms"]))
-            for room in rooms:
-                if add and room not in current:
-                    current.append(room)
-                elif not add and room in current and room != f"user:{user}":
-                    current.remove(room)
-            before = set(orjson.loads(record["rooms"]))
-            record["rooms"] = orjson.dumps(current).decode()
-            joined = orjson.loads(record.get("j", "{}"))
-            left = orjson.loads(record.get("l", "{}"))
-            for room in rooms:
-                if add:
-                    joined.setdefault(room, here)
-                    left.pop(room, None)
-                elif room in before and room not in current:
-                    joined.pop(room, None)
-                    left[room] = here
-            record["j"] = orjson.dumps(joined).decode()
-            record["l"] = orjson.dumps(left).decode()
-
     # -- positions and history ------------------------------------------------------------------
 
     async def position(self) -> Position:
@@ -154,10 +116,7 @@ class MemoryBackend:
         if expires < time.monotonic():
             self._sessions.pop(pid, None)
             return None
-        out = dict(record)
-        revoked = self._revoked.get(out.get("user", ""))
-        out["revoked"] = str(revoked) if revoked is not None else ""
-        return out
+        return dict(record, revoked="")  # no producer reaches a bus in memory: nobody is kicked
 
     def end_session(self, pid: str, t_ms: int) -> None:
         entry = self._sessions.get(pid)

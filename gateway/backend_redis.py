@@ -172,18 +172,6 @@ class RedisBackend:
         except ConnectionError as exc:
             raise BusUnavailable(str(exc)) from exc
 
-    async def publish_control(self, kind: str, user: str, rooms: Sequence[str] = ()) -> str:
-        try:
-            if kind == "join":
-                return await self.publisher.join(user, list(rooms))
-            if kind == "leave":
-                return await self.publisher.leave(user, list(rooms))
-            if kind == "kick":
-                return await self.publisher.disconnect_user(user)
-        except ConnectionError as exc:
-            raise BusUnavailable(str(exc)) from exc
-        raise ValueError(f"unknown control kind {kind!r}")
-
     # -- positions and history ------------------------------------------------------------------
 
     async def position(self) -> Position:

@@ -175,9 +175,6 @@ class Registry:
         if members:
             yield from list(members.values())
 
-    def has_room(self, room: str) -> bool:
-        return room in self.rooms
-
     def user_count(self, user_room: str) -> int:
         members = self.rooms.get(user_room)
         return len(members) if members else 0

@@ -100,9 +100,6 @@ class Metrics(Collector):
     def recovery(self, outcome: str) -> None:
         self._inc(self.recoveries, outcome)
 
-    def connection_opened(self) -> None:
-        return None  # ws_connections_active is read from the registry at scrape time
-
     def connection_closed(self, reason: str) -> None:
         self._inc(self.disconnects, reason)
 
@@ -111,9 +108,6 @@ class Metrics(Collector):
 
     def bus_event(self, name: str) -> None:
         self._inc(self.bus_events, name)
-
-    def bus_connected(self, up: bool) -> None:
-        return None  # read from the bus at scrape time
 
     def redis_rtt(self, seconds: float) -> None:
         self.rtt.observe(seconds)

@@ -233,7 +233,6 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         await self._send_packet(conn.eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=NAMESPACE))
         self.core.connecting.discard(conn.sid)
         conn.attach([], self.metrics)
-        self.metrics.connection_opened()
         log.info("connected", extra={"sid": conn.sid, "user_id": conn.identity.user_id,
                                      "transport": "websocket" if conn.eio.is_websocket else "polling"})
 

@@ -126,10 +126,6 @@ class Subscriber:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._supervise(), name="bus-subscriber")
 
-    @property
-    def alive(self) -> bool:
-        return self._task is not None and not self._task.done()
-
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
