@@ -19,6 +19,8 @@ import orjson
 from gateway.backend import EVERYONE, BusSink, Position, Span, order_key
 from publisher.envelope import encode_event
 
+SWEEP_AFTER_ENDED = 256
+
 
 class MemoryBackend:
     name = "memory"
@@ -33,7 +35,7 @@ class MemoryBackend:
         self._history: dict[str, deque[tuple[int, int, bytes]]] = {}
         self._trimmed: dict[str, tuple[int, int]] = {}
         self._sessions: dict[str, tuple[dict[str, str], float]] = {}
-        self._user_sessions: dict[str, set[str]] = {}
+        self._ended = 0  # sessions ended since the last sweep of expired ones
         self._sink: BusSink | None = None
 
     @property
@@ -106,7 +108,6 @@ class MemoryBackend:
 
     def save_session(self, pid: str, record: dict[str, str], user: str) -> None:
         self._sessions[pid] = (dict(record), float("inf"))
-        self._user_sessions.setdefault(user, set()).add(pid)
 
     async def load_session(self, pid: str) -> dict[str, str] | None:
         entry = self._sessions.get(pid)
@@ -123,6 +124,16 @@ class MemoryBackend:
         if entry is not None:
             entry[0]["t"] = str(t_ms)
             self._sessions[pid] = (entry[0], time.monotonic() + self._window_ms / 1000)
+        self._ended += 1
+        if self._ended >= SWEEP_AFTER_ENDED:
+            self._sweep(time.monotonic())
+
+    def _sweep(self, now: float) -> None:
+        """Forget sessions past their window: on Redis a TTL does it; here nobody else would,
+        and a long-running single replica would keep one record per connection ever made."""
+        self._ended = 0
+        for pid in [pid for pid, (_, expires) in self._sessions.items() if expires < now]:
+            del self._sessions[pid]
 
     def session_rooms(self, pid: str, rooms_json: str, room: str, change: str, at: str) -> None:
         entry = self._sessions.get(pid)

@@ -1,5 +1,6 @@
 """Frames, the per-socket dedup/merge, token buckets: the pieces delivery is built from."""
 
+import time
 from typing import Any
 
 import orjson
@@ -105,3 +106,16 @@ def test_keyed_buckets_stay_bounded() -> None:
     for i in range(100):
         assert buckets.take(f"10.0.0.{i}", now=float(i))
     assert len(buckets._state) <= 10
+
+
+async def test_the_memory_bus_forgets_sessions_past_their_window() -> None:
+    from gateway.backend_memory import SWEEP_AFTER_ENDED, MemoryBackend
+
+    bus = MemoryBackend(history_max_len=10, window_s=0.001)
+    for i in range(SWEEP_AFTER_ENDED):
+        bus.save_session(f"p{i}", {"sid": "s", "user": "1"}, "1")
+        bus.end_session(f"p{i}", 0)
+    bus.save_session("live", {"sid": "s", "user": "1"}, "1")  # connected: kept
+    bus._sweep(time.monotonic() + 1)  # a second later: every ended session is past its window
+    assert list(bus._sessions) == ["live"]
+    assert await bus.load_session("live") is not None
