@@ -4,17 +4,17 @@ replicas as real processes, all stopped by PID in teardown. Every test here is m
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from tests.support import node_env
 from tests.support.gateway_proc import GatewayProcess
+from tests.support.reports import failed
 from tests.support.sio_client import NodeClients
 
 E2E_DIR = Path(__file__).resolve().parent
-_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -22,21 +22,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if E2E_DIR in item.path.resolve().parents:
             item.add_marker(pytest.mark.e2e)
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    # Keep each phase's report on the item, so fixtures can tell in teardown whether it failed.
-    report = yield
-    item.stash.setdefault(_REPORTS, {})[report.when] = report
-    return report
-
-
-def _failed(request: pytest.FixtureRequest) -> bool:
-    reports = request.node.stash.get(_REPORTS, {})
-    return any(report.failed for report in reports.values())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -54,7 +39,7 @@ def node_clients(
     with NodeClients() as clients:
         yield clients
         problems = clients.problems()
-        if _failed(request):
+        if failed(request):
             print(f"-- socket.io-client driver stderr:\n{clients.stderr_text()}")
     assert not problems, f"the client driver reported errors: {problems}"
 
@@ -89,6 +74,6 @@ def start_gateway(request: pytest.FixtureRequest) -> Iterator[StartGateway]:
         replica.sigterm()
     for replica in started:
         replica.stop()
-    if _failed(request):
+    if failed(request):
         for replica in started:
             print(f"-- {replica!r} log:\n{replica.log_tail(200)}")

@@ -33,7 +33,6 @@ from typing import Any
 import pytest
 
 from publisher import Publisher
-from tests.e2e.conftest import _failed
 from tests.e2e.test_operations import (
     API_KEY,
     BASE_ENV,
@@ -58,6 +57,7 @@ from tests.e2e.test_operations import (
 from tests.integration.test_nginx_lb import NGINX, NginxLB
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.redis_server import RedisServer
+from tests.support.reports import failed
 from tests.support.sio_client import NodeClients
 
 pytestmark = pytest.mark.skipif(
@@ -148,7 +148,7 @@ def behind(shared_redis: RedisServer) -> Iterator[Behind]:
 def _logs_on_failure(request: pytest.FixtureRequest, behind: Behind) -> Iterator[None]:
     marks = {id(r): len(r.log_text()) for r in behind.replicas}
     yield
-    if _failed(request):
+    if failed(request):
         for r in behind.replicas:
             print(f"-- {r!r} log during the test:\n{r.log_text()[marks.get(id(r), 0):][-6000:]}")
         print(f"-- nginx:\n{behind.lb.logs()[-6000:]}")

@@ -42,11 +42,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from publisher import Publisher
-from tests.e2e.conftest import StartGateway, _failed
+from tests.e2e.conftest import StartGateway
 from tests.support.checks import wait_until
 from tests.support.gateway_proc import GatewayProcess, make_token
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
+from tests.support.reports import failed
 from tests.support.sio_client import NodeClients, Received
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboard.json"
@@ -365,7 +366,7 @@ def _replica_log(request: pytest.FixtureRequest) -> Iterator[None]:
     rep: Replica = request.getfixturevalue("replica")
     mark = len(rep.gw.log_text())
     yield
-    if _failed(request):
+    if failed(request):
         print(f"-- {rep.gw!r} log during the test:\n{rep.gw.log_text()[mark:][-8000:]}")
 
 

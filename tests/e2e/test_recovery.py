@@ -40,10 +40,11 @@ import pytest
 
 from publisher import Publisher
 from publisher.commands import Message
-from tests.e2e.conftest import StartGateway, _failed
+from tests.e2e.conftest import StartGateway
 from tests.support.gateway_proc import GatewayProcess, make_token
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
+from tests.support.reports import failed
 from tests.support.sio_client import NodeClients, Received
 
 EVENT = "coins:earned"
@@ -193,7 +194,7 @@ def _replica_logs(request: pytest.FixtureRequest, deployments: Deployments) -> I
     """On failure, print what every replica of the module logged during this test."""
     marks = {id(r): len(r.log_text()) for d in deployments.started.values() for r in d.replicas}
     yield
-    if _failed(request):
+    if failed(request):
         for d in deployments.started.values():
             for r in d.replicas:
                 text = r.log_text()[marks.get(id(r), 0):]

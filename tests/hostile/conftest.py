@@ -8,7 +8,7 @@ A failed test prints the replicas' logs and the socket.io-client driver's stderr
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,10 +17,10 @@ from publisher import Publisher
 from tests.support import node_env
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.redis_server import RedisServer
+from tests.support.reports import failed
 from tests.support.sio_client import NodeClients
 
 HOSTILE_DIR = Path(__file__).resolve().parent
-_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,20 +33,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.hostile)
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    item.stash.setdefault(_REPORTS, {})[report.when] = report
-    return report
-
-
-def _failed(request: pytest.FixtureRequest) -> bool:
-    reports = request.node.stash.get(_REPORTS, {})
-    return any(report.failed for report in reports.values())
-
-
 @pytest.fixture(scope="session")
 def node_modules() -> Path:
     return node_env.ensure_node_modules()
@@ -57,7 +43,7 @@ def node_clients(request: pytest.FixtureRequest, node_modules: Path) -> Iterator
     with NodeClients() as clients:
         yield clients
         problems = clients.problems()
-        if _failed(request):
+        if failed(request):
             print(f"-- socket.io-client driver stderr:\n{clients.stderr_text()}")
     assert not problems, f"the client driver reported errors: {problems}"
 
@@ -89,7 +75,7 @@ def start_gateway(request: pytest.FixtureRequest) -> Iterator[StartGateway]:
         replica.sigterm()
     for replica in started:
         replica.stop()
-    if _failed(request) or dead:
+    if failed(request) or dead:
         for replica in started:
             print(f"-- {replica!r} log:\n{replica.log_tail(200)}")
     assert not dead, f"replicas died during the test: {dead}"
