@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -21,36 +21,32 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 MIN_SECRET_BYTES = 32
+N = TypeVar("N", int, float)
 
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names it and says how to fix it."""
 
 
-def _int(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+def _bounded(cast: Callable[[str], N], what: str, lo: N, hi: N) -> Callable[[str], N]:
+    def parse(raw: str) -> N:
         try:
-            value = int(raw.strip())
+            value = cast(raw.strip())
         except ValueError:
-            raise ValueError(f"expected a whole number, got {raw!r}") from None
+            raise ValueError(f"expected {what}, got {raw!r}") from None
         if not lo <= value <= hi:
             raise ValueError(f"must be between {lo} and {hi}, got {value}")
         return value
 
     return parse
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    return _bounded(int, "a whole number", lo, hi)
 
 
 def _float(lo: float, hi: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise ValueError(f"expected a number, got {raw!r}") from None
-        if not lo <= value <= hi:
-            raise ValueError(f"must be between {lo} and {hi}, got {value}")
-        return value
-
-    return parse
+    return _bounded(float, "a number", lo, hi)
 
 
 def _str(raw: str) -> str:
