@@ -135,7 +135,7 @@ async def _warn_if_redis_silent(gateway: object, settings: Settings) -> None:
     await asyncio.sleep(3.0)
     backend = getattr(gateway, "backend", None)
     if backend is not None and not backend.connected:
-        from gateway.redis_endpoint import parse_endpoint
+        from gateway.bus.endpoint import parse_endpoint
 
         where = parse_endpoint(settings.redis_url).describe()
         log.error(f"cannot reach Redis at {where}: readiness stays 503 and events from producers do not "

@@ -15,18 +15,18 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import health
-from gateway.admission import Admission
-from gateway.auth import Authenticator
-from gateway.backend import Backend
-from gateway.backend_memory import MemoryBackend
-from gateway.bus import DeliveryCore, LocalManager, RedisManager
+from gateway.bus.contract import Backend
+from gateway.bus.memory_bus import MemoryBackend
 from gateway.config import Settings
-from gateway.http_api import EmitEndpoint
+from gateway.delivery.core import DeliveryCore, LocalManager, RedisManager
+from gateway.delivery.recovery import Recovery
+from gateway.delivery.service import WebSocketService
+from gateway.http import health
+from gateway.http.emit import EmitEndpoint
 from gateway.metrics import Metrics
-from gateway.recovery import Recovery
-from gateway.server import GatewayServer
-from gateway.service import WebSocketService
+from gateway.policy.admission import Admission
+from gateway.policy.auth import Authenticator
+from gateway.sio.server import GatewayServer
 from publisher.envelope import BusNames
 
 log = logging.getLogger("gateway")
@@ -87,7 +87,7 @@ def build(settings: Settings) -> Gateway:
     names = BusNames(settings.channel_prefix, settings.key_prefix)
     backend: Backend
     if settings.redis_url:
-        from gateway.backend_redis import RedisBackend
+        from gateway.bus.redis_bus import RedisBackend
 
         backend = RedisBackend(settings.redis_url, names=names, replica_id=replica_id,
                                history_max_len=settings.history_max_len, window_s=settings.recovery_window,
@@ -117,7 +117,7 @@ def create_app(settings: Settings) -> web.Application:
         endpoint = EmitEndpoint(gateway.core, settings.publish_api_key, settings.max_payload_bytes, gateway.metrics)
         app.router.add_post("/api/emit", endpoint.handle)
     if settings.dev:
-        from gateway import console
+        from gateway.http import console
 
         console.add_routes(app)
     app.cleanup_ctx.append(_lifecycle)

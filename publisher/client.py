@@ -7,7 +7,7 @@
 Every method checks its arguments first (a `ValueError` naming the problem, nothing sent),
 then runs the bus's Lua scripts in one round trip and returns what the bus says: the offset of
 the message for emits and control messages. Failures reaching Redis are retried a few times,
-then raised as `PublishError`; see `publisher.transport` for the exact policy.
+then raised as `PublishError`; see `publisher.script_runner` for the exact policy.
 
 A publisher built from a URL owns its Redis client and closes it in `close()`; one given a
 `client=` leaves it open. Either is safe to share between threads (sync) or tasks (async),
@@ -37,7 +37,7 @@ from publisher.envelope import (
 from publisher.events import MAX_PAYLOAD_BYTES
 from publisher.helpers import TypedEmitters
 from publisher.redis_url import async_client, redact, sync_client
-from publisher.transport import AsyncTransport, SyncTransport, describe
+from publisher.script_runner import AsyncTransport, SyncTransport, describe
 
 BATCH_SIZE = 500  # calls per round trip in emit_many: bounded memory, few round trips
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backend import EVERYONE, BusSink, Position, Span, order_key
+from gateway.bus.contract import EVERYONE, BusSink, Position, Span, order_key
 from publisher.envelope import encode_event
 
 SWEEP_AFTER_ENDED = 256

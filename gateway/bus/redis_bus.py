@@ -23,16 +23,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.backend import EVERYONE, BusSink, BusUnavailable, Position, Span, order_key
-from gateway.redis_endpoint import parse_endpoint
-from gateway.subscriber import Subscriber
+from gateway.bus.contract import EVERYONE, BusSink, BusUnavailable, Position, Span, order_key
+from gateway.bus.endpoint import parse_endpoint
+from gateway.bus.subscriber import Subscriber
 from publisher import AsyncPublisher
 from publisher.commands import Call
 from publisher.envelope import BusNames
 from publisher.errors import PublisherError
 from publisher.redis_url import async_client
+from publisher.script_runner import AsyncTransport, describe
 from publisher.scripts import Script
-from publisher.transport import AsyncTransport, describe
 
 log = logging.getLogger("gateway.bus")
 
@@ -44,7 +44,7 @@ CONNECTED_SESSION_SLACK_MS = 2 * int(HEARTBEAT_EVERY * 1000) * FULL_BEAT_EVERY
 
 
 HISTORY, SESSIONS, HEARTBEAT, WRITES, POSITION = (
-    Script.load(name, "gateway") for name in ("history.lua", "sessions.lua", "heartbeat.lua", "writes.lua",
+    Script.load(name, "gateway.bus") for name in ("history.lua", "sessions.lua", "heartbeat.lua", "writes.lua",
                                               "position.lua"))
 
 

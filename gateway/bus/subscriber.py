@@ -25,7 +25,7 @@ from typing import Any
 
 import hiredis
 
-from gateway.redis_endpoint import Endpoint, resolve, tls_context
+from gateway.bus.endpoint import Endpoint, resolve, tls_context
 
 log = logging.getLogger("gateway.bus")
 

@@ -23,14 +23,14 @@ from typing import Any
 
 import socketio
 
-from gateway.backend import EVERYONE, Backend, BusUnavailable, Position, Span, order_key
-from gateway.connections import Conn, Outgoing, Registry
-from gateway.frames import eio_message_frame, event_packet
-from gateway.rooms import may_join, may_leave
+from gateway.bus.contract import EVERYONE, Backend, BusUnavailable, Position, Span, order_key
+from gateway.delivery.frames import eio_message_frame, event_packet
+from gateway.delivery.registry import Conn, Outgoing, Registry
+from gateway.policy.rooms import may_join, may_leave
 from publisher.envelope import Control, EnvelopeError, Event, decode
 from publisher.rooms import user_room
 
-log = logging.getLogger("gateway.bus")
+log = logging.getLogger("gateway.delivery")
 
 NAMESPACE = "/notifications"
 

@@ -56,11 +56,11 @@ from typing import Any
 
 import orjson
 
-from gateway.backend import EVERYONE, Backend, BusUnavailable, Position, Span
-from gateway.rooms import Identity
+from gateway.bus.contract import EVERYONE, Backend, BusUnavailable, Position, Span
+from gateway.policy.rooms import Identity
 from publisher.envelope import EnvelopeError, parse_offset
 
-log = logging.getLogger("gateway.recovery")
+log = logging.getLogger("gateway.delivery.recovery")
 
 RECOVERED = "recovered"
 MAX_PID_LENGTH = 64

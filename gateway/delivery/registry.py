@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.rooms import Identity
+from gateway.policy.rooms import Identity
 
 if TYPE_CHECKING:
-    from gateway.transport import FastSocket
+    from gateway.sio.socket import FastSocket
 
 
 class Sent(Protocol):

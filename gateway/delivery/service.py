@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gateway.backend import BusUnavailable
-from gateway.bus import DeliveryCore
-from gateway.rooms import may_join, may_leave
+from gateway.bus.contract import BusUnavailable
+from gateway.delivery.core import DeliveryCore
+from gateway.policy.rooms import may_join, may_leave
 from publisher.events import check_event_name, sanitize
 from publisher.rooms import check_room, user_room
 
-log = logging.getLogger("gateway.service")
+log = logging.getLogger("gateway.delivery.service")
 
 
 class WebSocketService:

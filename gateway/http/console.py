@@ -34,7 +34,7 @@ from multidict import CIMultiDict
 
 from gateway.app import GATEWAY
 from gateway.config import HMAC_ALGORITHMS, Settings
-from gateway.rooms import ROLES
+from gateway.policy.rooms import ROLES
 from publisher.events import EVENT_SCHEMAS, ObjectSchema
 from publisher.rooms import classroom_room, normalize_user_id, user_room
 

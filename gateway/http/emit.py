@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.backend import BusUnavailable
-from gateway.bus import DeliveryCore
+from gateway.bus.contract import BusUnavailable
+from gateway.delivery.core import DeliveryCore
 from publisher.events import EVENT_SCHEMAS, check_event_name, sanitize, validate
 from publisher.rooms import check_room, user_room
 

@@ -12,7 +12,7 @@ import time
 from aiohttp import web
 
 from gateway.config import Settings
-from gateway.ratelimit import KeyedBuckets
+from gateway.policy.ratelimit import KeyedBuckets
 
 
 class Admission:

@@ -20,7 +20,7 @@ import jwt
 import orjson
 
 from gateway.config import Settings
-from gateway.rooms import ROLES, Identity
+from gateway.policy.rooms import ROLES, Identity
 from publisher.rooms import InvalidRoom, classroom_room, normalize_user_id
 
 TOKEN_MISSING = "token_missing"

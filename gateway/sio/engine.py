@@ -31,12 +31,12 @@ import orjson
 from aiohttp import web
 from engineio import packet as eio_packet
 
-from gateway.admission import Admission
-from gateway.frames import ws_text_frame
-from gateway.transport import FastSocket, WebSocketAdapter
+from gateway.delivery.frames import ws_text_frame
+from gateway.policy.admission import Admission
+from gateway.sio.socket import FastSocket, WebSocketAdapter
 
 HEARTBEAT_TICK = 0.25
-log = logging.getLogger("gateway.engine")
+log = logging.getLogger("gateway.sio.engine")
 
 
 class LiteQueue:

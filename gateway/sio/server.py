@@ -20,17 +20,17 @@ import orjson
 import socketio
 from socketio import packet as sio_packet
 
-from gateway.admission import Admission
-from gateway.auth import Authenticator, AuthError, extract_token
-from gateway.bus import NAMESPACE, DeliveryCore, HistoryLost
 from gateway.config import Settings
-from gateway.connections import Conn
-from gateway.engine import GatewayEngineIO
-from gateway.packets import FastPacket
-from gateway.ratelimit import TokenBucket
-from gateway.recovery import RECOVERED, Recovery
-from gateway.rooms import Identity, rooms_for
-from gateway.transport import FastSocket
+from gateway.delivery.core import NAMESPACE, DeliveryCore, HistoryLost
+from gateway.delivery.recovery import RECOVERED, Recovery
+from gateway.delivery.registry import Conn
+from gateway.policy.admission import Admission
+from gateway.policy.auth import Authenticator, AuthError, extract_token
+from gateway.policy.ratelimit import TokenBucket
+from gateway.policy.rooms import Identity, rooms_for
+from gateway.sio.engine import GatewayEngineIO
+from gateway.sio.packets import FastPacket
+from gateway.sio.socket import FastSocket
 
 log = logging.getLogger("gateway.socket")
 

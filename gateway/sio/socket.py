@@ -30,9 +30,9 @@ from engineio import payload as eio_payload
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
 
-from gateway.frames import ws_text_frame
+from gateway.delivery.frames import ws_text_frame
 
-log = logging.getLogger("gateway.transport")
+log = logging.getLogger("gateway.sio.socket")
 
 # Packets a polling socket may hold before it counts as a slow consumer.
 MAX_POLLING_QUEUE = 1000

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.app import GATEWAY, create_app
 from gateway.config import Settings, load_settings
-from gateway.console import TEMPLATE, Console, examples, parse_identity, script_json
+from gateway.http.console import TEMPLATE, Console, examples, parse_identity, script_json
 from publisher.events import EVENT_SCHEMAS, validate
 
 PUBLISH_KEY = "test-publish-key"

@@ -15,7 +15,7 @@ from tests.support.redis_server import RedisServer
 
 
 def script(name: str) -> str:
-    return resources.files("gateway").joinpath("lua", name).read_text(encoding="utf-8")
+    return resources.files("gateway.bus").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 @pytest.fixture

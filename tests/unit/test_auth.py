@@ -8,8 +8,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.auth import Authenticator, AuthError, extract_token
 from gateway.config import load_settings
+from gateway.policy.auth import Authenticator, AuthError, extract_token
 
 SECRET = "k" * 48
 

@@ -8,8 +8,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.auth import Authenticator, AuthError
 from gateway.config import load_settings
+from gateway.policy.auth import Authenticator, AuthError
 
 SECRET = "d" * 64
 NOW = int(time.time())

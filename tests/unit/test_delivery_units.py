@@ -5,10 +5,10 @@ from typing import Any
 
 import orjson
 
-from gateway.connections import Conn, Outgoing, Registry
-from gateway.frames import eio_message_frame, event_packet, ws_text_frame
-from gateway.ratelimit import KeyedBuckets, TokenBucket
-from gateway.rooms import Identity
+from gateway.delivery.frames import eio_message_frame, event_packet, ws_text_frame
+from gateway.delivery.registry import Conn, Outgoing, Registry
+from gateway.policy.ratelimit import KeyedBuckets, TokenBucket
+from gateway.policy.rooms import Identity
 
 
 def test_event_packet_carries_the_offset_last() -> None:
@@ -109,7 +109,7 @@ def test_keyed_buckets_stay_bounded() -> None:
 
 
 async def test_the_memory_bus_forgets_sessions_past_their_window() -> None:
-    from gateway.backend_memory import SWEEP_AFTER_ENDED, MemoryBackend
+    from gateway.bus.memory_bus import SWEEP_AFTER_ENDED, MemoryBackend
 
     bus = MemoryBackend(history_max_len=10, window_s=0.001)
     for i in range(SWEEP_AFTER_ENDED):

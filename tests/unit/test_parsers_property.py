@@ -42,10 +42,10 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.app import GATEWAY, Gateway, create_app
-from gateway.auth import Authenticator, AuthError, extract_token
 from gateway.config import load_settings
-from gateway.http_api import parse_emit
-from gateway.rooms import Identity
+from gateway.http.emit import parse_emit
+from gateway.policy.auth import Authenticator, AuthError, extract_token
+from gateway.policy.rooms import Identity
 from publisher.envelope import Control, EnvelopeError, Event, decode
 
 SECRET = "k" * 48

@@ -14,7 +14,7 @@ from publisher.redis_url import (
     redact,
     sync_client,
 )
-from publisher.transport import describe
+from publisher.script_runner import describe
 
 
 def test_plain_urls_with_defaults() -> None:

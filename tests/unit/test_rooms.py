@@ -2,7 +2,7 @@
 
 import pytest
 
-from gateway.rooms import Identity, may_join, may_leave, rooms_for
+from gateway.policy.rooms import Identity, may_join, may_leave, rooms_for
 
 
 def test_rooms_for_each_role() -> None:
