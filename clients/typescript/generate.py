@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gateway.auth import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MISSING
+from gateway.policy.auth import TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MISSING
 from publisher.events import typescript_declarations
 
 OUTPUT = Path(__file__).resolve().with_name("notifications.d.ts")
