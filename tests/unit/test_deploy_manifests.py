@@ -2,13 +2,16 @@
 
 Kubernetes manifests validate against the API schemas, every setting they pass is one the
 gateway declares (and parses), the stop sequence fits in the grace period, the probes, ports and
-selectors line up; docker-compose wires three replicas, Redis, nginx and a producer; the
-Dockerfile lints clean; the Grafana dashboard only queries metrics the gateway exports.
+selectors line up; the kustomize base renders to built-in kinds only (it applies on a plain
+cluster) and each opt-in component renders on top of it; docker-compose wires three replicas,
+Redis, nginx and a producer; the Dockerfile lints clean; the Grafana dashboard only queries
+metrics the gateway exports.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -24,6 +27,8 @@ from gateway.config import SETTINGS, ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
+# Opt-in kustomize components: what a plain cluster lacks (a CRD, a TLS secret).
+COMPONENTS = sorted(p for p in (K8S / "components").iterdir() if p.is_dir())
 COMPOSE = ROOT / "docker-compose.yml"
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -87,8 +92,13 @@ def load_docs(path: Path) -> list[dict[str, Any]]:
         return [doc for doc in yaml.safe_load_all(f) if doc]
 
 
+def manifests_in(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
 def manifest_files() -> list[Path]:
-    return sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    """The base's manifests, then each component's: what the checks below read."""
+    return manifests_in(K8S) + [p for component in COMPONENTS for p in manifests_in(component)]
 
 
 def all_resources() -> list[tuple[Path, dict[str, Any]]]:
@@ -166,39 +176,72 @@ def gateway_services(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _validation_cases() -> Iterator[Any]:
     for path, doc in all_resources():
-        yield pytest.param(path, doc, id=f"{path.name}:{doc['kind']}/{doc['metadata']['name']}")
+        name = path.relative_to(K8S)
+        yield pytest.param(path, doc, id=f"{name}:{doc['kind']}/{doc['metadata']['name']}")
+
+
+def validate_resource(resource: dict[str, Any], where: str) -> None:
+    """Strict schema validation (unknown fields fail) of one built-in resource."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    try:
+        kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        at = ".".join(str(p) for p in exc.path)
+        pytest.fail(f"{where}: {resource['kind']} invalid at {at}: {exc.message}")
 
 
 @pytest.mark.parametrize(("path", "resource"), list(_validation_cases()))
 def test_manifest_validates_against_kubernetes_schema(path: Path, resource: dict[str, Any]) -> None:
-    kubernetes_validate = pytest.importorskip("kubernetes_validate")
     if resource["apiVersion"].startswith(CRD_GROUPS):
         pytest.skip("custom resource: no upstream schema; see test_servicemonitor_structure")
-    try:
-        kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.path)
-        pytest.fail(f"{path.name}: {resource['kind']} invalid at {where}: {exc.message}")
+    validate_resource(resource, str(path.relative_to(K8S)))
 
 
-def test_kustomization_lists_every_manifest() -> None:
-    kustomization = load_docs(K8S / "kustomization.yaml")[0]
+@pytest.mark.parametrize("directory", [K8S, *COMPONENTS], ids=lambda p: str(p.relative_to(ROOT)))
+def test_kustomization_lists_every_manifest(directory: Path) -> None:
+    kustomization = load_docs(directory / "kustomization.yaml")[0]
+    expected_kind = "Kustomization" if directory == K8S else "Component"
+    assert kustomization["kind"] == expected_kind
     listed = set(kustomization["resources"])
-    on_disk = {p.name for p in manifest_files()}
+    on_disk = {p.name for p in manifests_in(directory)}
     assert listed == on_disk, f"missing: {on_disk - listed}, listed but absent: {listed - on_disk}"
 
 
-def test_kustomize_build_renders_everything_in_one_namespace() -> None:
+def kustomize_build(directory: Path) -> list[dict[str, Any]]:
+    """The resources `kubectl apply -k DIRECTORY` would send, rendered by kustomize."""
     if shutil.which("kustomize"):
-        cmd = ["kustomize", "build", str(K8S)]
+        cmd = ["kustomize", "build", str(directory)]
     elif shutil.which("kubectl"):
-        cmd = ["kubectl", "kustomize", str(K8S)]
+        cmd = ["kubectl", "kustomize", str(directory)]
     else:
         pytest.skip("neither kustomize nor kubectl is installed")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
-    rendered = [doc for doc in yaml.safe_load_all(out.stdout) if doc]
-    assert len(rendered) == len(all_resources())
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def overlay(tmp_path: Path, components: list[Path]) -> Path:
+    """An overlay of the base with COMPONENTS, as deploy/k8s/README.md tells an operator to
+    write one (kustomize takes only relative paths to a base)."""
+    here = tmp_path / "overlay"
+    here.mkdir()
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S, here)],
+        "components": [os.path.relpath(c, here) for c in components],
+    }
+    (here / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    return here
+
+
+def base_resources() -> list[tuple[Path, dict[str, Any]]]:
+    return [(path, doc) for path in manifests_in(K8S) for doc in load_docs(path)]
+
+
+def test_kustomize_build_renders_everything_in_one_namespace() -> None:
+    rendered = kustomize_build(K8S)
+    assert len(rendered) == len(base_resources())
     for doc in rendered:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "notifications", doc["metadata"]["name"]
@@ -206,6 +249,81 @@ def test_kustomize_build_renders_everything_in_one_namespace() -> None:
                       and d["metadata"]["name"] == "notification-gateway")
     image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     assert ":" in image, f"kustomize `images:` did not pin a tag: {image}"
+
+
+def test_the_base_applies_on_a_plain_cluster() -> None:
+    """`kubectl apply -k deploy/k8s` on a cluster with nothing installed: every kind is
+    built in (no CRD), every rendered resource validates, and every Secret a pod or an Ingress
+    names is one the base ships."""
+    rendered = kustomize_build(K8S)
+    custom = [f"{d['kind']}/{d['metadata']['name']}" for d in rendered
+              if d["apiVersion"].startswith(CRD_GROUPS)]
+    assert not custom, f"the base needs a CRD a plain cluster lacks: {custom}"
+    assert not [d for d in rendered if d["kind"] == "Ingress"], (
+        "the Ingress needs a controller and a TLS secret: it belongs in components/ingress-tls")
+    for doc in rendered:
+        validate_resource(doc, f"kustomize build deploy/k8s: {doc['metadata']['name']}")
+    shipped = {d["metadata"]["name"] for d in rendered if d["kind"] == "Secret"}
+    for name in secrets_named(rendered):
+        assert name in shipped, f"the base refers to Secret {name!r}, which it does not ship"
+
+
+def secrets_named(resources: list[dict[str, Any]]) -> set[str]:
+    """Secrets that resources refer to: envFrom, env valueFrom, volumes, Ingress TLS."""
+    names: set[str] = set()
+    for doc in resources:
+        if doc["kind"] == "Ingress":
+            names |= {t["secretName"] for t in doc["spec"].get("tls", []) if "secretName" in t}
+        pod = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for container in pod.get("containers", []) + pod.get("initContainers", []):
+            names |= {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
+            names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
+                      if "secretKeyRef" in e.get("valueFrom", {})}
+        names |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    return names
+
+
+@pytest.mark.parametrize("component", COMPONENTS, ids=lambda p: p.name)
+def test_each_component_renders_on_the_base(tmp_path: Path, component: Path) -> None:
+    rendered = kustomize_build(overlay(tmp_path, [component]))
+    own = [doc for path in manifests_in(component) for doc in load_docs(path)]
+    assert len(rendered) == len(base_resources()) + len(own)
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in rendered}
+    assert {(d["kind"], d["metadata"]["name"]) for d in own} <= kinds
+    for doc in rendered:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "notifications", doc["metadata"]["name"]
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "notification-gateway"
+        if not doc["apiVersion"].startswith(CRD_GROUPS):
+            validate_resource(doc, f"base + {component.name}: {doc['metadata']['name']}")
+
+
+def test_all_components_render_together(tmp_path: Path) -> None:
+    rendered = kustomize_build(overlay(tmp_path, COMPONENTS))
+    own = [doc for c in COMPONENTS for path in manifests_in(c) for doc in load_docs(path)]
+    assert len(rendered) == len(base_resources()) + len(own)
+
+
+def test_the_production_overlay_of_the_readme_renders(tmp_path: Path) -> None:
+    """The overlay deploy/k8s/README.md shows (written in deploy/overlays/production) renders,
+    with both components, the image it names and the host it patches in."""
+    readme = (K8S / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"```yaml\n(apiVersion: kustomize\.config\.k8s\.io/.*?)```", readme, re.DOTALL)
+    assert match, "deploy/k8s/README.md shows no overlay"
+    here = tmp_path / "production"
+    here.mkdir()
+    text = match.group(1).replace("../../k8s", os.path.relpath(K8S, here))
+    (here / "kustomization.yaml").write_text(text, encoding="utf-8")
+    rendered = kustomize_build(here)
+    kinds = {d["kind"] for d in rendered}
+    assert {"Ingress", "ServiceMonitor"} <= kinds
+    gateway = next(d for d in rendered if d["kind"] == "Deployment"
+                   and d["metadata"]["name"] == "notification-gateway")
+    image = gateway["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.example.com/notification-gateway:1.2.3", image
+    ingress = next(d for d in rendered if d["kind"] == "Ingress")
+    assert ingress["spec"]["rules"][0]["host"] == ingress["spec"]["tls"][0]["hosts"][0]
+    assert ingress["spec"]["rules"][0]["host"] != "notifications.example.com"
 
 
 def test_deployment_env_names_are_gateway_settings() -> None:
