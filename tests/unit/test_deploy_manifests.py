@@ -392,6 +392,17 @@ def test_deployment_is_hardened_and_spread() -> None:
     assert pod["securityContext"]["runAsUser"] == int(match.group(1))
 
 
+def test_operations_guide_states_the_deployment_resources() -> None:
+    """docs/operations.md ("Scaling") and the Deployment give the same requests and limits."""
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    match = re.search(r"requests (\S+) CPU / (\S+), limits (\S+) CPU / (\S+?)\s", text)
+    assert match, "docs/operations.md no longer states requests and limits"
+    resources = gateway_container()["resources"]
+    stated = {"requests": {"cpu": match.group(1), "memory": match.group(2)},
+              "limits": {"cpu": match.group(3), "memory": match.group(4)}}
+    assert stated == resources
+
+
 def test_selectors_and_ports_line_up() -> None:
     pod_labels = gateway_deployment()["spec"]["template"]["metadata"]["labels"]
     service = find("Service", "notification-gateway")
