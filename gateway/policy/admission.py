@@ -1,18 +1,67 @@
-"""Who may open a connection: per-IP handshake rate, per-user socket count, draining, and
+"""Who may open a connection: per-address handshake rate, per-user socket count, draining, and
 connections that never finish their Socket.IO handshake.
 
-Refusals happen before python-engineio allocates anything for the request.
+Pure policy, no I/O: a request is read through `RequestView` (what aiohttp's request offers),
+and a refusal is a `Refusal` value that the HTTP layer turns into its response. Refusals happen
+before python-engineio allocates anything for the request.
+
+The client address is the socket's peer, or, when that peer is in TRUSTED_PROXIES, the last
+X-Forwarded-For hop that is not itself a trusted proxy (what the outermost proxy appended;
+whatever the client wrote before it is not believed). HANDSHAKE_RATE_EXEMPT applies to the
+socket peer only, never to an address read from X-Forwarded-For: the exemption is for local
+probes and sidecars, which connect directly, and a header is only as honest as every pod
+that can reach the replica (in a cluster that trusts a pod range, any of them could claim
+127.0.0.1). A forwarded client is always rate limited, by its address or its IPv6 /64.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-
-from aiohttp import web
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.config import Settings
-from gateway.policy.ratelimit import KeyedBuckets
+from gateway.policy.ratelimit import KeyedBuckets, address_key
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+class RequestView(Protocol):
+    """The parts of an HTTP request admission reads (an aiohttp request is one)."""
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def remote(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request refused: HTTP `status`, the JSON body `{"error": code}`, and the
+    `Retry-After` seconds (None: no header)."""
+
+    status: int
+    code: str
+    retry_after: int | None = 1
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.code}
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+
+DRAINING = Refusal(503, "draining")
+IP_RATE_LIMITED = Refusal(429, "too_many_connections_from_address")
 
 
 class Admission:
@@ -28,34 +77,54 @@ class Admission:
         self._metrics = metrics
         self.draining = False
 
-    def client_ip(self, request: web.BaseRequest) -> str:
-        """The client's address: X-Forwarded-For is believed only from a trusted proxy, and
-        only up to the first address that is not itself a trusted proxy."""
+    def client_address(self, request: RequestView) -> tuple[str, bool]:
+        """(the client's address, whether it was read from X-Forwarded-For).
+
+        X-Forwarded-For is believed only from a trusted proxy, and only up to the first hop
+        (from the right) that is not itself a trusted proxy. When every hop is a trusted
+        proxy, the leftmost one is the client."""
         remote = request.remote or ""
         if not self._is_trusted(remote):
-            return remote
-        forwarded = request.headers.get("X-Forwarded-For", "")
-        for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+            return remote, False
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        if not hops:
+            return remote, False
+        for hop in reversed(hops):
             if not self._is_trusted(hop):
-                return hop
-        return remote
+                return hop, True
+        return hops[0], True
+
+    def client_ip(self, request: RequestView) -> str:
+        """The client's address (see `client_address`)."""
+        return self.client_address(request)[0]
 
     def _is_trusted(self, address: str) -> bool:
         return _within(address, self._trusted)
 
-    def check_request(self, request: web.BaseRequest) -> web.Response | None:
-        """A refusal for a request that would open a new Engine.IO session, else None."""
+    def refusal(self, request: RequestView) -> Refusal | None:
+        """Why a request that would open a new Engine.IO session is refused, or None."""
         if "sid" in request.query:  # a request of an existing session (python-engineio checks it)
             return None
         if self.draining:
             self._metrics.handshake("draining")  # type: ignore[attr-defined]
-            return web.json_response({"error": "draining"}, status=503, headers={"Retry-After": "1"})
-        ip = self.client_ip(request)
-        if not _within(ip, self._exempt) and not self._ips.take(ip):
+            return DRAINING
+        address, forwarded = self.client_address(request)
+        if not forwarded and _within(address, self._exempt):
+            return None
+        if not self._ips.take(address_key(address)):
             self._metrics.handshake("ip_rate_limited")  # type: ignore[attr-defined]
-            return web.json_response({"error": "too_many_connections_from_address"}, status=429,
-                                     headers={"Retry-After": "1"})
+            return IP_RATE_LIMITED
         return None
+
+    def check_request(self, request: web.BaseRequest) -> web.Response | None:
+        """`refusal` as an aiohttp response. Kept for one step, until the engine builds the
+        response from `refusal` itself; then it goes, and aiohttp with it."""
+        refused = self.refusal(request)
+        if refused is None:
+            return None
+        from aiohttp import web
+
+        return web.json_response(refused.body(), status=refused.status, headers=refused.headers())
 
     def user_may_connect(self, user_id: str, current: int) -> bool:
         """Room for one more socket of this user? Counts the handshakes of that user still under
@@ -86,9 +155,11 @@ class Admission:
         return stale
 
 
-def _within(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+def _within(address: str, networks: Networks) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack socket is 127.0.0.1
     return any(ip in net for net in networks)

@@ -1,4 +1,5 @@
-"""Token buckets for client events: the policy here, the state on each `Conn`.
+"""Token buckets: for client events (the state on each `Conn`) and for new sessions per client
+address (`KeyedBuckets`).
 
 A bucket per connection would be an object per socket; the two floats it needs live in the
 socket's `Conn` slots instead, and one `TokenBucket` applies the rule to all of them.
@@ -6,8 +7,12 @@ socket's `Conn` slots instead, and one `TokenBucket` applies the rule to all of 
 
 from __future__ import annotations
 
+import ipaddress
 import time
+from collections import OrderedDict
 from typing import Protocol
+
+IPV6_PREFIX = 64  # what one IPv6 subscriber gets: the addresses inside are theirs to rotate
 
 
 class Bucketed(Protocol):
@@ -35,29 +40,51 @@ class TokenBucket:
         return True
 
 
+def address_key(address: str) -> str:
+    """The rate-limit key of a client address: an IPv4 address as it is, an IPv6 address by
+    its /64 (one subscriber's prefix: keying the full address would give one host 2**64
+    buckets), an IPv4-mapped IPv6 address as its IPv4. Not an IP (a Unix socket): as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+    return str(ip)
+
+
 class KeyedBuckets:
-    """Buckets by key (a client IP): bounded, idle keys forgotten."""
+    """Buckets by key (a client address, see `address_key`), at most `max_keys` of them.
+
+    A full table forgets its least recently used key, one per new key: O(1) per take, and a
+    flood of new addresses costs the forgotten keys their history (a full bucket when they
+    come back, which an idle key had anyway), never every client's at once.
+    """
 
     def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
         self.policy = TokenBucket(rate, burst)
         self.max_keys = max_keys
-        self._state: dict[str, _State] = {}
+        self._state: OrderedDict[str, _State] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._state
 
     def take(self, key: str, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
-        state = self._state.get(key)
+        table = self._state
+        state = table.get(key)
         if state is None:
-            if len(self._state) >= self.max_keys:
-                self._forget_idle(now)
-            state = self._state[key] = _State()
+            if len(table) >= self.max_keys:
+                table.popitem(last=False)
+            state = table[key] = _State()
+        else:
+            table.move_to_end(key)
         return self.policy.take(state, now)
-
-    def _forget_idle(self, now: float) -> None:
-        full_after = self.policy.burst / self.policy.rate
-        for key in [k for k, s in self._state.items() if now - s.stamp > full_after]:
-            del self._state[key]
-        if len(self._state) >= self.max_keys:  # still full: under attack from many addresses
-            self._state.clear()
 
 
 class _State:

@@ -125,6 +125,23 @@ def test_x_forwarded_for_is_ignored_from_anyone_else(
     assert exempt == [429] * 3, "an untrusted peer claimed an exempt address"
 
 
+def test_a_forwarded_address_is_never_exempt(start_gateway: StartGateway, jwt_secret: str) -> None:
+    """A peer in TRUSTED_PROXIES (what any pod is when a cluster trusts a pod range) claims to
+    be a local probe: the exemption is for the socket peer only, a forwarded client is limited."""
+    gw = start_gateway(base_env(jwt_secret, HANDSHAKE_RATE_PER_IP="1"))  # exempt: 127.0.0.0/8, ::1
+    for claimed in ("127.0.0.1", "127.0.0.9", "::1"):
+        got = statuses(gw, 12, headers={"X-Forwarded-For": claimed})
+        assert got.count(429) >= 6, f"X-Forwarded-For: {claimed} was taken as exempt: {got}"
+    assert statuses(gw, 12) == [200] * 12, "the socket peer 127.0.0.1 itself stays exempt"
+
+
+def test_ipv6_clients_are_limited_by_their_64(start_gateway: StartGateway, jwt_secret: str) -> None:
+    gw = start_gateway(base_env(jwt_secret, **LIMITED))
+    rotating = [handshake(gw, headers={"X-Forwarded-For": f"2001:db8:7:7::{i:x}"})[0] for i in range(1, 13)]
+    assert rotating.count(429) >= 6, f"one /64 rotating its addresses got a bucket per address: {rotating}"
+    assert handshake(gw, headers={"X-Forwarded-For": "2001:db8:7:8::1"})[0] == 200, "another /64 is another client"
+
+
 def test_the_socket_over_max_connections_per_user_is_refused(
     start_gateway: StartGateway, shared_redis: RedisServer, jwt_secret: str, node_clients: NodeClients,
     pub: Publisher,
