@@ -3,10 +3,11 @@
 The page, `static/console.html`, is self-contained: its Socket.IO client is plain JavaScript
 inside it and it loads nothing from anywhere else. This module serves it with what it needs to
 work at once, embedded as JSON: a token for user 1 (student, classroom 1) signed with this
-replica's secret, the publish key of `POST /api/emit`, and the contract's events with example
-payloads. `POST /console/token` mints other tokens for the page (another user, role,
-classrooms, or a short life to watch `token_expired`); it answers only requests that carry the
-console key embedded in the page, a header a page of another origin cannot send.
+replica's secret, which the page connects with as soon as it loads, the publish key of
+`POST /api/emit`, and the contract's events with example payloads. `POST /console/token` mints
+other tokens for the page (another user, role, classrooms, or a short life to watch
+`token_expired`); it answers only requests that carry the console key embedded in the page, a
+header a page of another origin cannot send.
 
 The page holds secrets: `create_app` adds these routes only with --dev, and they answer only
 under a local name (`localhost`, an IP address), so that a DNS-rebound site cannot read them.

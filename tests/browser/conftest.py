@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.support.gateway_proc import GatewayProcess
 
@@ -120,8 +121,9 @@ def probe() -> PageProbe:
 @pytest.fixture
 def page(chromium: Any, dev_gateway: DevGateway, probe: PageProbe,
          request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh context and page with the console loaded; fails the test on any script error or
-    CSP violation, and prints the page's protocol log when the test failed."""
+    """A fresh context and page with the console loaded and connected (it connects by itself,
+    over WebSocket, with the token it was served); fails the test on any script error or CSP
+    violation, and prints the page's protocol log when the test failed."""
     context = chromium.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(10_000)
@@ -131,6 +133,8 @@ def page(chromium: Any, dev_gateway: DevGateway, probe: PageProbe,
     page.on("websocket", lambda ws: probe.websockets.append(ws.url))
     page.goto(dev_gateway.url + "/")
     try:
+        # Settled before the test acts: a WebSocket closed while it opens is a console error.
+        expect(page.locator("#state")).to_have_attribute("data-state", "connected")
         yield page
         if _failed(request):
             packets = "\n".join(page.locator("#log li").all_text_contents())

@@ -1,7 +1,8 @@
-"""The dev console in a real browser (Debian's Chromium): it connects with the token the
-gateway embedded, over WebSocket and over long-polling, shows events with their offsets, sends
-test events through POST /api/emit, recovers after a dropped transport, and shows refusals and
-the server's disconnect as socket.io-client would report them."""
+"""The dev console in a real browser (Debian's Chromium): it connects by itself when opened,
+with the token the gateway embedded, then over WebSocket or long-polling as chosen; it shows
+events with their offsets, sends test events through POST /api/emit, recovers after a dropped
+transport, and shows refusals and the server's disconnect as socket.io-client would report
+them."""
 
 from __future__ import annotations
 
@@ -25,11 +26,14 @@ ACHIEVEMENT = {"achievementId": "quiz-10", "name": "Quiz master", "description":
 
 
 def connect(page: Any, transport: str) -> str:
-    """Choose the transport, press Connect, wait for the CONNECT; the socket id."""
+    """Choose the transport, press (Re)connect, wait for the new session's CONNECT; its socket
+    id. The page had connected by itself already (the `page` fixture waits for that)."""
+    before = page.locator("#sid").inner_text()
     page.get_by_label("Transport").select_option(transport)
-    page.get_by_role("button", name="Connect", exact=True).click()
+    page.locator("#connect").click()
     expect(page.locator("#state")).to_have_attribute("data-state", "connected")
     expect(page.locator("#transport-now")).to_have_attribute("data-transport", transport)
+    expect(page.locator("#sid")).not_to_have_text(before)
     sid: str = page.locator("#sid").inner_text()
     return sid
 
@@ -61,10 +65,23 @@ def mint(dev_gateway: DevGateway, page: Any, **identity: Any) -> str:
     return token
 
 
+def test_console_connects_by_itself_when_opened(page: Any, dev_gateway: DevGateway) -> None:
+    """What the README's tour promises: open the page, and it is connected and receiving."""
+    expect(page.locator("#connect")).to_have_text("Reconnect")
+    expect(page.locator("#transport-now")).to_have_attribute("data-transport", "websocket")
+    expect(page.locator("#recovered")).to_have_attribute("data-recovered", "false")
+    expect(page.locator("#ack")).to_contain_text('"ok": true')
+    expect(page.locator("#rooms")).to_have_text("user:1, classroom:1")
+    answer = dev_gateway.emit({"event": "coins:earned", "user": "1", "data": COINS})
+    expect(event_item(page, answer["offset"])).to_have_attribute("data-event", "coins:earned")
+    expect(page.locator("#last-offset")).to_have_text(answer["offset"])
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_console_connects_and_shows_events_with_offsets(
     page: Any, dev_gateway: DevGateway, probe: PageProbe, transport: str
 ) -> None:
+    opened_before = len(probe.websockets)  # the connection the page made by itself
     sid = connect(page, transport)
     # subscribe:notifications is sent on connect; its ack lists the token's rooms
     expect(page.locator("#ack")).to_contain_text('"ok": true')
@@ -90,7 +107,7 @@ def test_console_connects_and_shows_events_with_offsets(
     expect(page.locator("#state")).to_have_attribute("data-state", "connected")
     expect(page.locator("#sid")).to_have_text(sid)
 
-    sockets = [url for url in probe.websockets if "/socket.io/" in url]
+    sockets = [url for url in probe.websockets[opened_before:] if "/socket.io/" in url]
     if transport == "websocket":
         assert sockets, "the console opened no WebSocket"
         assert all("EIO=4&transport=websocket" in url for url in sockets), sockets
@@ -125,7 +142,7 @@ def test_console_recovers_what_it_missed_after_a_dropped_transport(
 def test_console_shows_connect_errors_and_mints_tokens(page: Any) -> None:
     token = page.get_by_label("Token (JWT)")
     token.fill("not-a-jwt")
-    connect_button = page.get_by_role("button", name="Connect", exact=True)
+    connect_button = page.locator("#connect")  # "Reconnect" while connected, else "Connect"
     connect_button.click()
     expect(page.locator("#state")).to_have_attribute("data-state", "error")
     expect(page.locator("#state-text")).to_have_text("Refused: unauthorized (token_invalid)")
