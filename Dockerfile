@@ -11,10 +11,14 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# .dockerignore is an allow-list: only pyproject.toml, README.md, gateway/ and publisher/ arrive.
+# .dockerignore is an allow-list: only pyproject.toml, requirements.lock, README.md, gateway/ and
+# publisher/ arrive.
 COPY . .
-# Version bounds come from pyproject.toml.
-RUN pip install --no-cache-dir . \
+# Exactly the versions of requirements.lock, hashes checked (scripts/lock writes it from
+# pyproject.toml); then the project itself, without resolving any dependency at build time.
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock \
+    && pip install --no-cache-dir --no-deps . \
+    && pip check \
     && python -m compileall -q /opt/venv/lib
 
 FROM python:3.11-slim AS runtime
