@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""(Copied from ../shared/bench/loadgen.py; lint fixes only.)
+"""(Copied from the benchmark yardstick's loadgen.py; lint fixes only.)
 
 A swarm of raw Socket.IO v5 / Engine.IO v4 clients over aiohttp websockets, for gateway benchmarks.
 

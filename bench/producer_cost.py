@@ -15,10 +15,10 @@ Two kinds of figures, each the median of --reps runs (modes alternate within a r
     async-emit-N  AsyncPublisher.emit(), N in flight (asyncio.gather windows, uvloop)
     async-pipeline-N  AsyncPublisher.pipeline(), N emits per round trip
 - whole process (`emitter`): the bench producers as run.py starts them (`--bench 1000 EVENTS 0`),
-  CPU from wait4 (start-up included, as run.py's producer_cpu_s and RESULTS.md's "~50 µs" for
-  the Node emitter), and net of start-up: minus the CPU of the same command publishing 0 events.
-    node           ../peers/node-socketio/emit.js (@socket.io/redis-emitter, ioredis)
-    vanilla        ../peers/python-socketio-vanilla/emit.py (AsyncRedisManager, 64 in flight)
+  CPU from wait4 (start-up included, as run.py's producer_cpu_s and the yardstick's "~50 µs"
+  for the Node emitter), and net of start-up: minus the CPU of the same command publishing 0 events.
+    node           the Node peer's emit.js (@socket.io/redis-emitter, ioredis; bench/.peers)
+    vanilla        the vanilla peer's emit.py (AsyncRedisManager, 64 in flight; BENCH_PEERS)
     project        project_emit.py, one emit() each;  project-batch64: pipeline() batches of 64
 
 Every event is the benchmark's coins:earned payload (with seq and sentAt) to user:(i % 1000),
@@ -159,6 +159,8 @@ def emitter_cmd(name, events):
     if name == "node":
         return ["node", "emit.js", *args], bench.NODE_DIR
     if name == "vanilla":
+        if not bench.VANILLA_DIR:
+            raise bench.BenchError("emitter vanilla: set BENCH_PEERS (see README.md), or --no-emitters")
         return [bench.BENCH_PY, "emit.py", *args], bench.VANILLA_DIR
     batch = ["--batch", "64"] if name == "project-batch64" else []
     return [PROJECT_PY, os.path.join(HERE, "project_emit.py"), *args, *batch], HERE

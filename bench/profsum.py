@@ -7,7 +7,7 @@ FILE: a V8 .cpuprofile (node --cpu-prof) or py-spy's raw/collapsed stacks ("f1;f
 Prints the functions with the most self time and the most inclusive time, in % of the samples
 (idle excluded for V8; py-spy --idle is not used, so its samples are on-CPU only). --match keeps the
 stacks that contain TEXT (e.g. a module name) and reports their share.
-(From ../shared/bench/profsum.py; run.py imports it to write FILE.summary.txt.)
+(From the benchmark yardstick's profsum.py; run.py imports it to write FILE.summary.txt.)
 """
 import argparse
 import collections

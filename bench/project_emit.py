@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Producer for --target project: `publisher.Publisher`, as a service of ours would use it.
 
-The same interface as the peers' emit.js / emit.py (and ../shared/bench/project_emit.py):
+The same interface as the peers' emit.js / emit.py (and the yardstick's project_emit.py):
    python project_emit.py EVENT ROOM JSON_PAYLOAD                                one event
    python project_emit.py --bench USERS EVENTS [RATE] [--room ROOM] [--batch N]
      EVENTS coins:earned events to user:N rooms round-robin (or all to ROOM); each payload carries

@@ -9,8 +9,10 @@ and redis pinned to CPU 1; spreads the clients over the replicas; runs the scena
 gateway's CPU seconds (/proc/PID/stat utime+stime) and RSS (/proc/PID/status VmRSS) around each
 phase; stops everything it started (by PID) and prints the figures. See README.md.
 
-Adapted from the organisation's yardstick (../shared/bench/run.py), same measurement method, so
-that figures compare with ../shared/bench/RESULTS.md. Added here: the paths of this checkout
+Adapted from the organisation's benchmark yardstick (its run.py; kept outside this repository),
+same measurement method, so that figures compare with the yardstick's published results. The
+peers (the Node gateway, stock python-socketio) come from the yardstick too: BENCH_PEERS names
+the folder that holds them (see README.md). Added here: the paths of this checkout
 (bench/.venv, bench/.venv-project, bench/.peers), the `recovery` scenario (Redis memory and
 commands per session and per event of history), a verdict on what limited each phase
 (`bottleneck`, `bottleneck_connect`), the foreign load on the gateway's core (`cpu0_foreign`),
@@ -31,9 +33,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-SHARED = os.path.abspath(os.environ.get("BENCH_SHARED", os.path.join(REPO, "..", "shared")))
+# The yardstick's peers live outside this repository: BENCH_PEERS is the folder holding
+# node-socketio/ and python-socketio-vanilla/. Only the node and vanilla targets need it.
+PEERS = os.path.abspath(os.environ["BENCH_PEERS"]) if os.environ.get("BENCH_PEERS") else None
 NODE_DIR = os.path.join(HERE, ".peers", "node-socketio")  # a copy with node_modules (setup.sh)
-VANILLA_DIR = os.path.join(SHARED, "peers", "python-socketio-vanilla")  # run in place, bench venv
+VANILLA_DIR = os.path.join(PEERS, "python-socketio-vanilla") if PEERS else ""  # run in place, bench venv
 BENCH_PY = os.path.join(HERE, ".venv", "bin", "python")
 RESULTS = os.path.join(HERE, "results")
 CLK = os.sysconf("SC_CLK_TCK")
@@ -249,9 +253,9 @@ def target_spec(a):
     if a.target == "vanilla":
         if not os.path.exists(BENCH_PY):
             raise BenchError(f"target vanilla needs the bench venv {BENCH_PY}: {SETUP_HINT}")
-        if not os.path.exists(os.path.join(VANILLA_DIR, "server.py")):
-            raise BenchError(f"target vanilla: no peer at {VANILLA_DIR} (../shared beside the checkout, "
-                             "or BENCH_SHARED)")
+        if not VANILLA_DIR or not os.path.exists(os.path.join(VANILLA_DIR, "server.py")):
+            raise BenchError("target vanilla: set BENCH_PEERS to the folder holding the yardstick's "
+                             f"python-socketio-vanilla/ (now: {PEERS or 'unset'})")
         return {"gateway": lambda port: ([BENCH_PY, "server.py"], VANILLA_DIR),
                 "producer": lambda args: ([BENCH_PY, "emit.py", *args], VANILLA_DIR), "env": {}}
     if a.target == "project":

@@ -8,8 +8,9 @@ Each configuration below is run REPS times per target; within a repetition every
 back to back, and the order rotates from one repetition to the next, so that slow drifts of a
 shared machine hit every target alike. Prints, per configuration, the medians of every figure,
 the ratios project / node (the ratio of the medians, and the median of the ratios of the runs
-paired within a repetition), what limited each run (`bottleneck`), and then the goal table of
-issue 8 with a verdict per row. Writes the raw JSON lines to --out and the tables beside it (.md).
+paired within a repetition), what limited each run (`bottleneck`), and then the goal table
+(the first version's performance goals, docs/performance.md) with a verdict per row. Writes
+the raw JSON lines to --out and the tables beside it (.md).
 
 The project runs from a copy of gateway/ and publisher/ taken when the series starts (the working
 tree, uncommitted changes included; or --project-ref REF), so that edits made while a series runs
@@ -198,7 +199,7 @@ def goal_table(rows, targets, base="node", probe="project"):
     others = [t for t in targets if t not in (base, probe)]
     hdr = f"| figure | {base} | " + "".join(f"{t} | " for t in others) + \
           f"{probe} | {probe} / {base} (median of pairs; of medians) | goal | met? |"
-    out = ["\n## Goal table (issue 8): medians\n", hdr, "|" + "---|" * (hdr.count("|") - 1)]
+    out = ["\n## Goal table: medians\n", hdr, "|" + "---|" * (hdr.count("|") - 1)]
     notes = []
     for label, cfg, get, goal, kind in GOALS:
         if kind == "growth":

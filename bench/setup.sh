@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# Prepare everything bench/ needs, from a fresh checkout with ../shared beside it. Idempotent:
-# a second run only checks, and redoes a step when its input changed.
+# Prepare everything bench/ needs, from a fresh checkout. Idempotent: a second run only checks,
+# and redoes a step when its input changed.
 #
-#   bench/setup.sh            (BENCH_SHARED=/path/to/shared to point elsewhere; PYTHON=python3.11)
+#   bench/setup.sh                                  the project target only
+#   BENCH_PEERS=/path/to/peers bench/setup.sh       also the node and vanilla peers (PYTHON=python3.11)
+#
+# The peers (the Node socket.io gateway and stock python-socketio) are the organisation's
+# benchmark yardstick's, not part of this repository: BENCH_PEERS names the folder that holds
+# their node-socketio/ and python-socketio-vanilla/ (see README.md).
 #
 # Makes:
 #   bench/.venv                 load generator, vanilla peer + its producer, py-spy (requirements.txt)
 #   bench/.venv-project         this checkout, `pip install -e ..` (requirements-project.txt)
-#   bench/.peers/node-socketio  a copy of ../shared/peers/node-socketio with node_modules (npm ci)
+#   bench/.peers/node-socketio  a copy of $BENCH_PEERS/node-socketio with node_modules (npm ci)
 # and installs redis-server / node / npm with apt-get when they are missing (as scripts/test does).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(dirname "$HERE")
-SHARED=${BENCH_SHARED:-$(cd "$REPO/.." && pwd)/shared}
+PEERS=${BENCH_PEERS:-}
 PY=${PYTHON:-python3}
 cd "$HERE"
 
 say() { printf 'setup: %s\n' "$*"; }
 sha() { sha256sum "$@" | sha256sum | cut -c1-16; }
 
-[ -d "$SHARED/peers/node-socketio" ] && [ -d "$SHARED/peers/python-socketio-vanilla" ] || {
-  echo "setup: no peers under $SHARED/peers (the shared folder must sit beside the checkout, or set BENCH_SHARED)" >&2
-  exit 2
-}
+if [ -n "$PEERS" ]; then
+  [ -d "$PEERS/node-socketio" ] && [ -d "$PEERS/python-socketio-vanilla" ] || {
+    echo "setup: BENCH_PEERS=$PEERS holds no node-socketio/ and python-socketio-vanilla/" >&2
+    exit 2
+  }
+else
+  say "BENCH_PEERS is not set: preparing the project target only (node and vanilla need the peers)"
+fi
 
 # -- system packages ---------------------------------------------------------------------------
 missing=()
@@ -58,20 +67,23 @@ venv .venv-project requirements-project.txt "$REPO/pyproject.toml"
   || { echo "setup: the project does not import in .venv-project" >&2; exit 1; }
 
 # -- the node peer -----------------------------------------------------------------------------
-# A copy, because ../shared is read-only and npm ci writes node_modules beside package.json.
-peer=.peers/node-socketio
-mkdir -p "$peer"
-for f in "$SHARED"/peers/node-socketio/*; do
-  [ -f "$f" ] || continue
-  cmp -s "$f" "$peer/$(basename "$f")" || install -m 644 "$f" "$peer/$(basename "$f")"
-done
-want=$(sha "$peer/package-lock.json")
-if [ "$(cat "$peer/node_modules/.bench-stamp" 2>/dev/null)" != "$want" ]; then
-  say "npm ci in $peer"
-  (cd "$peer" && npm ci --no-audit --no-fund --loglevel=error)
-  echo "$want" > "$peer/node_modules/.bench-stamp"
-else
-  say "$peer/node_modules is up to date"
+# A copy, because the peers' folder may be read-only and npm ci writes node_modules beside
+# package.json.
+if [ -n "$PEERS" ]; then
+  peer=.peers/node-socketio
+  mkdir -p "$peer"
+  for f in "$PEERS"/node-socketio/*; do
+    [ -f "$f" ] || continue
+    cmp -s "$f" "$peer/$(basename "$f")" || install -m 644 "$f" "$peer/$(basename "$f")"
+  done
+  want=$(sha "$peer/package-lock.json")
+  if [ "$(cat "$peer/node_modules/.bench-stamp" 2>/dev/null)" != "$want" ]; then
+    say "npm ci in $peer"
+    (cd "$peer" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$want" > "$peer/node_modules/.bench-stamp"
+  else
+    say "$peer/node_modules is up to date"
+  fi
 fi
 
 # -- checks ------------------------------------------------------------------------------------
