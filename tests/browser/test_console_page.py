@@ -5,6 +5,7 @@ console at all without --dev."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -188,7 +189,7 @@ async def test_with_a_public_key_the_console_cannot_mint(tmp_path: Path) -> None
     pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     settings = dev_settings(JWT_PUBLIC_KEY=pem)
-    console = Console(settings, TEMPLATE.read_text(encoding="utf-8"))
+    console = Console(settings, await asyncio.to_thread(TEMPLATE.read_text, encoding="utf-8"))
     assert not console.can_mint
     assert console.page_config()["token"] == ""
     async with TestClient(TestServer(create_app(settings))) as http:

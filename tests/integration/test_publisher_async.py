@@ -110,7 +110,7 @@ async def test_control_and_presence(pub: AsyncPublisher, r: redis.asyncio.Redis)
 
 async def test_redis_down_then_back(redis_server: RedisServer, pub: AsyncPublisher) -> None:
     await pub.emit("x", 1, user=1)
-    redis_server.kill()
+    await asyncio.to_thread(redis_server.kill)
     with pytest.raises(PublishError) as info:
         await pub.emit("x", 2, user=1)
     assert isinstance(info.value, ConnectionError)

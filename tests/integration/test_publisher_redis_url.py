@@ -95,9 +95,9 @@ async def test_sentinel_async(redis_server: RedisServer, sentinel: Sentinel) -> 
     url = f"redis+sentinel://:s3cret@127.0.0.1:{sentinel.port}/0/mymaster"
     async with AsyncPublisher(url) as pub:
         offset = await pub.emit("x", 1, user=1)
-    master = redis.Redis(port=redis_server.port, password="s3cret")
-    assert master.xrange("ngw:h:user:1")[0][0].decode() == parse_offset(offset).stream_id
-    master.close()
+    master = redis.asyncio.Redis(port=redis_server.port, password="s3cret")
+    assert (await master.xrange("ngw:h:user:1"))[0][0].decode() == parse_offset(offset).stream_id
+    await master.aclose()
 
 
 def test_sentinel_wrong_password(sentinel: Sentinel) -> None:
