@@ -178,6 +178,15 @@ class GatewayProcess:
         """SIGTERM (the start of a drain); returns at once."""
         self._signal(signal.SIGTERM)
 
+    def suspend(self) -> None:
+        """SIGSTOP: the process is frozen, no timer of its fires and it reads nothing, until
+        resume(). What it would do meanwhile (a reconnection after a backoff) waits for that."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after suspend(): timers that came due fire at once."""
+        self._signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL, as a crash or an OOM kill; waits for the process to be gone."""
         self._signal(signal.SIGKILL)
@@ -197,6 +206,7 @@ class GatewayProcess:
         """SIGTERM, then SIGKILL after `grace` seconds; idempotent. Keeps the log's text for
         log_text() and removes the log file (set NGW_KEEP_LOGS=1 to keep it)."""
         if self.proc is not None and self.proc.poll() is None:
+            self._signal(signal.SIGCONT)  # a suspended process would not act on SIGTERM
             self._signal(signal.SIGTERM)
             try:
                 self.proc.wait(grace)
