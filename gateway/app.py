@@ -11,14 +11,13 @@ import math
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
 from gateway.bus.contract import Backend
 from gateway.bus.memory_bus import MemoryBackend
 from gateway.config import Settings
-from gateway.delivery.core import DeliveryCore, LocalManager, RedisManager
+from gateway.delivery.core import DeliveryCore
 from gateway.delivery.recovery import Recovery
 from gateway.delivery.service import WebSocketService
 from gateway.http import health
@@ -94,12 +93,11 @@ def build(settings: Settings) -> Gateway:
                                max_payload_bytes=settings.max_payload_bytes, metrics=metrics)
     else:
         backend = MemoryBackend(history_max_len=settings.history_max_len, window_s=settings.recovery_window)
-    core = DeliveryCore(backend, metrics, recovery=settings.recovery_window > 0)
-    manager: Any = RedisManager(core, settings.redis_url) if settings.redis_url else LocalManager(core)
     admission = Admission(settings, metrics)
-    sio = GatewayServer(settings, core, manager, Authenticator(settings),
-                        Recovery(backend, settings.recovery_window), admission, metrics)
-    metrics.active = lambda: len(core.registry)
+    sio = GatewayServer(settings, backend, Authenticator(settings), Recovery(backend, settings.recovery_window),
+                        admission, metrics)
+    core = sio.core
+    metrics.active = lambda: len(core)
     metrics.bus_up = lambda: backend.connected
     metrics.subscriptions = lambda: len(core.registry.rooms)
     metrics.draining = lambda: admission.draining

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Final
 
+from publisher.session import render_fields
+
 
 @dataclass(frozen=True, slots=True)
 class Script:
@@ -19,8 +21,9 @@ class Script:
 
     @classmethod
     def load(cls, filename: str, package: str = "publisher") -> Script:
-        """The script `lua/<filename>` of `package` (the gateway keeps scripts of its own)."""
-        source = files(package).joinpath("lua", filename).read_bytes()
+        """The script `lua/<filename>` of `package` (the gateway keeps scripts of its own), with
+        the session record's field names filled in (`publisher.session`)."""
+        source = render_fields(files(package).joinpath("lua", filename).read_bytes(), filename)
         # Redis names a script by the SHA1 of its body; this is an identifier, not security.
         return cls(filename, source, hashlib.sha1(source, usedforsecurity=False).hexdigest())
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from publisher.session import SessionRecord
+
 
 class BusUnavailable(ConnectionError):
     """The bus cannot take or serve this request now; nothing was published."""
@@ -73,9 +75,10 @@ class BusSink(Protocol):
         """(users online here, pids of the sessions connected here)."""
         ...
 
-    def batch_hooks(self) -> tuple[Any, Any]:
-        """(begin, end): called around each read of messages from the bus."""
-        ...
+    def begin_batch(self) -> None:
+        """A read of messages from the bus begins: their writes leave together at its end."""
+
+    def end_batch(self) -> None: ...
 
 
 class Backend(Protocol):
@@ -101,13 +104,16 @@ class Backend(Protocol):
         order; None when any of them is incomplete."""
         ...
 
-    def save_session(self, pid: str, record: dict[str, str], user: str) -> None: ...
+    def save_session(self, pid: str, record: SessionRecord) -> None: ...
 
-    async def load_session(self, pid: str) -> dict[str, str] | None: ...
+    async def load_session(self, pid: str) -> tuple[SessionRecord, int] | None:
+        """The session and when its user was last revoked (ms, 0: never); None when there is
+        none. Raises SessionError when it does not parse."""
+        ...
 
     def end_session(self, pid: str, t_ms: int) -> None: ...
 
-    def session_rooms(self, pid: str, rooms_json: str, room: str, change: str, at: str) -> None:
+    def session_rooms(self, pid: str, rooms: Sequence[str], room: str, change: str, at: str) -> None:
         """`room` joined (`change` "j") or left ("l") at stream id `at` ("" when unknown)."""
         ...
 

@@ -8,16 +8,16 @@ them (so the tests of recovery run against both).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from gateway.bus.contract import EVERYONE, BusSink, Position, Span, order_key
 from publisher.envelope import encode_event
+from publisher.session import SessionRecord
 
 SWEEP_AFTER_ENDED = 256
 
@@ -34,7 +34,7 @@ class MemoryBackend:
         # room -> entries (ms, seq, message); and the newest (ms, seq) trimmed away
         self._history: dict[str, deque[tuple[int, int, bytes]]] = {}
         self._trimmed: dict[str, tuple[int, int]] = {}
-        self._sessions: dict[str, tuple[dict[str, str], float]] = {}
+        self._sessions: dict[str, tuple[SessionRecord, float]] = {}
         self._ended = 0  # sessions ended since the last sweep of expired ones
         self._sink: BusSink | None = None
 
@@ -106,10 +106,11 @@ class MemoryBackend:
 
     # -- sessions and presence ------------------------------------------------------------------
 
-    def save_session(self, pid: str, record: dict[str, str], user: str) -> None:
-        self._sessions[pid] = (dict(record), float("inf"))
+    def save_session(self, pid: str, record: SessionRecord) -> None:
+        left = self._sessions[pid][0].left if pid in self._sessions else {}
+        self._sessions[pid] = (dataclasses.replace(record, left=left), float("inf"))
 
-    async def load_session(self, pid: str) -> dict[str, str] | None:
+    async def load_session(self, pid: str) -> tuple[SessionRecord, int] | None:
         entry = self._sessions.get(pid)
         if entry is None:
             return None
@@ -117,13 +118,13 @@ class MemoryBackend:
         if expires < time.monotonic():
             self._sessions.pop(pid, None)
             return None
-        return dict(record, revoked="")  # no producer reaches a bus in memory: nobody is kicked
+        return record, 0  # no producer reaches a bus in memory: nobody is revoked
 
     def end_session(self, pid: str, t_ms: int) -> None:
         entry = self._sessions.get(pid)
         if entry is not None:
-            entry[0]["t"] = str(t_ms)
-            self._sessions[pid] = (entry[0], time.monotonic() + self._window_ms / 1000)
+            self._sessions[pid] = (dataclasses.replace(entry[0], alive_ms=t_ms),
+                                   time.monotonic() + self._window_ms / 1000)
         self._ended += 1
         if self._ended >= SWEEP_AFTER_ENDED:
             self._sweep(time.monotonic())
@@ -135,14 +136,12 @@ class MemoryBackend:
         for pid in [pid for pid, (_, expires) in self._sessions.items() if expires < now]:
             del self._sessions[pid]
 
-    def session_rooms(self, pid: str, rooms_json: str, room: str, change: str, at: str) -> None:
+    def session_rooms(self, pid: str, rooms: Sequence[str], room: str, change: str, at: str) -> None:
         entry = self._sessions.get(pid)
         if entry is None:
             return
-        record = entry[0]
-        record["rooms"] = rooms_json
-        joined = orjson.loads(record.get("j", "{}"))
-        left = orjson.loads(record.get("l", "{}"))
+        record, expires = entry
+        joined, left = dict(record.joined), dict(record.left)
         if change == "j":
             left.pop(room, None)
             if at:
@@ -151,8 +150,7 @@ class MemoryBackend:
             joined.pop(room, None)
             if at:
                 left[room] = at
-        record["j"] = orjson.dumps(joined).decode()
-        record["l"] = orjson.dumps(left).decode()
+        self._sessions[pid] = (dataclasses.replace(record, rooms=tuple(rooms), joined=joined, left=left), expires)
 
     def set_online(self, user: str, online: bool) -> None:
         return None

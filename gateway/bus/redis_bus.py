@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -33,6 +34,7 @@ from publisher.errors import PublisherError
 from publisher.redis_url import async_client
 from publisher.script_runner import AsyncTransport, describe
 from publisher.scripts import Script
+from publisher.session import FIELDS, SessionRecord
 
 log = logging.getLogger("gateway.bus")
 
@@ -42,6 +44,9 @@ PRESENCE_TTL_MS = 15_000
 # A connected session's record outlives two full beats, so it never expires while connected.
 CONNECTED_SESSION_SLACK_MS = 2 * int(HEARTBEAT_EVERY * 1000) * FULL_BEAT_EVERY
 
+
+# The fields the "S" operation of writes.lua takes after pid and user, in its order.
+SAVED_FIELDS = ("sid", "rooms", "start", "created", "alive", "joined")
 
 HISTORY, SESSIONS, HEARTBEAT, WRITES, POSITION = (
     Script.load(name, "gateway.bus") for name in ("history.lua", "sessions.lua", "heartbeat.lua", "writes.lua",
@@ -97,7 +102,7 @@ class RedisBackend:
     async def start(self, sink: BusSink) -> None:
         self._sink = sink
         self.subscriber.on_message = sink.on_message  # straight to delivery: no hop per message
-        self.subscriber.batch_begin, self.subscriber.batch_end = sink.batch_hooks()
+        self.subscriber.batch_begin, self.subscriber.batch_end = sink.begin_batch, sink.end_batch
         self.subscriber.desired.add(self.names.broadcast_channel().encode())
         self.subscriber.start()
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._beat(), name="bus-heartbeat")
@@ -231,22 +236,24 @@ class RedisBackend:
 
     # -- sessions and presence: queued writes -----------------------------------------------------
 
-    def save_session(self, pid: str, record: dict[str, str], user: str) -> None:
-        self._queue("S", pid, user, record["sid"], record["rooms"], record["o"], record["c"], record["t"],
-                    record.get("j", "{}"))
+    def save_session(self, pid: str, record: SessionRecord) -> None:
+        fields = record.to_hash()
+        self._queue("S", pid, record.user, *(fields[FIELDS[name]] for name in SAVED_FIELDS))
 
-    async def load_session(self, pid: str) -> dict[str, str] | None:
+    async def load_session(self, pid: str) -> tuple[SessionRecord, int] | None:
         reply = await self._run(SESSIONS, [self.names.session_key(pid)], [self.names.key_prefix])
         if not reply:
             return None
         it = iter(reply)
-        return {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}
+        fields = {k.decode(): v.decode() for k, v in zip(it, it, strict=True)}
+        revoked = fields.pop("revoked", "")
+        return SessionRecord.from_hash(fields), int(revoked) if revoked.isdigit() else 0
 
     def end_session(self, pid: str, t_ms: int) -> None:
         self._queue("E", pid, str(t_ms))
 
-    def session_rooms(self, pid: str, rooms_json: str, room: str, change: str, at: str) -> None:
-        self._queue("R", pid, rooms_json, room, change, at)
+    def session_rooms(self, pid: str, rooms: Sequence[str], room: str, change: str, at: str) -> None:
+        self._queue("R", pid, orjson.dumps(list(rooms)).decode(), room, change, at)
 
     def set_online(self, user: str, online: bool) -> None:
         self._queue("O" if online else "F", user)

@@ -51,14 +51,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from gateway.bus.contract import EVERYONE, Backend, BusUnavailable, Position, Span
 from gateway.policy.rooms import Identity
 from publisher.envelope import EnvelopeError, parse_offset
+from publisher.session import SessionError, SessionRecord
 
 log = logging.getLogger("gateway.delivery.recovery")
 
@@ -99,95 +99,87 @@ class Recovery:
         if not isinstance(pid, str) or not pid or len(pid) > MAX_PID_LENGTH:
             return None, "bad_pid"
         try:
-            record = await self.backend.load_session(pid)
+            stored = await self.backend.load_session(pid)
         except BusUnavailable:
             return None, "bus_unavailable"
-        if record is None:
+        except SessionError as exc:
+            log.warning("recovery refused: stored session does not parse: %s", exc)
+            return None, "bad_session"
+        if stored is None:
             return None, "unknown_session"
-        if record.get("user") != identity.user_id:
+        record, revoked = stored
+        if record.user != identity.user_id:
             log.warning("recovery refused: session of another user", extra={"user_id": identity.user_id})
             return None, "foreign_user"
-        created = _int(record.get("c"))
-        revoked = _int(record.get("revoked"))
-        if revoked and revoked >= created:
+        if revoked and revoked >= record.created_ms:
             return None, "revoked"
-        if _now_ms() - _int(record.get("t")) > self.window_ms:
+        if _now_ms() - record.alive_ms > self.window_ms:
             return None, "expired"
-        raw_offset = offset if isinstance(offset, str) and offset else record.get("o", "")
+        raw_offset = offset if isinstance(offset, str) and offset else record.start
         try:
             parsed = parse_offset(raw_offset)
         except EnvelopeError:
             return None, "bad_offset"
-        try:
-            rooms = [r for r in orjson.loads(record.get("rooms", "[]")) if isinstance(r, str)]
-        except orjson.JSONDecodeError:
-            return None, "bad_session"
-        sid = record.get("sid", "")
-        if not sid:
-            return None, "bad_session"
         since = Position(parsed.epoch, parsed.ms, parsed.seq)
-        spans = _spans(rooms, since, record.get("j"), record.get("l"))
-        return Restorable(pid, sid, spans, since, created), RECOVERED
+        spans = _spans(list(record.rooms), since, record.joined, record.left)
+        return Restorable(pid, record.sid, spans, since, record.created_ms), RECOVERED
 
     def save(self, pid: str, sid: str, identity: Identity, rooms: list[str],
              start: Position | None, created_ms: int | None = None, start_offset: str | None = None,
-             joined_json: str = "{}") -> None:
+             joined: Mapping[str, str] | None = None) -> None:
         """Write (or rewrite) the session record: queued, nobody waits for it."""
         now = _now_ms()
-        record = {
-            "sid": sid,
-            "user": identity.user_id,
-            "rooms": orjson.dumps(rooms).decode(),
-            "o": start_offset if start_offset is not None else (start.offset if start else ""),
-            "c": str(created_ms or now),
-            "t": str(now),
-            "j": joined_json,
-        }
-        self.backend.save_session(pid, record, identity.user_id)
+        self.backend.save_session(pid, SessionRecord(
+            sid=sid,
+            user=identity.user_id,
+            rooms=tuple(rooms),
+            start=start_offset if start_offset is not None else (start.offset if start else ""),
+            created_ms=created_ms or now,
+            alive_ms=now,
+            joined=joined or {},
+        ))
+
+    def save_restored(self, restorable: Restorable, sid: str, identity: Identity, rooms: list[str]) -> None:
+        """Rewrite a restored session: its creation time and start stay, and so do the join
+        positions later than the client's offset (a room joined while away is still replayed
+        from its join if the client drops again before receiving anything)."""
+        since = restorable.since
+        joined = {room: start.stream_id for room, start, end in restorable.spans
+                  if end is None and room and start.key > since.key}
+        self.save(restorable.pid, sid, identity, rooms, None, created_ms=restorable.created_ms,
+                  start_offset=since.offset, joined=joined)
 
     def rooms_changed(self, pid: str, rooms: list[str], room: str, change: str, at: Position | None) -> None:
-        self.backend.session_rooms(pid, orjson.dumps(rooms).decode(), room, change, at.stream_id if at else "")
+        self.backend.session_rooms(pid, rooms, room, change, at.stream_id if at else "")
 
     def ended(self, pid: str) -> None:
         self.backend.end_session(pid, _now_ms())
 
 
-def _positions(raw: str | None, epoch: str) -> dict[str, Position]:
-    try:
-        table = orjson.loads(raw or "{}")
-    except orjson.JSONDecodeError:
-        return {}
+def _positions(table: Mapping[str, str], epoch: str) -> dict[str, Position]:
     out = {}
-    if isinstance(table, dict):
-        for room, at in table.items():
-            ms_text, _, seq_text = at.partition("-") if isinstance(at, str) else ("", "", "")
-            if ms_text.isdigit() and seq_text.isdigit():
-                out[room] = Position(epoch, int(ms_text), int(seq_text))
+    for room, at in table.items():
+        ms_text, _, seq_text = at.partition("-")
+        if ms_text.isdigit() and seq_text.isdigit():
+            out[room] = Position(epoch, int(ms_text), int(seq_text))
     return out
 
 
-def _spans(rooms: list[str], since: Position, joined_raw: str | None, left_raw: str | None) -> list[Span]:
+def _spans(rooms: list[str], since: Position, joined_at: Mapping[str, str], left_at: Mapping[str, str]) -> list[Span]:
     """Each room replays from the client's offset, or from when it was joined if that is
     later: a room joined while the client was away brings only what came after the join. A
     room left while away replays from the offset up to the leave, and is not rejoined."""
-    joined = _positions(joined_raw, since.epoch)
+    joined = _positions(joined_at, since.epoch)
     spans: list[Span] = []
     for room in rooms:
         at = joined.get(room)
         spans.append((room, at if at is not None and at.key > since.key else since, None))
-    for room, until in _positions(left_raw, since.epoch).items():
+    for room, until in _positions(left_at, since.epoch).items():
         if until.key > since.key and room not in rooms:
             at = joined.get(room)
             spans.append((room, at if at is not None and at.key > since.key else since, until))
     spans.append((EVERYONE, since, None))  # and what was sent to everyone meanwhile
     return spans
-
-
-def _int(raw: str | None) -> int:
-    try:
-        return int(raw or 0)
-    except ValueError:
-        return 0
 
 
 def _now_ms() -> int:

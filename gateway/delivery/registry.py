@@ -14,22 +14,16 @@ events wait in `pending` and are merged, in order, with what history returned.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.policy.rooms import Identity
+from publisher.rooms import user_room
 
 if TYPE_CHECKING:
-    from gateway.sio.socket import FastSocket
-
-
-class Sent(Protocol):
-    """The two counters a write from `attach` moves (gateway.metrics.Metrics)."""
-
-    def sent(self, event: str, n: int, t_ms: float) -> None: ...
-
-    def sent_replay(self, n: int) -> None: ...
+    from gateway.delivery.ports import Counters, SocketWriter
 
 
 @dataclass(slots=True)
@@ -50,6 +44,7 @@ class Conn:
     __slots__ = (
         "eio",
         "eio_sid",
+        "expiry",
         "identity",
         "last_key",
         "pending",
@@ -61,7 +56,7 @@ class Conn:
         "tokens",
     )
 
-    def __init__(self, sid: str, eio_sid: str, identity: Identity, eio: FastSocket,
+    def __init__(self, sid: str, eio_sid: str, identity: Identity, eio: SocketWriter,
                  pid: str | None, last_key: int) -> None:
         self.sid = sid
         self.eio_sid = eio_sid
@@ -74,6 +69,7 @@ class Conn:
         self.tokens = 0.0  # rate limit bucket, see ratelimit.py
         self.stamp = 0.0
         self.refused = 0
+        self.expiry = 0  # its entry in the registry's expiry heap (0: none)
 
     def deliver(self, out: Outgoing) -> bool:
         """Write `out` unless this socket already has it; True when written."""
@@ -87,7 +83,7 @@ class Conn:
         self.eio.push_message(out.text, out.frame)
         return True
 
-    def attach(self, history: list[Outgoing], metrics: Sent | None = None) -> int:
+    def attach(self, history: list[Outgoing], metrics: Counters | None = None) -> int:
         """End the attaching phase: history and what arrived meanwhile, merged in order.
 
         Every event written is counted as sent (and as replayed when it came from history).
@@ -111,14 +107,29 @@ def _key(out: Outgoing) -> int:
     return out.key
 
 
+class Removed(NamedTuple):
+    """What forgetting a socket changed: rooms left with no local socket (unsubscribe them),
+    and whether it was its user's last socket here (the user is now offline on this replica)."""
+
+    conn: Conn
+    emptied: list[str]
+    user_offline: bool
+
+
 class Registry:
-    """Every `Conn` of this replica, by sid and by room, and their token expiries."""
+    """Every `Conn` of this replica, by sid and by room, and their token expiries.
+
+    Presence is decided here, once: a user is online on this replica while their `user:<id>`
+    room has a local socket (`add` says when the first arrives, `remove` when the last goes).
+    """
 
     def __init__(self) -> None:
         self.by_sid: dict[str, Conn] = {}
         self.rooms: dict[str, dict[str, Conn]] = {}
-        self._expiries: list[tuple[float, int, Conn]] = []
-        self._pushes = 0
+        # (expires at, entry id, sid): no reference to the Conn, so a closed socket is not kept
+        # alive until its token's exp. `Conn.expiry` names the entry that is still its own.
+        self._expiries: list[tuple[float, int, str]] = []
+        self._entries = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self.by_sid)
@@ -126,18 +137,25 @@ class Registry:
     def get(self, sid: str) -> Conn | None:
         return self.by_sid.get(sid)
 
-    def add(self, conn: Conn, expires_at: float | None) -> None:
+    def add(self, conn: Conn, expires_at: float | None) -> bool:
+        """Register `conn` (its rooms are joined next); True when it is its user's first socket
+        here, so the user comes online on this replica."""
+        first = user_room(conn.identity.user_id) not in self.rooms
         self.by_sid[conn.sid] = conn
         if expires_at is not None:
-            self._pushes += 1
-            heapq.heappush(self._expiries, (expires_at, self._pushes, conn))
+            conn.expiry = next(self._entries)
+            heapq.heappush(self._expiries, (expires_at, conn.expiry, conn.sid))
+            if len(self._expiries) > 2 * len(self.by_sid) + 1024:
+                self._compact()
+        return first
 
-    def remove(self, sid: str) -> tuple[Conn | None, list[str]]:
-        """Forget a socket; returns it and the rooms that now have no local socket."""
+    def remove(self, sid: str) -> Removed | None:
+        """Forget a socket: the rooms that now have no local socket, and whether its user went
+        offline here."""
         conn = self.by_sid.pop(sid, None)
-        emptied: list[str] = []
         if conn is None:
-            return None, emptied
+            return None
+        emptied: list[str] = []
         for room in conn.rooms:
             members = self.rooms.get(room)
             if members is not None:
@@ -146,7 +164,9 @@ class Registry:
                     del self.rooms[room]
                     emptied.append(room)
         conn.rooms.clear()
-        return conn, emptied
+        conn.expiry = 0
+        own = user_room(conn.identity.user_id)
+        return Removed(conn, emptied, own not in self.rooms)
 
     def join(self, conn: Conn, room: str) -> bool:
         """Put `conn` in `room`; True when the room had no local socket before."""
@@ -175,20 +195,34 @@ class Registry:
         if members:
             yield from list(members.values())
 
-    def user_count(self, user_room: str) -> int:
-        members = self.rooms.get(user_room)
+    def user_sockets(self, user_id: str) -> int:
+        """How many sockets of this user this replica holds."""
+        members = self.rooms.get(user_room(user_id))
         return len(members) if members else 0
+
+    def online_users(self) -> list[str]:
+        prefix = len("user:")
+        return [room[prefix:] for room in self.rooms if room.startswith("user:")]
 
     def expired(self, now: float) -> list[Conn]:
         """Sockets whose token expired by `now` and are still connected.
 
-        Entries hold the `Conn` itself: a recovered session reuses its sid, and must not
-        inherit the expiry of the connection it replaced.
+        A recovered session reuses its sid: an entry counts only while it is still the expiry
+        of the `Conn` registered under that sid, never the one of a connection it replaced.
         """
         out = []
         heap = self._expiries
         while heap and heap[0][0] <= now:
-            _, _, conn = heapq.heappop(heap)
-            if self.by_sid.get(conn.sid) is conn:
+            _, entry, sid = heapq.heappop(heap)
+            conn = self.by_sid.get(sid)
+            if conn is not None and conn.expiry == entry:
                 out.append(conn)
         return out
+
+    def _compact(self) -> None:
+        """Drop the entries of sockets that are gone: churn must not grow the heap for as long
+        as tokens live."""
+        live = [(at, entry, sid) for at, entry, sid in self._expiries
+                if (conn := self.by_sid.get(sid)) is not None and conn.expiry == entry]
+        heapq.heapify(live)
+        self._expiries = live

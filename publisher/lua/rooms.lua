@@ -1,11 +1,11 @@
--- join/leave for a user's recoverable sessions: edit the JSON list in field "rooms" of each
+-- join/leave for a user's recoverable sessions: edit the JSON list in field {{field.rooms}} of each
 -- ngw:s:<pid> listed in ngw:u:<user>, so a client away at the time comes back with the right
 -- rooms. The user's own room is always kept. Session keys are built here from the pids, so
 -- this runs on a single Redis (standalone or Sentinel), not a Cluster.
--- Each session also keeps, in field "j" (a JSON object), the bus position at which a room was
+-- Each session also keeps, in field {{field.joined}} (a JSON object), the bus position at which a room was
 -- joined: recovery replays that room from there, not from the client's older offset, so a
 -- client away during the join gets the room's events after the join and none before. In field
--- "l" it keeps where a room was left: a client away during the leave still gets that room's
+-- {{field.left}} it keeps where a room was left: a client away during the leave still gets that room's
 -- events from its offset up to the leave, and none after.
 -- KEYS[1] the user's session set   KEYS[2] the clock hash   ARGV[1] session key prefix (e.g. "ngw:s:")
 -- ARGV[2] "join" or "leave"   ARGV[3] the user's own room   ARGV[4..] the rooms
@@ -20,7 +20,7 @@ local here = string.format('%d-%d', tonumber(clock[1]) or 0, tonumber(clock[2]) 
 local changed = 0
 for _, pid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local key = prefix .. pid
-  local raw = redis.call('HGET', key, 'rooms')
+  local raw = redis.call('HGET', key, '{{field.rooms}}')
   local ok, rooms = false, nil
   if raw then ok, rooms = pcall(cjson.decode, raw) end
   if ok and type(rooms) == 'table' then
@@ -53,7 +53,7 @@ for _, pid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         if next(value) == nil then return '{}' end
         return cjson.encode(value)
       end
-      local joined, left = map('j'), map('l')
+      local joined, left = map('{{field.joined}}'), map('{{field.left}}')
       for i = 4, #ARGV do
         if joining then
           if not joined[ARGV[i]] then joined[ARGV[i]] = here end
@@ -63,7 +63,8 @@ for _, pid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
           joined[ARGV[i]] = nil
         end
       end
-      redis.call('HSET', key, 'rooms', encoded, 'j', encode_map(joined), 'l', encode_map(left))
+      redis.call('HSET', key, '{{field.rooms}}', encoded, '{{field.joined}}', encode_map(joined),
+                 '{{field.left}}', encode_map(left))
       changed = changed + 1
     end
   end

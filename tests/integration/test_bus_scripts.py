@@ -4,18 +4,19 @@ history.lua's spans and hole detection, heartbeat.lua's light and full beats."""
 from __future__ import annotations
 
 import time
-from importlib import resources
 
 import orjson
 import pytest
 import redis
 
 from publisher import Publisher
+from publisher.scripts import Script
 from tests.support.redis_server import RedisServer
 
 
 def script(name: str) -> str:
-    return resources.files("gateway.bus").joinpath("lua", name).read_text(encoding="utf-8")
+    """The script as Redis runs it: session field names filled in (publisher.session)."""
+    return Script.load(name, "gateway.bus").source.decode()
 
 
 @pytest.fixture

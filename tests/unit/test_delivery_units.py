@@ -9,6 +9,7 @@ from gateway.delivery.frames import eio_message_frame, event_packet, ws_text_fra
 from gateway.delivery.registry import Conn, Outgoing, Registry
 from gateway.policy.ratelimit import KeyedBuckets, TokenBucket
 from gateway.policy.rooms import Identity
+from publisher.session import SessionRecord
 
 
 def test_event_packet_carries_the_offset_last() -> None:
@@ -75,9 +76,10 @@ def test_registry_rooms_and_expiry() -> None:
     assert reg.leave(a, "r") is False
     assert reg.expired(5.0) == []
     assert reg.expired(11.0) == [a]
-    removed, emptied = reg.remove("b")
-    assert removed is b
-    assert emptied == ["r"]
+    removed = reg.remove("b")
+    assert removed is not None
+    assert removed.conn is b
+    assert removed.emptied == ["r"]
     # a recovered socket reuses its sid: it must not inherit the old expiry
     reg.remove("a")
     a2, _ = conn("a")
@@ -86,6 +88,38 @@ def test_registry_rooms_and_expiry() -> None:
     reg.remove("a")
     reg.add(a2, 100.0)
     assert reg.expired(50.0) == []
+
+
+def test_presence_is_decided_by_the_user_room() -> None:
+    reg = Registry()
+    a, _ = conn("a")
+    b, _ = conn("b")
+    assert reg.add(a, None) is True  # the user's first socket here: online
+    reg.join(a, "user:1")
+    assert reg.add(b, None) is False
+    reg.join(b, "user:1")
+    first = reg.remove("a")
+    assert first is not None
+    assert first.user_offline is False
+    last = reg.remove("b")
+    assert last is not None
+    assert last.user_offline is True
+    assert last.emptied == ["user:1"]
+
+
+def test_expiry_entries_do_not_keep_closed_sockets_alive() -> None:
+    """Issue 12, item 3: the expiry heap held each `Conn` (and its socket) until the token's
+    exp, long after the socket had gone; churn x token lifetime grew without bound."""
+    reg = Registry()
+    gone, _ = conn("gone")
+    reg.add(gone, time.time() + 3600)
+    reg.remove("gone")
+    assert all(not isinstance(item, Conn) for entry in reg._expiries for item in entry)
+    for i in range(5000):  # churn: the heap is compacted, not grown for the tokens' lifetime
+        c, _ = conn(f"s{i}")
+        reg.add(c, time.time() + 3600)
+        reg.remove(c.sid)
+    assert len(reg._expiries) <= 1024 + 2
 
 
 class Holder:
@@ -112,10 +146,11 @@ async def test_the_memory_bus_forgets_sessions_past_their_window() -> None:
     from gateway.bus.memory_bus import SWEEP_AFTER_ENDED, MemoryBackend
 
     bus = MemoryBackend(history_max_len=10, window_s=0.001)
+    record = SessionRecord("s", "1", ("user:1",), "e:1-1", 0, 0)
     for i in range(SWEEP_AFTER_ENDED):
-        bus.save_session(f"p{i}", {"sid": "s", "user": "1"}, "1")
+        bus.save_session(f"p{i}", record)
         bus.end_session(f"p{i}", 0)
-    bus.save_session("live", {"sid": "s", "user": "1"}, "1")  # connected: kept
+    bus.save_session("live", record)  # connected: kept
     bus._sweep(time.monotonic() + 1)  # a second later: every ended session is past its window
     assert list(bus._sessions) == ["live"]
     assert await bus.load_session("live") is not None

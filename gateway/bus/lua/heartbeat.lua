@@ -36,7 +36,7 @@ local prefix = ARGV[5] .. ":s:"
 each(ARGV[8], function(pid)
   local key = prefix .. pid
   if redis.call("EXISTS", key) == 1 then  -- never resurrect a session a kick deleted
-    redis.call("HSET", key, "t", now)
+    redis.call("HSET", key, "{{field.alive}}", now)
     redis.call("PEXPIRE", key, ARGV[4])
   end
 end)

@@ -8,7 +8,7 @@ if #fields == 0 then
 end
 local user
 for i = 1, #fields, 2 do
-  if fields[i] == "user" then
+  if fields[i] == "{{field.user}}" then
     user = fields[i + 1]
   end
 end

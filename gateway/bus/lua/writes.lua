@@ -2,7 +2,9 @@
 -- ARGV[1] key prefix  ARGV[2] replica id  ARGV[3] TTL of a connected session, ms
 -- ARGV[4] TTL of a session whose client left (the recovery window), ms  ARGV[5] presence TTL, ms
 -- then operations, each a tag and its fields:
---   S pid user sid rooms o c t j  save a session (connected) and index it under its user
+--   S pid user sid rooms start created alive joined
+--                                save a session (connected) and index it under its user
+--                                (fields: publisher/session.py)
 --   R pid rooms room kind at     its rooms changed: `room` joined (kind "j") or left ("l") at
 --                                stream id `at` (recovery replays a room from its join and up to
 --                                its leave; see publisher/lua/rooms.lua)
@@ -17,8 +19,9 @@ while i <= #ARGV do
   local op = ARGV[i]
   if op == "S" then
     local key = prefix .. ":s:" .. ARGV[i + 1]
-    redis.call("HSET", key, "user", ARGV[i + 2], "sid", ARGV[i + 3], "rooms", ARGV[i + 4],
-               "o", ARGV[i + 5], "c", ARGV[i + 6], "t", ARGV[i + 7], "j", ARGV[i + 8])
+    redis.call("HSET", key, "{{field.user}}", ARGV[i + 2], "{{field.sid}}", ARGV[i + 3],
+               "{{field.rooms}}", ARGV[i + 4], "{{field.start}}", ARGV[i + 5], "{{field.created}}", ARGV[i + 6],
+               "{{field.alive}}", ARGV[i + 7], "{{field.joined}}", ARGV[i + 8])
     redis.call("PEXPIRE", key, live_ttl)
     local index = prefix .. ":u:" .. ARGV[i + 2]
     redis.call("SADD", index, ARGV[i + 1])
@@ -37,7 +40,7 @@ while i <= #ARGV do
         return cjson.encode(value)
       end
       local room, kind, at = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-      local joined, left = map("j"), map("l")
+      local joined, left = map("{{field.joined}}"), map("{{field.left}}")
       if kind == "j" then
         left[room] = nil
         if at ~= "" then joined[room] = at end
@@ -45,13 +48,14 @@ while i <= #ARGV do
         joined[room] = nil
         if at ~= "" then left[room] = at end
       end
-      redis.call("HSET", key, "rooms", ARGV[i + 2], "j", encode_map(joined), "l", encode_map(left))
+      redis.call("HSET", key, "{{field.rooms}}", ARGV[i + 2], "{{field.joined}}", encode_map(joined),
+                 "{{field.left}}", encode_map(left))
     end
     i = i + 6
   elseif op == "E" then
     local key = prefix .. ":s:" .. ARGV[i + 1]
     if redis.call("EXISTS", key) == 1 then  -- never recreate a session a kick deleted
-      redis.call("HSET", key, "t", ARGV[i + 2])
+      redis.call("HSET", key, "{{field.alive}}", ARGV[i + 2])
       redis.call("PEXPIRE", key, gone_ttl)
     end
     i = i + 3
