@@ -13,15 +13,38 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
-ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+from gateway.policy.keys import (
+    ALL_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    AlgorithmMismatch,
+    jwks_keys,
+    parse_secret_list,
+    pem_keys,
+    secret_key,
 )
-HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+from publisher.redis_url import redact
+
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 MIN_SECRET_BYTES = 32
+MIN_PUBLISH_KEY_BYTES = 24
 N = TypeVar("N", int, float)
+
+# Every secret, key and password that appears in the repository's examples (docker-compose.yml,
+# deploy/k8s/secret.example.yaml, the docs): public, so worthless as credentials. Outside --dev
+# the replica refuses to start with any of them. tests/unit/test_example_secrets.py scans the
+# example files and fails when one of their values is missing here.
+EXAMPLE_SECRETS: frozenset[str] = frozenset({
+    # docker-compose.yml (defaults when .env does not set them)
+    "dev-only-insecure-jwt-secret-change-me-0123456789",
+    "dev-only-insecure-publish-key",
+    # deploy/k8s/secret.example.yaml
+    "example-only-0000000000000000000000000000000000000000000000000000",
+    "example-only-publish-key-change-me",
+    # the Redis URL of the example Secret's comment: redis://:password@host:6379/0
+    "password",
+})
 
 
 class ConfigError(ValueError):
@@ -86,10 +109,9 @@ def _algorithms(raw: str) -> tuple[str, ...]:
     algs = _list(raw)
     if not algs:
         raise ValueError("list at least one algorithm, e.g. RS256")
-    known = ASYMMETRIC_ALGORITHMS | HMAC_ALGORITHMS
     for alg in algs:
-        if alg not in known:
-            raise ValueError(f"unknown algorithm {alg!r}; known: {', '.join(sorted(known))}")
+        if alg not in ALL_ALGORITHMS:
+            raise ValueError(f"unknown algorithm {alg!r}; known: {', '.join(sorted(ALL_ALGORITHMS))}")
     return algs
 
 
@@ -101,6 +123,49 @@ def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, 
         except ValueError:
             raise ValueError(f"{part!r} is not an IP network (e.g. 10.0.0.0/8)") from None
     return tuple(nets)
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"true", "1", "yes", "on"}:
+        return True
+    if value in {"false", "0", "no", "off"}:
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
+def _secret_list(raw: str) -> tuple[tuple[str | None, str], ...]:
+    return parse_secret_list(raw)
+
+
+def _jwks_url(raw: str) -> str:
+    """https://..., http:// to a loopback address (a sidecar), or file:///path."""
+    url = raw.strip()
+    if not url:
+        return ""
+    parsed = urlparse(url)
+    if parsed.scheme == "https" and parsed.hostname:
+        return url
+    if parsed.scheme == "http" and parsed.hostname:
+        if _is_loopback(parsed.hostname):
+            return url
+        raise ValueError("http:// is allowed only to a loopback address (127.0.0.1, ::1, localhost): "
+                         "keys fetched in clear from elsewhere could be swapped on the way; use https://")
+    if parsed.scheme == "file" and parsed.path and not parsed.netloc:
+        return url
+    raise ValueError("expected https://host/path, http://127.0.0.1:port/path or file:///absolute/path")
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def _choice(*options: str) -> Callable[[str], str]:
@@ -131,21 +196,41 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("port", "PORT", "8080", _int(0, 65535), "TCP port to listen on."),
-    Setting("host", "HOST", "0.0.0.0", _str, "Address to listen on."),  # noqa: S104
+    Setting("host", "HOST", "0.0.0.0", _str,  # noqa: S104
+            "Address to listen on. With --dev: 127.0.0.1 unless HOST is set (the dev console, its tokens "
+            "and the printed keys stay on this machine)."),
     Setting(
         "redis_url", "REDIS_URL", "", _redis_url,
         "The bus: redis://, rediss://, unix:// or redis+sentinel://host:port[,host:port]/db/service."
         " Unset: one replica with an in-memory bus.",
         secret=True,
     ),
-    Setting("jwt_secret", "JWT_SECRET", "", _str, "HS256 key for handshake tokens (32 bytes or more).",
-            secret=True),
+    Setting("jwt_secret", "JWT_SECRET", "", _str,
+            "HS256 key for handshake tokens, 32 bytes or more (shorter, or a value from the repository's "
+            "examples, stops the start outside --dev).", secret=True),
+    Setting("jwt_secrets", "JWT_SECRETS", "", _secret_list,
+            "More HS keys accepted besides JWT_SECRET, for rotation: comma-separated items `secret` or "
+            "`kid:secret`. A token whose header names a kid is checked with that key only; one without "
+            "a kid tries every key in order.", secret=True),
     Setting("jwt_public_key", "JWT_PUBLIC_KEY", "", _str,
-            "PEM public key for RS256/ES256 tokens (the text itself)."),
+            "PEM public key(s) for RS/PS/ES/EdDSA tokens (the text itself; each PEM block is a key, "
+            "tried in order)."),
     Setting("jwt_public_key_file", "JWT_PUBLIC_KEY_FILE", "", _str,
-            "Path of a PEM public key for RS256/ES256 tokens."),
+            "Path of a file of PEM public key(s) or certificates, instead of JWT_PUBLIC_KEY."),
+    Setting("jwt_jwks_url", "JWT_JWKS_URL", "", _jwks_url,
+            "JWKS document of verification keys, chosen by kid: https://..., http:// to a loopback address "
+            "only, or file:///path (only a file may hold HS `oct` keys). Fetched before the replica listens "
+            "and every JWT_JWKS_REFRESH seconds; the last good set is kept while a fetch fails.",
+            secret=True),
+    Setting("jwt_jwks_refresh", "JWT_JWKS_REFRESH", "300", _float(10, 86_400),
+            "Seconds between JWKS fetches (a token naming an unknown kid brings the next one forward, at "
+            "most every 30 s)."),
     Setting("jwt_algorithms", "JWT_ALGORITHMS", "", _str,
-            "Accepted algorithms, comma-separated. Default: HS256 with a secret, RS256,ES256 with a key."),
+            "Accepted algorithms, comma-separated. Each key verifies its own family only (HS secrets HS*, "
+            "RSA keys RS*/PS*, EC keys ES*, Ed25519 keys EdDSA). Default: HS256 for secrets, RS256 for RSA "
+            "keys, the curve's ES* for EC keys, a JWK's own `alg`."),
+    Setting("jwt_require_exp", "JWT_REQUIRE_EXP", "true", _flag,
+            "Refuse tokens without an `exp` claim (token_invalid): such a token would never expire."),
     Setting("jwt_audience", "JWT_AUDIENCE", "", _str, "Required `aud` claim, when set."),
     Setting("jwt_issuer", "JWT_ISSUER", "", _str, "Required `iss` claim, when set."),
     Setting("jwt_leeway", "JWT_LEEWAY", "0", _float(0, 300), "Clock skew allowed on exp/nbf, seconds."),
@@ -162,7 +247,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ping_timeout", "PING_TIMEOUT", "20000", _int(1000, 600_000),
             "Engine.IO heartbeat timeout, ms."),
     Setting("publish_api_key", "PUBLISH_API_KEY", "", _str,
-            "Bearer key of POST /api/emit; unset: the endpoint is off.", secret=True),
+            "Bearer key of POST /api/emit, 24 bytes or more (e.g. `openssl rand -hex 24`); unset: the endpoint "
+            "is off.", secret=True),
     Setting("max_payload_bytes", "MAX_PAYLOAD_BYTES", "65536", _int(1024, 1_048_576),
             "Largest client packet and producer payload, bytes."),
     Setting("send_buffer_limit", "SEND_BUFFER_LIMIT", "1048576", _int(16_384, 64 * 1_048_576),
@@ -191,9 +277,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Log verbosity."),
     Setting("log_format", "LOG_FORMAT", "json", _choice("json", "text"),
             "json: one JSON object per line; text: for a terminal."),
-    Setting("dev", "GATEWAY_DEV", "false", _choice("true", "false", "1", "0"),
-            "Development mode (same as --dev): in-memory bus unless REDIS_URL, ephemeral secret, "
-            "console at /."),
+    Setting("dev", "GATEWAY_DEV", "false", _flag,
+            "Development mode (same as --dev): in-memory bus unless REDIS_URL, ephemeral secret unless one "
+            "is set, console at / (loopback clients only), listens on 127.0.0.1 unless HOST is set."),
 )
 
 _BY_ATTR = {s.attr: s for s in SETTINGS}
@@ -207,9 +293,14 @@ class Settings:
     host: str = "0.0.0.0"  # noqa: S104
     redis_url: str = ""
     jwt_secret: str = ""
+    jwt_secrets: tuple[tuple[str | None, str], ...] = ()
     jwt_public_key: str = ""
     jwt_public_key_file: str = ""
-    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_jwks_url: str = ""
+    jwt_jwks_refresh: float = 300.0
+    # JWT_ALGORITHMS as given; empty: each key's own default (see the setting's doc).
+    jwt_algorithms: tuple[str, ...] = ()
+    jwt_require_exp: bool = True
     jwt_audience: str = ""
     jwt_issuer: str = ""
     jwt_leeway: float = 0.0
@@ -239,46 +330,57 @@ class Settings:
     log_level: str = "info"
     log_format: str = "json"
     dev: bool = False
+    # --dev made JWT_SECRET up (none was configured): tokens from elsewhere do not verify.
+    jwt_secret_generated: bool = False
+    # The JWKS document of a file:// JWT_JWKS_URL as read at start (the refresher re-reads it).
+    jwt_jwks_document: bytes = b""
 
     @property
-    def jwt_key(self) -> str:
-        """The verification key: the public key when one is set, else the shared secret."""
-        return self.jwt_public_key or self.jwt_secret
+    def signing_secret(self) -> tuple[str | None, str] | None:
+        """(kid, secret) a token can be minted with here (the dev console, the banner): JWT_SECRET,
+        else the first of JWT_SECRETS; None with public keys only."""
+        if self.jwt_secret:
+            return None, self.jwt_secret
+        return self.jwt_secrets[0] if self.jwt_secrets else None
+
+    @property
+    def beyond_loopback(self) -> bool:
+        """Whether HOST lets other machines connect (0.0.0.0, ::, a LAN address, a name)."""
+        return not _is_loopback(self.host)
 
     def advisories(self) -> list[str]:
         """Things that work but an operator should fix; logged as warnings at start."""
         out = []
-        if self.jwt_secret and not self.dev and len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
-            out.append(
-                f"JWT_SECRET is {len(self.jwt_secret.encode())} bytes; use at least {MIN_SECRET_BYTES}"
-                " random bytes (e.g. `openssl rand -hex 32`): a short HMAC key can be brute-forced"
-            )
+        if self.dev:
+            for name, secret in self._hmac_secrets():
+                if len(secret.encode()) < MIN_SECRET_BYTES:
+                    out.append(f"{name} is {len(secret.encode())} bytes: accepted in development mode only "
+                               f"(outside --dev it must be {MIN_SECRET_BYTES} bytes or more)")
         if "*" in self.frontend_url:
             out.append("FRONTEND_URL is '*': any web page may open sockets with a user's cookies")
         return out
 
+    def _hmac_secrets(self) -> list[tuple[str, str]]:
+        named = [("JWT_SECRET", self.jwt_secret)] if self.jwt_secret and not self.jwt_secret_generated else []
+        return named + [(f"JWT_SECRETS item {i}", secret) for i, (_, secret) in enumerate(self.jwt_secrets, 1)]
+
     def public_view(self) -> dict[str, Any]:
-        """The settings as they may be logged: secrets masked."""
+        """The settings as they may be logged: secrets masked, URLs without their credentials."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             setting = _BY_ATTR.get(f.name)
             if setting is not None and setting.secret and value:
-                value = _mask(f.name, value)
+                value = redact(value) if f.name in _URL_SETTINGS else "***"
             elif isinstance(value, tuple):
                 value = [str(v) for v in value]
             out[f.name] = value
         out["jwt_public_key"] = "<set>" if self.jwt_public_key else ""
+        out["jwt_jwks_document"] = "<set>" if self.jwt_jwks_document else ""
         return out
 
 
-def _mask(name: str, value: str) -> str:
-    if name == "redis_url":
-        parsed = urlparse(value)
-        if parsed.password:
-            return value.replace(f":{parsed.password}@", ":***@")
-        return value
-    return "***"
+_URL_SETTINGS = frozenset({"redis_url", "jwt_jwks_url"})
 
 
 def load_settings(env: Mapping[str, str], overrides: Mapping[str, str] | None = None,
@@ -289,6 +391,7 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, str] | None = 
     """
     overrides = overrides or {}
     values: dict[str, Any] = {}
+    given: set[str] = set()
     for s in SETTINGS:
         raw = overrides.get(s.attr)
         source = s.flag
@@ -297,20 +400,29 @@ def load_settings(env: Mapping[str, str], overrides: Mapping[str, str] | None = 
             source = s.env
         if raw is None:
             raw, source = s.default, s.env
+        else:
+            given.add(s.attr)
         try:
             values[s.attr] = s.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-    dev = dev or values.pop("dev") in {"true", "1"}
+    dev = dev or values.pop("dev")
     values.pop("dev", None)
     values["dev"] = dev
+    if dev and "host" not in given:
+        # Development mode prints a token and a publish key, serves a console that mints admin
+        # tokens and accepts example secrets: on this machine only, unless asked otherwise.
+        values["host"] = "127.0.0.1"
     _resolve_jwt(values, dev=dev)
+    if not dev:
+        _refuse_weak_credentials(values)
     if values["ping_timeout"] >= values["ping_interval"] + 60_000:
         raise ConfigError("PING_TIMEOUT: must be less than PING_INTERVAL + 60 s")
     return Settings(**values)
 
 
 def _resolve_jwt(values: dict[str, Any], *, dev: bool) -> None:
+    """Load every configured key once, so that a bad one stops the start naming its setting."""
     key_file = values["jwt_public_key_file"]
     if key_file:
         if values["jwt_public_key"]:
@@ -319,38 +431,100 @@ def _resolve_jwt(values: dict[str, Any], *, dev: bool) -> None:
             values["jwt_public_key"] = Path(key_file).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"JWT_PUBLIC_KEY_FILE: cannot read {key_file}: {exc.strerror}") from None
-    public_key = values["jwt_public_key"]
-    if public_key and "-----BEGIN" not in public_key:
-        source = "JWT_PUBLIC_KEY_FILE" if key_file else "JWT_PUBLIC_KEY"
-        raise ConfigError(f"{source}: not a PEM public key (expected a -----BEGIN PUBLIC KEY----- block)")
-    if public_key and values["jwt_secret"]:
-        raise ConfigError(
-            "JWT_SECRET: set either JWT_SECRET (HS256) or a public key (RS256/ES256), not both: "
-            "accepting both would open the door to key-confusion attacks"
-        )
-    raw_algs = values["jwt_algorithms"]
-    if raw_algs:
+    allowed: frozenset[str] | None = None
+    if values["jwt_algorithms"]:
         try:
-            algs = _algorithms(raw_algs)
+            values["jwt_algorithms"] = _algorithms(values["jwt_algorithms"])
         except ValueError as exc:
             raise ConfigError(f"JWT_ALGORITHMS: {exc}") from None
+        allowed = frozenset(values["jwt_algorithms"])
     else:
-        algs = ("RS256", "ES256") if public_key else ("HS256",)
-    if public_key and not set(algs) <= ASYMMETRIC_ALGORITHMS:
-        raise ConfigError("JWT_ALGORITHMS: with a public key only asymmetric algorithms are allowed "
-                          f"(got {', '.join(algs)})")
-    if not public_key and not set(algs) <= HMAC_ALGORITHMS:
-        raise ConfigError("JWT_ALGORITHMS: with JWT_SECRET only HS256/HS384/HS512 are allowed "
-                          f"(got {', '.join(algs)}); for RS256/ES256 set JWT_PUBLIC_KEY")
-    values["jwt_algorithms"] = algs
-    if not public_key and not values["jwt_secret"]:
+        values["jwt_algorithms"] = ()
+    if values["jwt_secret"]:
+        _key_or_config_error("JWT_SECRET", lambda: secret_key("JWT_SECRET", None, values["jwt_secret"],
+                                                                allowed or HMAC_ALGORITHMS))
+    if values["jwt_secrets"]:
+        _key_or_config_error("JWT_SECRETS", lambda: [
+            secret_key(f"JWT_SECRETS item {i}", kid, secret, allowed or HMAC_ALGORITHMS)
+            for i, (kid, secret) in enumerate(values["jwt_secrets"], start=1)])
+    public_key = values["jwt_public_key"]
+    if public_key:
+        source = "JWT_PUBLIC_KEY_FILE" if key_file else "JWT_PUBLIC_KEY"
+        _key_or_config_error(source, lambda: pem_keys(source, public_key, allowed))
+    if values["jwt_jwks_url"].startswith("file:"):
+        values["jwt_jwks_document"] = _read_jwks_file(values["jwt_jwks_url"], allowed)
+    has_key = bool(values["jwt_secret"] or values["jwt_secrets"] or public_key or values["jwt_jwks_url"])
+    if not has_key:
         if not dev:
             raise ConfigError(
                 "JWT_SECRET: not set. The gateway refuses to start without a way to verify tokens: "
-                "set JWT_SECRET (HS256, 32+ random bytes, e.g. `openssl rand -hex 32`) or "
-                "JWT_PUBLIC_KEY / JWT_PUBLIC_KEY_FILE (RS256/ES256), or run `gateway --dev` to try it out"
+                "set JWT_SECRET (HS256, 32+ random bytes, e.g. `openssl rand -hex 32`), "
+                "JWT_PUBLIC_KEY / JWT_PUBLIC_KEY_FILE (RS256/ES256) or JWT_JWKS_URL, "
+                "or run `gateway --dev` to try it out"
             )
         values["jwt_secret"] = secrets.token_urlsafe(48)
+        values["jwt_secret_generated"] = True
+
+
+def _key_or_config_error(setting: str, load: Callable[[], object]) -> None:
+    try:
+        load()
+    except AlgorithmMismatch as exc:
+        raise ConfigError(f"JWT_ALGORITHMS: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{setting}: {exc}") from None
+
+
+def _read_jwks_file(url: str, allowed: frozenset[str] | None) -> bytes:
+    path = unquote(urlparse(url).path)
+    try:
+        document = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"JWT_JWKS_URL: cannot read {path}: {exc.strerror}") from None
+    try:
+        result = jwks_keys(document, allowed, allow_secrets=True, min_secret_bytes=MIN_SECRET_BYTES)
+    except ValueError as exc:
+        raise ConfigError(f"JWT_JWKS_URL: {path}: {exc}") from None
+    if not result.keys:
+        why = f" ({'; '.join(result.problems)})" if result.problems else ""
+        raise ConfigError(f"JWT_JWKS_URL: {path} holds no key the gateway can verify with{why}")
+    return document
+
+
+def _refuse_weak_credentials(values: dict[str, Any]) -> None:
+    """Outside --dev: no credential copied from the repository's examples, none too short."""
+    hmac_secrets = [("JWT_SECRET", values["jwt_secret"])] if values["jwt_secret"] else []
+    hmac_secrets += [(f"JWT_SECRETS (item {i})", s) for i, (_, s) in enumerate(values["jwt_secrets"], 1)]
+    others = [("PUBLISH_API_KEY", values["publish_api_key"])] if values["publish_api_key"] else []
+    others += [(f"REDIS_URL ({where})", password) for where, password in _url_passwords(values["redis_url"])]
+    for name, value in hmac_secrets + others:
+        if value in EXAMPLE_SECRETS:
+            raise ConfigError(
+                f"{name}: this value is a public example from the repository (docker-compose.yml, "
+                "deploy/k8s/secret.example.yaml, the docs), so anyone may know it. Generate your own "
+                "(e.g. `openssl rand -hex 32`) and keep it in your secret store; `gateway --dev` accepts "
+                "it for a local try")
+    for name, value in hmac_secrets:
+        if len(value.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"{name}: {len(value.encode())} bytes; use at least {MIN_SECRET_BYTES} random "
+                              "bytes (e.g. `openssl rand -hex 32`): a short HMAC key can be brute-forced "
+                              "from one token")
+    key = values["publish_api_key"]
+    if key and len(key.encode()) < MIN_PUBLISH_KEY_BYTES:
+        raise ConfigError(f"PUBLISH_API_KEY: {len(key.encode())} bytes; use at least {MIN_PUBLISH_KEY_BYTES} "
+                          "random bytes (e.g. `openssl rand -hex 24`)")
+
+
+def _url_passwords(url: str) -> list[tuple[str, str]]:
+    """Every password a Redis URL carries: userinfo, `?password=`, `?sentinel_password=`."""
+    if not url:
+        return []
+    parsed = urlparse(url)
+    out = [("password", unquote(parsed.password))] if parsed.password else []
+    for key, found in parse_qs(parsed.query, keep_blank_values=False).items():
+        if key.endswith("password"):
+            out += [(key, value) for value in found]
+    return out
 
 
 def settings_table() -> str:

@@ -17,11 +17,12 @@ messages: see `redact`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.asyncio
@@ -51,21 +52,37 @@ class SentinelTarget:
     sentinel_password: str | None = None
 
 
+_CREDENTIAL_PARAM = re.compile(r"pass|secret|token|auth|key", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL with its password replaced by `***`, for messages and logs."""
+    """The URL with every credential replaced by `***`, for messages and logs.
+
+    Masked: the userinfo password, and the value of every query parameter named like a
+    credential (`password`, `sentinel_password`, `ssl_password`, `token`, `api_key`...). A URL
+    whose credentials cannot be placed for sure (an `@` after the host, which is what a password
+    holding an unencoded `/`, `?` or `#` looks like) is reduced to its scheme: better a log line
+    that says less than one that holds part of a password.
+    """
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
+    if not parts.scheme:
+        return "***"
+    if "#" in url or "@" in parts.path or "@" in parts.query:
+        return f"{parts.scheme}://***"
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, hosts = netloc.rpartition("@")
         user, sep, _ = userinfo.partition(":")
         netloc = f"{user}:***@{hosts}" if sep else f"{user}@{hosts}"
     query = "&".join(
-        f"{k}=***" if k.endswith("password") else f"{k}={v}" for k, v in _query_pairs(parts.query)
+        f"{key}=***" if sep and _CREDENTIAL_PARAM.search(unquote(key)) else item
+        for item in parts.query.split("&") if item
+        for key, sep, _ in [item.partition("=")]
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def _query_pairs(query: str) -> list[tuple[str, str]]:

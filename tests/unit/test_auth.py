@@ -1,5 +1,9 @@
 """Every refusal path of the handshake, and every key type."""
 
+import base64
+import hashlib
+import hmac
+import json
 import time
 from typing import Any
 
@@ -15,7 +19,9 @@ SECRET = "k" * 48
 
 
 def hs(claims: dict[str, Any], key: str = SECRET, alg: str = "HS256") -> str:
-    return jwt.encode(claims, key, algorithm=alg)
+    """An HS token; `exp` ten minutes ahead unless the claims say (None: no exp at all)."""
+    payload = {"exp": int(time.time()) + 600, **claims}
+    return jwt.encode({k: v for k, v in payload.items() if v is not None}, key, algorithm=alg)
 
 
 def auth(**env: str) -> Authenticator:
@@ -88,7 +94,7 @@ def test_wrong_signature_garbage_and_alg_none() -> None:
     a = auth()
     assert code_of(a, hs({"sub": "1"}, key="x" * 48)) == "token_invalid"
     assert code_of(a, "not.a.jwt") == "token_invalid"
-    unsigned = jwt.encode({"sub": "1"}, None, algorithm="none")
+    unsigned = jwt.encode({"sub": "1", "exp": int(time.time()) + 60}, None, algorithm="none")
     assert code_of(a, unsigned) == "token_invalid"
 
 
@@ -117,7 +123,7 @@ def _pem(private: Any) -> str:
 def test_public_keys(make: Any, alg: str, tmp_path: Any) -> None:
     private = make()
     pem = _pem(private)
-    token = jwt.encode({"sub": "9"}, private, algorithm=alg)
+    token = jwt.encode({"sub": "9", "exp": int(time.time()) + 60}, private, algorithm=alg)
     assert auth(JWT_PUBLIC_KEY=pem).authenticate(token).user_id == "9"
     key_file = tmp_path / "key.pem"
     key_file.write_text(pem)
@@ -130,5 +136,81 @@ def test_hs_rs_key_confusion_is_refused() -> None:
     # An attacker signs HS256 with the public key's PEM text as the HMAC secret.
     forged = jwt.api_jws.PyJWS(algorithms=None)
     forged._algorithms["HS256"].prepare_key = lambda key: key  # type: ignore[method-assign]
-    token = forged.encode(b'{"sub":"admin"}', pem.encode(), algorithm="HS256")
+    token = forged.encode(b'{"sub":"admin","exp":%d}' % (int(time.time()) + 60), pem.encode(), algorithm="HS256")
     assert code_of(auth(JWT_PUBLIC_KEY=pem), token) == "token_invalid"
+
+
+# -- token edge cases (issue 12, item 7) -------------------------------------------------------
+
+
+def _raw_hs(header: dict[str, Any], claims: dict[str, Any], key: str = SECRET) -> str:
+    """An HS256-signed token with exactly this header (PyJWT's encoder rewrites `alg`)."""
+    def part(obj: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    signing_input = f"{part(header)}.{part(claims)}"
+    signature = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+GOOD_CLAIMS = {"sub": "1", "exp": int(time.time()) + 600}
+
+
+@pytest.mark.parametrize("alg", [["HS256"], {"HS256": True}, 256, None, True])
+@pytest.mark.parametrize("env", [{}, {"JWT_SECRETS": "next:" + "n" * 40}], ids=["one-secret", "key-set"])
+def test_an_alg_that_is_not_a_string_is_token_invalid(alg: Any, env: dict[str, str]) -> None:
+    # A list or object as `alg` used to raise TypeError (unhashable) before the signature check,
+    # closing the transport instead of answering CONNECT_ERROR token_invalid.
+    assert code_of(auth(**env), _raw_hs({"alg": alg, "typ": "JWT"}, GOOD_CLAIMS)) == "token_invalid"
+
+
+@pytest.mark.parametrize("kid", [["a"], {"a": 1}, 7])
+def test_a_kid_that_is_not_a_string_is_token_invalid(kid: Any) -> None:
+    assert code_of(auth(), _raw_hs({"alg": "HS256", "kid": kid}, GOOD_CLAIMS)) == "token_invalid"
+
+
+def test_a_string_kid_is_ignored_with_one_unlabelled_secret() -> None:
+    assert auth().authenticate(_raw_hs({"alg": "HS256", "kid": "any"}, GOOD_CLAIMS)).user_id == "1"
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", ["soon", [1], {"t": 1}])
+def test_time_claims_that_are_not_numbers_are_token_invalid(claim: str, value: Any) -> None:
+    assert code_of(auth(), hs({"sub": "1", claim: value})) == "token_invalid"
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_a_boolean_time_claim_is_refused(claim: str) -> None:
+    # PyJWT reads `true` as 1 (1970: an exp long past); either way the token never gets in.
+    assert code_of(auth(), hs({"sub": "1", claim: True})) in {"token_invalid", "token_expired"}
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_a_numeric_string_time_claim_is_refused_though_pyjwt_accepts_it(claim: str) -> None:
+    # PyJWT reads int("…"): the handshake passed, but the expiry timer while connected only
+    # knows numbers, so the token would never have expired. Refused at the handshake now.
+    now = int(time.time())
+    value = {"exp": now + 600, "nbf": now - 10, "iat": now - 10}[claim]
+    token = hs({"sub": "1", claim: str(value)})
+    jwt.decode(token, SECRET, algorithms=["HS256"])  # PyJWT: fine
+    assert code_of(auth(), token) == "token_invalid"
+
+
+def test_a_numeric_exp_is_what_the_connection_expires_at() -> None:
+    exp = time.time() + 600.5
+    assert auth().authenticate(hs({"sub": "1", "exp": exp})).exp == exp
+
+
+def test_a_token_without_exp_is_refused_by_default() -> None:
+    token = hs({"sub": "1", "exp": None})
+    with pytest.raises(AuthError) as info:
+        auth().authenticate(token)
+    assert info.value.code == "token_invalid"
+    assert "JWT_REQUIRE_EXP" in info.value.detail
+    identity = auth(JWT_REQUIRE_EXP="false").authenticate(token)
+    assert (identity.user_id, identity.exp) == ("1", None)
+
+
+def test_a_public_key_token_without_exp_is_refused_too() -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    token = jwt.encode({"sub": "9"}, private, algorithm="ES256")
+    assert code_of(auth(JWT_PUBLIC_KEY=_pem(private)), token) == "token_invalid"

@@ -1,5 +1,8 @@
 """The HMAC fast path accepts and refuses exactly what PyJWT does (property test)."""
 
+import base64
+import hashlib
+import hmac
 import time
 from typing import Any
 
@@ -74,3 +77,29 @@ def test_tampered_tokens_are_refused(position: int, byte: int) -> None:
     tampered = token[:i] + chr(byte % 128) + token[i + 1:]
     if tampered != token:
         assert ours_outcome(auth, tampered) == pyjwt_outcome(tampered, None, None)
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=6)),
+    lambda inner: st.one_of(st.lists(inner, max_size=2), st.dictionaries(st.text(max_size=4), inner, max_size=2)),
+    max_leaves=4,
+)
+headers = st.fixed_dictionaries(
+    {"alg": st.one_of(st.sampled_from(["HS256", "HS512", "none", "RS256"]), json_values)},
+    optional={"kid": st.one_of(st.text(max_size=8), json_values), "typ": st.one_of(st.just("JWT"), json_values)},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(header=headers)
+def test_any_header_gets_the_same_verdict_as_pyjwt(header: dict[str, Any]) -> None:
+    # A list or object as `alg` or `kid` is a refusal like any other, never an exception.
+    auth = Authenticator(load_settings({"JWT_SECRET": SECRET}))
+
+    def part(value: Any) -> str:
+        return base64.urlsafe_b64encode(orjson.dumps(value)).rstrip(b"=").decode()
+
+    signing_input = f"{part(header)}.{part({'sub': '1', 'exp': NOW + 600})}"
+    signature = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    token = f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+    assert ours_outcome(auth, token) == pyjwt_outcome(token, None, None)
