@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--user", help="the user's id: the room user:<id>")
     target.add_argument("--room", help="a room, e.g. classroom:7")
     target.add_argument("--all", action="store_true", help="every connected client")
+    emit.add_argument("--strict", action="store_true",
+                      help="check the five contract events against their schema, as the typed helpers do")
 
     for name, verb in (("join", "put into"), ("leave", "take out of")):
         sub = commands.add_parser(name, help=f"{verb} rooms every socket of a user")
@@ -98,11 +100,12 @@ def _payload(text: str) -> object:
 def _run(args: argparse.Namespace, pub: Publisher) -> str:
     if args.command == "emit":
         data = _payload(args.payload)
+        strict = bool(args.strict)
         if args.all:
-            return pub.emit(args.event, data, broadcast=True)
+            return pub.emit(args.event, data, broadcast=True, strict=strict)
         if args.room is not None:
-            return pub.emit(args.event, data, room=args.room)
-        return pub.emit(args.event, data, user=args.user)
+            return pub.emit(args.event, data, room=args.room, strict=strict)
+        return pub.emit(args.event, data, user=args.user, strict=strict)
     if args.command == "join":
         return pub.join(args.user, args.rooms)
     if args.command == "leave":

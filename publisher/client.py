@@ -80,19 +80,22 @@ class Publisher(TypedEmitters[str]):
     (`CHANNEL_PREFIX`, `KEY_PREFIX`), `history_max_len` (`HISTORY_MAX_LEN`: entries kept per
     room), `recovery_window_s` (`RECOVERY_WINDOW`: how old history may get, and 2x that is
     how long a revocation lasts; 0 keeps no history). `max_payload_bytes` bounds the encoded
-    payload; `retries` counts attempts after the first. Other keyword arguments go to the
-    redis-py client built from the URL (e.g. `socket_timeout=1.0`); a `client=` of your own
-    keeps its settings, including its own retries when connecting.
+    payload; `retries` counts attempts after the first. `strict=True` makes every `emit` of
+    this publisher check the five contract events against their schema, as the typed helpers
+    always do (off by default: `emit` takes any sanitised payload, see `emit`). Other keyword
+    arguments go to the redis-py client built from the URL (e.g. `socket_timeout=1.0`); a
+    `client=` of your own keeps its settings, including its own retries when connecting.
     """
 
     def __init__(self, url: str | None = None, *, client: redis.Redis | None = None,
                  channel_prefix: str = DEFAULT_CHANNEL_PREFIX,
                  key_prefix: str = DEFAULT_KEY_PREFIX, history_max_len: int = 1000,
                  recovery_window_s: float = 120, max_payload_bytes: int = MAX_PAYLOAD_BYTES,
-                 retries: int = 3, **redis_options: Any) -> None:
+                 retries: int = 3, strict: bool = False, **redis_options: Any) -> None:
         self._commands = Commands(
             BusNames(channel_prefix, key_prefix), history_max_len=history_max_len,
             recovery_window_s=recovery_window_s, max_payload_bytes=max_payload_bytes,
+            strict=strict,
         )
         retries = _check_retries(retries)
         self._owns_client = client is None
@@ -108,14 +111,19 @@ class Publisher(TypedEmitters[str]):
         return self._transport.client
 
     def emit(self, event: str, data: Any, *, room: str | None = None,
-             user: str | int | None = None, broadcast: bool = False) -> str:
+             user: str | int | None = None, broadcast: bool = False,
+             strict: bool | None = None) -> str:
         """Emit `event` with payload `data` to one target; return the message's offset.
 
-        `room="classroom:7"`, or `user=42` (the room `user:42`), or `broadcast=True` (every
-        client, not replayed on recovery). The five contract events are checked against
-        their schema; any payload must be sanitised (see `publisher.events`).
+        `room="classroom:7"` (any room name of the grammar in `publisher.rooms`, e.g.
+        `quiz:9`), or `user=42` (the room `user:42`), or `broadcast=True` (every client).
+        Any sanitised payload is taken (JSON types, at most `max_payload_bytes`: see
+        `publisher.events`), also for the five contract events: a classroom-wide
+        `notification:new` may carry `"userId": None`. `strict=True` (or a publisher made
+        with `strict=True`; `strict=False` overrides it) also checks those five against their
+        schema, as the typed helpers always do.
         """
-        call = self._commands.event(event, data, room, user, broadcast)
+        call = self._commands.event(event, data, room, user, broadcast, strict)
         return _offset(self._transport.run((call,))[0])
 
     def emit_many(self, messages: Iterable[Message]) -> list[str]:
@@ -184,8 +192,9 @@ class PublishBatch(TypedEmitters[None]):
         self.offsets: list[str] = []
 
     def emit(self, event: str, data: Any, *, room: str | None = None,
-             user: str | int | None = None, broadcast: bool = False) -> None:
-        self._calls.append(self._publisher._commands.event(event, data, room, user, broadcast))
+             user: str | int | None = None, broadcast: bool = False,
+             strict: bool | None = None) -> None:
+        self._calls.append(self._publisher._commands.event(event, data, room, user, broadcast, strict))
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -217,10 +226,11 @@ class AsyncPublisher(TypedEmitters[Coroutine[Any, Any, str]]):
                  channel_prefix: str = DEFAULT_CHANNEL_PREFIX,
                  key_prefix: str = DEFAULT_KEY_PREFIX, history_max_len: int = 1000,
                  recovery_window_s: float = 120, max_payload_bytes: int = MAX_PAYLOAD_BYTES,
-                 retries: int = 3, **redis_options: Any) -> None:
+                 retries: int = 3, strict: bool = False, **redis_options: Any) -> None:
         self._commands = Commands(
             BusNames(channel_prefix, key_prefix), history_max_len=history_max_len,
             recovery_window_s=recovery_window_s, max_payload_bytes=max_payload_bytes,
+            strict=strict,
         )
         retries = _check_retries(retries)
         self._owns_client = client is None
@@ -237,9 +247,10 @@ class AsyncPublisher(TypedEmitters[Coroutine[Any, Any, str]]):
         return self._transport.client
 
     async def emit(self, event: str, data: Any, *, room: str | None = None,
-                   user: str | int | None = None, broadcast: bool = False) -> str:
+                   user: str | int | None = None, broadcast: bool = False,
+                   strict: bool | None = None) -> str:
         """See `Publisher.emit`."""
-        call = self._commands.event(event, data, room, user, broadcast)
+        call = self._commands.event(event, data, room, user, broadcast, strict)
         return _offset((await self._transport.run((call,)))[0])
 
     async def emit_many(self, messages: Iterable[Message]) -> list[str]:
@@ -301,8 +312,9 @@ class AsyncPublishBatch(TypedEmitters[None]):
         self.offsets: list[str] = []
 
     def emit(self, event: str, data: Any, *, room: str | None = None,
-             user: str | int | None = None, broadcast: bool = False) -> None:
-        self._calls.append(self._publisher._commands.event(event, data, room, user, broadcast))
+             user: str | int | None = None, broadcast: bool = False,
+             strict: bool | None = None) -> None:
+        self._calls.append(self._publisher._commands.event(event, data, room, user, broadcast, strict))
 
     def __len__(self) -> int:
         return len(self._calls)

@@ -65,13 +65,15 @@ class Call(NamedTuple):
 
 
 class Message(NamedTuple):
-    """One event of `emit_many`, with the same target arguments as `emit`."""
+    """One event of `emit_many`, with the same arguments as `emit` (`strict`: None follows
+    the publisher's setting)."""
 
     event: str
     data: Any
     room: str | None = None
     user: str | int | None = None
     broadcast: bool = False
+    strict: bool | None = None
 
 
 def _epoch_candidate() -> str:
@@ -90,12 +92,12 @@ class Commands:
     __slots__ = (
         "_broadcast", "_broadcast_history", "_channel_head", "_clock", "_history_head", "_max_payload", "_maxlen",
         "_online_head", "_publish_head", "_publish_tail", "_replicas", "_revoke_px",
-        "_session_head", "_window", "names",
+        "_session_head", "_strict", "_window", "names",
     )
 
     def __init__(self, names: BusNames, *, history_max_len: int = 1000,
-                 recovery_window_s: float = 120, max_payload_bytes: int = MAX_PAYLOAD_BYTES
-                 ) -> None:
+                 recovery_window_s: float = 120, max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+                 strict: bool = False) -> None:
         if isinstance(history_max_len, bool) or not isinstance(history_max_len, int) \
                 or history_max_len < 1:
             raise ValueError(f"history_max_len must be a positive integer, got {history_max_len!r}")
@@ -109,8 +111,11 @@ class Commands:
             raise ValueError(
                 f"max_payload_bytes must be an integer of at least 2, got {max_payload_bytes!r}"
             )
+        if not isinstance(strict, bool):
+            raise ValueError(f"strict must be True or False, got {strict!r}")
         window_ms = round(recovery_window_s * 1000)
         self.names = names
+        self._strict = strict
         self._clock = names.clock_key()
         self._channel_head = f"{names.channel_prefix}#{NAMESPACE}#"
         self._broadcast = names.broadcast_channel()
@@ -141,8 +146,16 @@ class Commands:
         ))
 
     def event(self, event: str, data: Any, room: str | None = None,
-              user: str | int | None = None, broadcast: bool = False) -> Call:
-        """An event for one target: a room, a user's room, or everyone."""
+              user: str | int | None = None, broadcast: bool = False,
+              strict: bool | None = None) -> Call:
+        """An event for one target: a room, a user's room, or everyone.
+
+        Any sanitised payload goes (the contract: any JSON-serialisable payload under the size
+        limit). With `strict` (None: the publisher's setting) a payload of one of the five
+        contract events must also match its schema, as the typed helpers always ask: a
+        classroom-wide `notification:new` with `"userId": None` is a valid emit, not a
+        valid `NotificationNew`.
+        """
         if broadcast:
             if room is not None or user is not None:
                 raise TypeError("emit takes exactly one target: room=, user= or broadcast=True")
@@ -155,7 +168,12 @@ class Commands:
         else:
             raise TypeError("emit needs a target: room=..., user=... or broadcast=True")
         check_event_name(event)
-        validate(event, data)
+        if strict is None:
+            strict = self._strict
+        elif not isinstance(strict, bool):
+            raise ValueError(f"strict must be True, False or None, got {strict!r}")
+        if strict:
+            validate(event, data)
         body = sanitize(data, self._max_payload)
         envelope = encode_event(event, body, room, _now_ms())
         keep = self._window != "0"  # with no recovery window there is nothing to recover
@@ -166,7 +184,7 @@ class Commands:
 
     def message(self, message: Message) -> Call:
         return self.event(message.event, message.data, message.room, message.user,
-                          message.broadcast)
+                          message.broadcast, message.strict)
 
     def _rooms(self, kind: str, user: str, rooms: str | Iterable[str]) -> tuple[str, ...]:
         given = (rooms,) if isinstance(rooms, str) else tuple(rooms)
@@ -178,7 +196,8 @@ class Commands:
             if kind == KIND_JOIN and room_kind in {"user", "teacher"} and room_id != user:
                 raise ValueError(
                     f"join: {room} belongs to another user; the gateway lets a user into "
-                    "classroom rooms and their own rooms only"
+                    "their own rooms, classroom rooms and rooms outside the reserved "
+                    "prefixes (user:, teacher:, admin:) only"
                 )
             if kind == KIND_LEAVE and room_kind == "user" and room_id == user:
                 raise ValueError(f"leave: {room} is the user's own room and cannot be left")

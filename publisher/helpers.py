@@ -1,8 +1,10 @@
 """Typed helpers for the five contract events, written once for every kind of emitter.
 
 Each helper takes the payload's fields as snake_case keyword arguments, builds the camelCase
-payload of the contract and hands it to `self.emit`, which validates it against
-`events.EVENT_SCHEMAS` (an error names the camelCase field, as the frontend sees it). The
+payload of the contract and hands it to `self.emit` with `strict=True`, which validates it
+against `events.EVENT_SCHEMAS` (an error names the camelCase field, as the frontend sees it)
+whatever the publisher's own `strict` setting: the helpers are what checks, `emit` alone
+takes any sanitised payload. The
 target is the user's own room unless `room=` says otherwise. `extra=` adds keys that pass
 through to the client; it cannot override a contract field.
 
@@ -53,15 +55,16 @@ class TypedEmitters(Generic[R]):
     __slots__ = ()
 
     def emit(self, event: str, data: Any, *, room: str | None = None,
-             user: str | int | None = None, broadcast: bool = False) -> R:
+             user: str | int | None = None, broadcast: bool = False,
+             strict: bool | None = None) -> R:
         raise NotImplementedError
 
     def _emit_for(self, event: str, user: str | int, room: str | None,
                   payload: dict[str, Any], extra: Mapping[str, Any] | None) -> R:
         data = _with_extra(payload, extra)
         if room is None:
-            return self.emit(event, data, user=user)
-        return self.emit(event, data, room=room)
+            return self.emit(event, data, user=user, strict=True)
+        return self.emit(event, data, room=room, strict=True)
 
     def achievement_unlocked(self, user: str | int, *, achievement_id: str, name: str,
                              description: str, icon: str, xp_reward: int,

@@ -2,8 +2,9 @@
 
 The room grammar (names, ids) is `publisher.rooms`, shared with producers; this module is the
 policy. A socket's rooms are derived from its verified token; the only other way in is a
-producer's `join`, which may add classrooms (a student enrolled after logging in), never another
-user's room, a teacher room the token does not grant, or `admin:all`.
+producer's `join`, which may add classrooms (a student enrolled after logging in) and any room
+outside the reserved prefixes (`quiz:9`), never another user's room, a teacher room the token
+does not grant, or `admin:all`. Clients themselves choose no room.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def rooms_for(identity: Identity) -> list[str]:
 def may_join(identity: Identity, room: str) -> bool:
     """May a producer (or the gateway API) put a socket of `identity` into `room`?
 
-    Its own rooms, yes; any classroom, yes (enrolment is the producers' business); another
-    user's room, a teacher room of someone else, or admin:all without the admin role, never.
+    Its own rooms, yes; any classroom and any room outside the reserved prefixes (`quiz:9`),
+    yes (enrolment and grouping are the producers' business); another user's room, a teacher
+    room without the teacher role or of someone else, or admin:all without the admin role,
+    never. A name outside the grammar, never.
     """
     try:
         kind, ident = parse_room(room)
@@ -59,7 +62,7 @@ def may_join(identity: Identity, room: str) -> bool:
         return identity.role == "teacher" and ident == identity.user_id
     if kind == "admin":
         return identity.role == "admin"
-    return kind == "classroom"
+    return True  # classroom:<id> or a room of no reserved kind
 
 
 def may_leave(identity: Identity, room: str) -> bool:

@@ -648,18 +648,20 @@ BAD_EMITS: dict[str, tuple[Any, str | None]] = {
     "no_data": ({"event": "coins:earned", "user": "1"}, "data"),
     "no_target": ({"event": "coins:earned", "data": COINS}, None),
     "two_targets": ({"event": "coins:earned", "user": "1", "room": "classroom:1", "data": COINS}, None),
-    "room_unknown_kind": ({"event": "coins:earned", "room": "lobby:1", "data": COINS}, None),
+    "room_too_long": ({"event": "coins:earned", "room": "quiz:" + "9" * 296, "data": COINS}, "300"),
     "room_no_id": ({"event": "coins:earned", "room": "user:", "data": COINS}, None),
     "room_bad_char": ({"event": "coins:earned", "room": "classroom:a\tb", "data": COINS}, None),
     "room_not_string": ({"event": "coins:earned", "room": ["user:1"], "data": COINS}, None),
     "admin_other": ({"event": "coins:earned", "room": "admin:x", "data": COINS}, None),
     "user_object": ({"event": "coins:earned", "user": {"id": 1}, "data": COINS}, None),
     "all_not_true": ({"event": "coins:earned", "all": "yes", "data": COINS}, None),
-    "coins_amount_type": ({"event": "coins:earned", "user": "1",
+    "strict_not_boolean": ({"event": "coins:earned", "user": "1", "data": COINS, "strict": "yes"}, "strict"),
+    # the schemas of the contract events are checked when the producer asks (`"strict": true`)
+    "coins_amount_type": ({"event": "coins:earned", "user": "1", "strict": True,
                            "data": {**COINS, "amount": "fifty"}}, "amount"),
-    "coins_missing_field": ({"event": "coins:earned", "user": "1",
+    "coins_missing_field": ({"event": "coins:earned", "user": "1", "strict": True,
                              "data": {"amount": 5, "reason": "x"}}, "newBalance"),
-    "rank_bad_level": ({"event": "rank:promoted", "user": "1", "data": {
+    "rank_bad_level": ({"event": "rank:promoted", "user": "1", "strict": True, "data": {
         "oldRank": {"name": "a", "level": "one"}, "newRank": {"name": "b", "level": 2},
         "xpRequired": 10}}, "level"),
 }

@@ -288,7 +288,11 @@ def test_parse_emit_gives_a_target_or_value_error(body: Any, limit: int) -> None
     {"event": "x", "data": 1, "user": 10**5000},
     {"event": "x", "data": 1, "user": float("nan")},
     {"event": "x", "data": 1, "room": "user:1", "user": "1"},
-    {"event": "coins:earned", "data": {"amount": True, "reason": "r", "newBalance": 1}, "all": True},
+    {"event": "coins:earned", "data": {"amount": True, "reason": "r", "newBalance": 1}, "all": True,
+     "strict": True},
+    {"event": "x", "data": 1, "all": True, "strict": "yes"},
+    {"event": "x", "data": 1, "room": "admin:root"},
+    {"event": "x", "data": 1, "room": "q" * 301},
 ])
 def test_parse_emit_corner_cases(body: Any) -> None:
     with pytest.raises(ValueError):

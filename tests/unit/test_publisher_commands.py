@@ -94,13 +94,54 @@ def test_arguments_are_checked_before_anything_is_built(commands: Commands) -> N
     with pytest.raises(InvalidEvent):
         commands.event("disconnect", {}, user=1)
     with pytest.raises(InvalidRoom):
-        commands.event("x", {}, room="everyone")
+        commands.event("x", {}, room="admin:everyone")
+    with pytest.raises(InvalidRoom):
+        commands.event("x", {}, room="quiz:9\n")
     with pytest.raises(ValueError, match="user id"):
         commands.event("x", {}, user=4.2)  # type: ignore[arg-type]
     with pytest.raises(InvalidPayload, match=r"data\.a: a set"):
         commands.event("x", {"a": {1}}, user=1)
     with pytest.raises(InvalidPayload, match="coins:earned: newBalance is required"):
-        commands.event("coins:earned", {"amount": 1, "reason": "r"}, user=1)
+        commands.event("coins:earned", {"amount": 1, "reason": "r"}, user=1, strict=True)
+
+
+CLASSROOM_NOTIFICATION = {"id": "n1", "userId": None, "type": "info", "title": "Quiz",
+                          "message": "The quiz starts", "read": False,
+                          "createdAt": "2024-05-01T12:00:00.000Z"}
+
+
+def test_emit_takes_any_sanitised_payload_for_a_contract_event(commands: Commands) -> None:
+    """The contract: `emit` takes any JSON-serialisable payload under the size limit; the
+    typed helpers are what checks. A classroom-wide notification has no userId."""
+    args = publish_args(commands.event("notification:new", CLASSROOM_NOTIFICATION, room="classroom:7"))
+    assert args["envelope"]["d"] == CLASSROOM_NOTIFICATION
+    commands.event("coins:earned", {"amount": 1}, user=1)
+    commands.event("coins:earned", [1, 2], user=1)
+
+
+def test_strict_is_opt_in_per_publisher_or_per_emit() -> None:
+    strict = Commands(BusNames(), strict=True)
+    with pytest.raises(InvalidPayload, match="notification:new: userId must be a string, got None"):
+        strict.event("notification:new", CLASSROOM_NOTIFICATION, room="classroom:7")
+    strict.event("notification:new", CLASSROOM_NOTIFICATION, room="classroom:7", strict=False)
+    lax = Commands(BusNames())
+    with pytest.raises(InvalidPayload, match="userId must be a string"):
+        lax.event("notification:new", CLASSROOM_NOTIFICATION, room="classroom:7", strict=True)
+    with pytest.raises(InvalidPayload, match="userId must be a string"):
+        lax.message(Message("notification:new", CLASSROOM_NOTIFICATION, room="classroom:7", strict=True))
+    strict.event("x:y", {"anything": None}, user=1)  # events without a schema: nothing to check
+    with pytest.raises(ValueError, match="strict must be"):
+        Commands(BusNames(), strict="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="strict must be"):
+        lax.event("x", {}, user=1, strict=1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("room", ["quiz:9", "lobby", "School 12 / group #3", "q" * 300, "Admin:all"])
+def test_any_room_of_the_grammar_is_a_target(commands: Commands, room: str) -> None:
+    args = publish_args(commands.event("x", {}, room=room))
+    assert args["channel"] == f"socket.io#/notifications#{room}#".encode()
+    assert args["history"] == f"ngw:h:{room}".encode()
+    assert args["envelope"]["r"] == room
 
 
 def test_payload_limit_is_an_option() -> None:
@@ -147,7 +188,8 @@ def test_join_and_leave(commands: Commands) -> None:
 
 @pytest.mark.parametrize(("kind", "rooms", "words"), [
     ("join", [], "at least one room"),
-    ("join", "lobby", "not a room"),
+    ("join", "admin:lobby", "only admin room"),
+    ("join", ["quiz:9", "q" * 301], "the limit is 300"),
     ("join", ["user:43"], "belongs to another user"),
     ("join", ["teacher:43"], "belongs to another user"),
     ("leave", ["user:42"], "cannot be left"),
@@ -159,6 +201,14 @@ def test_membership_refusals(commands: Commands, kind: str, rooms: Any, words: s
 
 def test_own_rooms_and_shared_rooms_may_be_joined(commands: Commands) -> None:
     commands.membership("join", 42, ["user:42", "teacher:42", "admin:all", "classroom:x"])
+
+
+def test_a_producer_may_join_a_user_to_any_other_room(commands: Commands) -> None:
+    sessions, publish = commands.membership("join", "3", "quiz:9")
+    assert unpack(sessions.packed)[-2:] == [b"user:3", b"quiz:9"]
+    assert publish_args(publish)["envelope"]["rooms"] == ["quiz:9"]
+    _, publish = commands.membership("leave", "3", ["quiz:9", "lobby"])
+    assert publish_args(publish)["envelope"]["rooms"] == ["quiz:9", "lobby"]
 
 
 def test_kick(commands: Commands) -> None:

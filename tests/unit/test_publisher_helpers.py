@@ -12,12 +12,18 @@ from publisher.helpers import TypedEmitters, iso_datetime
 
 
 class Recorder(TypedEmitters[tuple[str, Any, dict[str, Any]]]):
-    """An emitter that returns what it was asked to emit, checked as Publisher.emit checks."""
+    """An emitter that returns what it was asked to emit, checked as Publisher.emit checks:
+    against the schema only when asked to be strict (the helpers always ask)."""
+
+    def __init__(self) -> None:
+        self.strict: list[bool | None] = []
 
     def emit(self, event: str, data: Any, *, room: str | None = None,
-             user: str | int | None = None,
-             broadcast: bool = False) -> tuple[str, Any, dict[str, Any]]:
-        validate(event, data)
+             user: str | int | None = None, broadcast: bool = False,
+             strict: bool | None = None) -> tuple[str, Any, dict[str, Any]]:
+        self.strict.append(strict)
+        if strict:
+            validate(event, data)
         target = {k: v for k, v in (("room", room), ("user", user)) if v is not None}
         return event, data, target
 
@@ -98,3 +104,14 @@ def test_naive_datetimes_are_refused() -> None:
         iso_datetime(datetime(2024, 1, 1), "created_at")
     with pytest.raises(ValueError, match="read_at must be a datetime"):
         iso_datetime(1714564800, "read_at")  # type: ignore[arg-type]
+
+
+def test_every_helper_asks_emit_for_the_strict_check(pub: Recorder) -> None:
+    """`emit` alone takes any sanitised payload; the helpers are what checks (the contract)."""
+    pub.achievement_unlocked(1, achievement_id="a", name="n", description="d", icon="i", xp_reward=1)
+    pub.rank_promoted(1, old_rank={"name": "a", "level": 1}, new_rank={"name": "b", "level": 2},
+                      xp_required=1)
+    pub.coins_earned(1, amount=1, reason="r", new_balance=1, room="classroom:7")
+    pub.notification_new(1, id="n", type="t", title="t", message="m", room="quiz:9")
+    pub.notification_read(1, notification_id="n")
+    assert pub.strict == [True] * 5

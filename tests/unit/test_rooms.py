@@ -20,9 +20,20 @@ def test_rooms_for_each_role() -> None:
     (Identity("1", "teacher"), "teacher:2", False),
     (Identity("1"), "admin:all", False),
     (Identity("1", "admin"), "admin:all", True),
-    (Identity("1"), "lobby", False),
+    (Identity("1", "teacher"), "admin:all", False),
+    (Identity("1", "admin"), "admin:root", False),
+    (Identity("1", "admin"), "user:2", False),
+    (Identity("1", "admin"), "teacher:1", False),
+    # rooms of no reserved kind: a producer may put anyone in them
+    (Identity("1"), "quiz:9", True),
+    (Identity("1"), "lobby", True),
+    (Identity("1"), "User:2", True),
+    (Identity("1"), "q" * 300, True),
+    # outside the grammar: never
     (Identity("1"), "classroom:", False),
     (Identity("1"), "classroom:a\tb", False),
+    (Identity("1"), "quiz:9\n", False),
+    (Identity("1"), "q" * 301, False),
     (Identity("1"), "", False),
 ])
 def test_may_join(identity: Identity, room: str, allowed: bool) -> None:
