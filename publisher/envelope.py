@@ -20,6 +20,7 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from publisher.events import EVENT_NAME_RE, RESERVED_EVENTS
+from publisher.rooms import InvalidRoom, parse_room, user_room
 
 VERSION: Final = 1
 NAMESPACE: Final = "/notifications"
@@ -246,13 +247,32 @@ def decode(message: bytes) -> Event | Control:
             raise EnvelopeError(f"'r' must be a room name or null, got {_show(r)}")
         return Event(ev, obj["d"], r, t, o, epoch, ms, seq)
     if type(k) is str and k in CONTROL_KINDS:
-        u = obj.get("u")
-        if type(u) is not str or not u:
-            raise EnvelopeError(f"'u' must be a user id string, got {_show(u)}")
-        rooms: Any = ()
-        if k != KIND_KICK:
-            rooms = obj.get("rooms")
-            if type(rooms) is not list or not all(type(x) is str for x in rooms):
-                raise EnvelopeError(f"{k}: 'rooms' must be a list of room names, got {_show(rooms)}")
-        return Control(k, u, tuple(rooms), t, o, epoch, ms, seq)
+        return _control(obj, k, t, o, epoch, ms, seq)
     raise EnvelopeError(f"unknown kind {_show(k)}")
+
+
+def _control(obj: dict[str, Any], k: str, t: float, o: str, epoch: str, ms: int, seq: int) -> Control:
+    """A control message whose user id and rooms are in the room grammar, or EnvelopeError.
+
+    Checked here, once, because a replica builds names from them (`user:<u>`, channels):
+    a user id of 300 characters must be refused as a bad message, not raise later in the
+    middle of the bus listener. Control messages are rare; events are not checked so.
+    """
+    u = obj.get("u")
+    if type(u) is not str or not u:
+        raise EnvelopeError(f"'u' must be a user id string, got {_show(u)}")
+    try:
+        user_room(u)
+    except ValueError as exc:  # InvalidRoom included
+        raise EnvelopeError(f"'u' is not a user id: {exc}") from None
+    rooms: Any = ()
+    if k != KIND_KICK:
+        rooms = obj.get("rooms")
+        if type(rooms) is not list or not rooms or not all(type(x) is str for x in rooms):
+            raise EnvelopeError(f"{k}: 'rooms' must be a non-empty list of room names, got {_show(rooms)}")
+        for room in rooms:
+            try:
+                parse_room(room)
+            except InvalidRoom as exc:
+                raise EnvelopeError(f"{k}: 'rooms' holds a name that is not a room: {exc}") from None
+    return Control(k, u, tuple(rooms), t, o, epoch, ms, seq)

@@ -12,6 +12,12 @@ a replica receives only what concerns it. `subscribe` returns once Redis has con
 A supervisor keeps it alive: reconnect with capped, jittered backoff, resubscribe every
 channel, and a self-check (PING on the connection, and a probe message published through
 Redis and expected back) that notices a connection which is open but no longer delivers.
+
+Only a stream that does not parse as RESP is a reason to reconnect. What the application does
+with a message is not: an exception raised while one message is handled is logged, counted
+(`bus_events_total{event="message_failed"}`) and the next message is handled. Letting it out of
+`data_received` would close the connection, and a message published to every replica (a bad
+control message) would then make every replica reconnect at once, again at each resend.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +41,7 @@ BACKOFF_CAP = 5.0
 PING_EVERY = 5.0
 REPLY_TIMEOUT = 3.0
 SUBSCRIBE_TIMEOUT = 5.0
+FAILURE_LOG_EVERY = 10.0  # seconds between two tracebacks of failed messages (each is counted)
 
 
 def _nothing() -> None:
@@ -63,18 +71,27 @@ class _Protocol(asyncio.Protocol):
         reader.feed(data)
         owner = self.owner
         on_reply = owner.on_reply
-        owner.batch_begin()
+        try:
+            owner.batch_begin()
+        except Exception:  # noqa: BLE001 - see the module docstring: never out of data_received
+            owner.failed("batch_begin")
         try:
             reply = reader.gets()
             while reply is not False:
-                on_reply(reply)
+                try:
+                    on_reply(reply)
+                except Exception:  # noqa: BLE001 - one message's failure is not the connection's
+                    owner.failed("message")
                 reply = reader.gets()
         except hiredis.ProtocolError:
             log.exception("redis pub/sub stream does not parse; reconnecting")
             if self.transport is not None:
                 self.transport.abort()
         finally:
-            owner.batch_end()
+            try:
+                owner.batch_end()
+            except Exception:  # noqa: BLE001 - same
+                owner.failed("batch_end")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
@@ -117,6 +134,8 @@ class Subscriber:
         self._announced = False  # on_connected was called for this connection
         self._task: asyncio.Task[None] | None = None
         self._probe_seen = asyncio.Event()
+        self._next_failure_log = 0.0
+        self._failures_unlogged = 0
 
     @property
     def connected(self) -> bool:
@@ -179,6 +198,20 @@ class Subscriber:
             proto.transport.write(data)
 
     # -- replies ----------------------------------------------------------------------------
+
+    def failed(self, where: str) -> None:
+        """Handling one message raised: count it, log it (a traceback at most every
+        FAILURE_LOG_EVERY seconds, so a stream of bad messages cannot flood the log), go on.
+        Called from inside the `except` block, so the traceback is the handler's."""
+        self.count("message_failed")
+        now = time.monotonic()
+        if now < self._next_failure_log:
+            self._failures_unlogged += 1
+            return
+        self._next_failure_log = now + FAILURE_LOG_EVERY
+        unlogged, self._failures_unlogged = self._failures_unlogged, 0
+        log.exception("bus message could not be handled; dropped, the connection is kept",
+                      extra={"where": where, "unlogged_before": unlogged})
 
     def on_reply(self, reply: Any) -> None:
         if type(reply) is list:

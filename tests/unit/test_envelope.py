@@ -187,10 +187,28 @@ def test_decode_requires_every_key(drop: str, words: str) -> None:
     ({"v": 1, "k": "join", "t": 1, "o": "e:1-2", "u": "4"}, "'rooms' must be"),
     ({"v": 1, "k": "leave", "t": 1, "o": "e:1-2", "u": "4", "rooms": "user:4"}, "'rooms' must"),
     ({"v": 1, "k": "leave", "t": 1, "o": "e:1-2", "u": "4", "rooms": [1]}, "'rooms' must be"),
+    ({"v": 1, "k": "join", "t": 1, "o": "e:1-2", "u": "4", "rooms": []}, "'rooms' must be a non-empty"),
+    # names a replica builds from `u` and `rooms` (issue 12, item 10): refused at decoding, so
+    # the bus listener never meets them
+    ({"v": 1, "k": "kick", "t": 1, "o": "e:1-2", "u": "x" * 257}, "'u' is not a user id: .*257 characters"),
+    ({"v": 1, "k": "kick", "t": 1, "o": "e:1-2", "u": "a\nb"}, "'u' is not a user id: .*character"),
+    ({"v": 1, "k": "join", "t": 1, "o": "e:1-2", "u": "4", "rooms": ["q" * 301]}, "not a room: .*301"),
+    ({"v": 1, "k": "join", "t": 1, "o": "e:1-2", "u": "4", "rooms": ["user:" + "x" * 257]}, "not a room"),
+    ({"v": 1, "k": "join", "t": 1, "o": "e:1-2", "u": "4", "rooms": ["classroom:1", "admin:x"]},
+     "only admin room"),
+    ({"v": 1, "k": "leave", "t": 1, "o": "e:1-2", "u": "4", "rooms": ["lobby\x00"]}, "not a room"),
 ])
 def test_decode_control_checks(message: dict[str, Any], words: str) -> None:
-    with pytest.raises(EnvelopeError, match=words):
+    with pytest.raises(EnvelopeError, match=words) as info:
         decode(orjson.dumps(message))
+    assert len(str(info.value)) < 300  # never an unbounded echo of the input
+
+
+def test_decode_takes_the_control_messages_of_the_grammar() -> None:
+    join = decode(orjson.dumps({"v": 1, "k": "join", "t": 1, "o": "e:1-2", "u": "x" * 256,
+                                "rooms": ["quiz:9", "classroom:1", "q" * 300, "admin:all"]}))
+    assert isinstance(join, Control)
+    assert join.rooms == ("quiz:9", "classroom:1", "q" * 300, "admin:all")
 
 
 def test_unknown_keys_are_ignored() -> None:
