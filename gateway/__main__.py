@@ -26,6 +26,7 @@ from aiohttp import web
 from gateway.app import GATEWAY, create_app
 from gateway.config import SETTINGS, ConfigError, Settings, load_settings
 from gateway.logs import configure
+from publisher.redis_url import redact
 
 log = logging.getLogger("gateway")
 
@@ -38,8 +39,9 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dev", action="store_true",
-                   help="try it out: in-memory bus (unless REDIS_URL), an ephemeral secret, a printed "
-                        "token and publish key, and a console at / [env GATEWAY_DEV=true, default off]")
+                   help="try it out: in-memory bus (unless REDIS_URL), an ephemeral secret (unless "
+                        "JWT_SECRET), a printed token and publish key, a console at / for loopback "
+                        "clients, HOST 127.0.0.1 unless set [env GATEWAY_DEV=true, default off]")
     for s in SETTINGS:
         if s.attr == "dev":
             continue
@@ -64,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure(settings.log_level, "text" if dev and "LOG_FORMAT" not in env else settings.log_format)
     for advice in settings.advisories():
         log.warning(advice)
+    if settings.dev and settings.beyond_loopback:
+        log.warning(_beyond_loopback(settings))
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -143,24 +147,52 @@ async def _warn_if_redis_silent(gateway: object, settings: Settings) -> None:
                   "the gateway keeps retrying.")
 
 
+def _beyond_loopback(settings: Settings) -> str:
+    return (f"development mode is listening on {settings.host}:{settings.port}, beyond this machine: "
+            "anyone who can reach it may connect, and --dev accepts example and short secrets. The console "
+            "answers loopback clients only. Unset HOST (--dev then listens on 127.0.0.1) unless you mean it.")
+
+
 def _print_dev_banner(settings: Settings) -> None:
-    now = int(time.time())
-    token = jwt.encode({"sub": "1", "role": "student", "classrooms": ["1"], "iat": now, "exp": now + 86400},
-                       settings.jwt_secret, algorithm="HS256")
-    base = f"http://{'localhost' if settings.host in {'0.0.0.0', '::'} else settings.host}:{settings.port}"  # noqa: S104
-    lines = [
-        "",
-        f"  notification gateway, development mode, on {base}",
-        f"  console:       {base}/",
-        f"  token (user 1, student, classroom 1, 24 h):\n    {token}",
-        "  connect:       io(\"" + base + "/notifications\", { auth: { token: \"Bearer " + token + "\" } })",
-        f"  publish key:   {settings.publish_api_key}",
-        f"  send an event: curl -X POST {base}/api/emit -H 'Authorization: Bearer {settings.publish_api_key}'"
-        " -H 'Content-Type: application/json'"
-        " -d '{\"event\":\"coins:earned\",\"user\":\"1\","
-        "\"data\":{\"amount\":50,\"reason\":\"demo\",\"newBalance\":50}}'",
-        "",
-    ]
+    """What a developer needs at once, and what this dev replica shares with the world: a
+    configured JWT_SECRET and REDIS_URL are kept, so its tokens and events are real ones."""
+    host = settings.host
+    shown = "localhost" if host in {"0.0.0.0", "::", "127.0.0.1"} else f"[{host}]" if ":" in host else host  # noqa: S104
+    base = f"http://{shown}:{settings.port}"
+    lines = ["", f"  notification gateway, development mode, on {base}"]
+    if settings.beyond_loopback:
+        lines += [f"  WARNING:       listening on {host}, beyond this machine (HOST is set). Anyone who can reach",
+                  "                 it may connect; the console answers loopback clients only."]
+    if settings.jwt_secret_generated:
+        lines.append("  secret:        an ephemeral JWT_SECRET made for this run (tokens from elsewhere do not verify)")
+    else:
+        lines.append("  secret:        the CONFIGURED keys (JWT_SECRET...) are kept: the token below is valid "
+                     "wherever those keys are")
+    if settings.redis_url:
+        lines.append(f"  bus:           the CONFIGURED REDIS_URL is kept ({redact(settings.redis_url)}): events and "
+                     "sessions are shared with everything on that Redis")
+    else:
+        lines.append("  bus:           in memory, this process only")
+    lines.append(f"  console:       {base}/")
+    signing = settings.signing_secret
+    if signing is not None:
+        now = int(time.time())
+        kid, secret = signing
+        token = jwt.encode({"sub": "1", "role": "student", "classrooms": ["1"], "iat": now, "exp": now + 86400},
+                           secret, algorithm="HS256", headers={"kid": kid} if kid else None)
+        lines += [f"  token (user 1, student, classroom 1, 24 h):\n    {token}",
+                  "  connect:       io(\"" + base + "/notifications\", { auth: { token: \"Bearer " + token + "\" } })"]
+    else:
+        lines.append("  token:         none: this replica verifies with public keys only; use one your issuer signed")
+    if settings.publish_api_key:
+        lines += [
+            f"  publish key:   {settings.publish_api_key}",
+            f"  send an event: curl -X POST {base}/api/emit -H 'Authorization: Bearer {settings.publish_api_key}'"
+            " -H 'Content-Type: application/json'"
+            " -d '{\"event\":\"coins:earned\",\"user\":\"1\","
+            "\"data\":{\"amount\":50,\"reason\":\"demo\",\"newBalance\":50}}'",
+        ]
+    lines.append("")
     with contextlib.suppress(BrokenPipeError):
         sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()

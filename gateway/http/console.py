@@ -9,9 +9,15 @@ other tokens for the page (another user, role, classrooms, or a short life to wa
 `token_expired`); it answers only requests that carry the console key embedded in the page, a
 header a page of another origin cannot send.
 
-The page holds secrets: `create_app` adds these routes only with --dev, and they answer only
-under a local name (`localhost`, an IP address), so that a DNS-rebound site cannot read them.
-The page's own origin, which FRONTEND_URL does not list, may open sockets (`same_origin_sockets`).
+The page holds secrets (the publish key, a key that mints admin tokens signed with the real
+secret), so `create_app` adds these routes only with --dev, and they answer only when both hold:
+- the TCP peer is a loopback address (`loopback_peer`: the socket's own peer address, never a
+  header such as Host or X-Forwarded-For, which any client writes as it likes), so that a
+  replica reachable from the network (HOST=0.0.0.0) does not hand them to other machines;
+- the Host names this machine directly (`localhost`, an IP address), so that a DNS-rebound site
+  open in a local browser cannot read them.
+The page's own origin, which FRONTEND_URL does not list, may open sockets (`same_origin_sockets`),
+under the same two conditions.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.app import GATEWAY
-from gateway.config import HMAC_ALGORITHMS, Settings
+from gateway.config import Settings
+from gateway.policy.keys import HMAC_ALGORITHMS
 from gateway.policy.rooms import ROLES
 from publisher.events import EVENT_SCHEMAS, ObjectSchema
 from publisher.rooms import classroom_room, normalize_user_id, user_room
@@ -80,6 +87,21 @@ def local_host(request: web.Request) -> bool:
     return True
 
 
+def loopback_peer(request: web.Request) -> bool:
+    """Whether the connection comes from this machine, by the socket's peer address."""
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport is not None else None
+    if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
+        return False  # closed, or not an IP socket
+    try:
+        address = ipaddress.ip_address(peer[0].split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
 @web.middleware
 async def same_origin_sockets(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Let the console's page open sockets to the replica that served it.
@@ -91,11 +113,24 @@ async def same_origin_sockets(request: web.Request, handler: Handler) -> web.Str
     """
     origin = request.headers.get("Origin")
     if (origin is not None and request.path.startswith(SOCKET_PATH)
-            and origin == f"{request.scheme}://{request.host}" and local_host(request)):
+            and origin == f"{request.scheme}://{request.host}" and local_host(request)
+            and loopback_peer(request)):
         headers = CIMultiDict(request.headers)
         del headers["Origin"]
         request = request.clone(headers=headers)
     return await handler(request)
+
+
+def _refusal(request: web.Request) -> web.Response | None:
+    """Why the console will not answer this request (a 403), or None when it will."""
+    if not loopback_peer(request):
+        return web.Response(status=403, text=(
+            "gateway --dev: the console answers clients on this machine only (a loopback peer "
+            "address), because its page holds the publish key and mints tokens. Open it on the "
+            "machine that runs the gateway, or through an SSH tunnel: ssh -L 8080:127.0.0.1:8080 ...\n"))
+    if not local_host(request):
+        return _not_local(request)
+    return None
 
 
 def _not_local(request: web.Request) -> web.Response:
@@ -118,8 +153,9 @@ class Console:
 
     @property
     def can_mint(self) -> bool:
-        """Tokens can be signed here only with a shared secret (not with a public key)."""
-        return bool(self.settings.jwt_secret) and not self.settings.jwt_public_key
+        """Tokens can be signed here only with a shared secret (JWT_SECRET, else the first of
+        JWT_SECRETS), not with public keys alone."""
+        return self.settings.signing_secret is not None
 
     def mint(self, user: str, role: str, classrooms: Sequence[str], ttl: int) -> str:
         now = int(self.clock())
@@ -129,8 +165,12 @@ class Console:
             claims["aud"] = self.settings.jwt_audience
         if self.settings.jwt_issuer:
             claims["iss"] = self.settings.jwt_issuer
+        signing = self.settings.signing_secret
+        if signing is None:
+            raise ValueError("no shared secret to sign with (public keys only)")
+        kid, secret = signing
         algorithm = next((a for a in self.settings.jwt_algorithms if a in HMAC_ALGORITHMS), "HS256")
-        return jwt.encode(claims, self.settings.jwt_secret, algorithm=algorithm)
+        return jwt.encode(claims, secret, algorithm=algorithm, headers={"kid": kid} if kid else None)
 
     def page_config(self) -> dict[str, Any]:
         identity = {"user": DEFAULT_USER, "role": DEFAULT_ROLE, "classrooms": list(DEFAULT_CLASSROOMS),
@@ -150,8 +190,9 @@ class Console:
         }
 
     async def index(self, request: web.Request) -> web.Response:
-        if not local_host(request):
-            return _not_local(request)
+        refused = _refusal(request)
+        if refused is not None:
+            return refused
         nonce = secrets.token_urlsafe(18)
         page = self.template.replace(NONCE_MARK, nonce).replace(CONFIG_MARK, script_json(self.page_config()))
         connect = ["'self'"]
@@ -177,8 +218,9 @@ class Console:
 
     async def token(self, request: web.Request) -> web.Response:
         """`{user, role, classrooms, ttl}` in, `{ok: true, token}` out."""
-        if not local_host(request):
-            return _not_local(request)
+        refused = _refusal(request)
+        if refused is not None:
+            return refused
         given = request.headers.get(KEY_HEADER, "").encode()
         if not hmac.compare_digest(given, self.key.encode()):
             return _refuse(403, "forbidden", f"send the {KEY_HEADER} of the page; reload it if the gateway "
