@@ -9,12 +9,14 @@ absent, the JWKS URL unreachable), and its whole output is searched for each sec
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from gateway.logs import JsonFormatter
 from tests.support.checks import wait_until
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.ports import free_port
@@ -125,3 +127,11 @@ def test_dev_mode_banner_shows_no_configured_secret(guarded_redis: tuple[RedisSe
     assert "the CONFIGURED keys (JWT_SECRET...) are kept" in log
     assert f"the CONFIGURED REDIS_URL is kept (redis://:***@127.0.0.1:{server.port}/0)" in log
     assert_no_secret(log, {"JWT_SECRET": jwt_secret, "REDIS_URL password": redis_password})
+
+
+def test_fields_named_like_credentials_never_reach_a_json_line() -> None:
+    record = logging.makeLogRecord({"msg": "x", "jwt_secret": "s1", "publish_api_key": "s2",
+                                    "sentinel_password": "s3", "Authorization": "s4", "user_id": "7"})
+    line = json.loads(JsonFormatter().format(record))
+    assert line["user_id"] == "7"
+    assert not {"s1", "s2", "s3", "s4"} & set(map(str, line.values()))
