@@ -13,6 +13,11 @@ socket. Here:
 - one `Heartbeat` schedules every socket's PING and checks its PONG deadline from a heap, ticking
   a few times a second whatever the number of sockets (idle sockets cost no CPU between pings);
 - a socket's packet queue (`LiteQueue`) allocates nothing until a poll has to wait on it.
+
+It also answers as Engine.IO v4 and its official test suite say where python-engineio does not
+(tests/conformance): a missing or unknown `transport` and a method other than GET, POST and
+OPTIONS get a 400, a POST is answered `ok`, and the OPEN packet of a polling session
+advertises the ping interval to the millisecond.
 """
 
 from __future__ import annotations
@@ -69,6 +74,10 @@ class LiteQueue:
     async def put(self, item: Any) -> None:
         self.put_nowait(item)
 
+    def peek(self) -> Any:
+        """The next item, left in place; None when empty."""
+        return self._items[0] if self._items else None
+
     def get_nowait(self) -> Any:
         if not self._items:
             raise asyncio.QueueEmpty
@@ -118,7 +127,11 @@ class LiteQueue:
 
 class Heartbeat:
     """Engine.IO v4 heartbeat for every socket of the server: PING every `interval`, and a
-    socket that has not answered within `timeout` is closed (as python-engineio would)."""
+    socket that has not answered within `timeout` is closed (as python-engineio would).
+
+    Its tick also looks at the connection of every poll that waits for packets: aiohttp lets a
+    handler run on when its client leaves, and a poll whose client left must end its session
+    (`FastSocket.poll`). A look is one attribute read per waiting poll."""
 
     PING, CHECK = 0, 1
 
@@ -128,9 +141,20 @@ class Heartbeat:
         self._heap: list[tuple[float, int, int, FastSocket]] = []
         self._order = itertools.count()
         self._task: asyncio.Task[None] | None = None
+        self._polls: set[FastSocket] = set()
 
     def schedule(self, sock: FastSocket) -> None:
         heapq.heappush(self._heap, (time.monotonic() + self.interval, next(self._order), self.PING, sock))
+        self._ensure_running()
+
+    def watch_poll(self, sock: FastSocket) -> None:
+        self._polls.add(sock)
+        self._ensure_running()
+
+    def unwatch_poll(self, sock: FastSocket) -> None:
+        self._polls.discard(sock)
+
+    def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="engineio-heartbeat")
 
@@ -141,12 +165,19 @@ class Heartbeat:
                 await self._task
 
     async def _run(self) -> None:
-        while self._heap:
+        while self._heap or self._polls:
             await asyncio.sleep(HEARTBEAT_TICK)
             try:
+                self._sweep_polls()
                 await self._beat(time.monotonic())
             except Exception:  # one socket's failure must not stop everyone's heartbeat
                 log.exception("heartbeat failed; continuing")
+
+    def _sweep_polls(self) -> None:
+        abandoned = [sock for sock in self._polls if sock.poll_abandoned()]
+        for sock in abandoned:
+            self._polls.discard(sock)
+            sock.wake_poll()  # it sees its connection gone and ends the session
 
     async def _beat(self, now: float) -> None:
         heap = self._heap
@@ -183,6 +214,12 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         self._in_batch = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    def attach(self, app: web.Application, engineio_path: str = "engine.io") -> None:
+        """python-engineio's routes (GET, POST, OPTIONS), and every other method to the same
+        handler: Engine.IO refuses a bad method with a 400, where aiohttp's router says 405."""
+        super().attach(app, engineio_path)
+        app.router.add_route("*", f"/{engineio_path.strip('/')}/", self.handle_request)
+
     def spawn(self, coro: Any) -> None:
         """Run `coro` in the background, holding it until it ends."""
         task = asyncio.get_running_loop().create_task(coro)
@@ -217,6 +254,9 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
 
     async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
         request: web.Request = args[0]
+        broken = self._protocol_refusal(request)
+        if broken is not None:
+            return await self._refuse(request, *broken)
         admission = self.admission
         if admission is not None:
             refusal = admission.check_request(request)
@@ -227,6 +267,40 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
                 and request.headers.get("Upgrade", "").lower() == "websocket"):
             return await self._open_websocket(request, query.get("EIO"))
         return await super().handle_request(*args, **kwargs)
+
+    def _protocol_refusal(self, request: web.Request) -> tuple[int, str] | None:
+        """What Engine.IO refuses before python-engineio looks (engine.io's codes and messages):
+        python-engineio takes a missing `transport` for polling, answers a bad method 405, and
+        fails with a 500 on a POST to a session that has just ended."""
+        method = request.method
+        if method == "OPTIONS":  # a CORS preflight: python-engineio answers it
+            return None
+        if method not in {"GET", "POST"}:
+            return 2, "Bad request method"
+        query = request.query
+        if query.get("transport") not in self.transports:
+            return 0, "Transport unknown"
+        sid = query.get("sid")
+        if sid is not None:
+            sock = self.sockets.get(sid)
+            if sock is not None and sock.closed:
+                return 1, "Session ID unknown"
+        return None
+
+    async def _refuse(self, request: web.Request, code: int, message: str) -> Any:
+        environ = self._async["translate_request"](request)
+        response = {"status": "400 BAD REQUEST", "headers": [("Content-Type", "application/json")],
+                    "response": orjson.dumps({"code": code, "message": message})}
+        return await self._make_response(response, environ)
+
+    def _ok(self, packets: list[eio_packet.Packet] | None = None, headers: list[tuple[str, str]] | None = None,
+            jsonp_index: int | None = None) -> dict[str, Any]:
+        """python-engineio's, with a POST answered `ok` (engine.io's answer; python-engineio
+        says `OK`)."""
+        response: dict[str, Any] = super()._ok(packets, headers, jsonp_index)
+        if packets is None:
+            response["response"] = b"ok"
+        return response
 
     async def _open_websocket(self, request: web.Request, eio_version: str | None) -> web.StreamResponse:
         if eio_version != "4":
@@ -250,8 +324,8 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
             self.sockets.pop(sid, None)
             await self._trigger_event("disconnect", sid, self.reason.TRANSPORT_CLOSE, run_async=False)
             return web.Response(status=400)
-        opening = {"sid": sid, "upgrades": [], "pingTimeout": int(self.ping_timeout * 1000),
-                   "pingInterval": int(self.ping_interval * 1000), "maxPayload": self.max_http_buffer_size}
+        opening = {"sid": sid, "upgrades": [], "pingTimeout": round(self.ping_timeout * 1000),
+                   "pingInterval": round(self.ping_interval * 1000), "maxPayload": self.max_http_buffer_size}
         writer = ws._writer
         if writer is not None and not writer.transport.is_closing():
             writer.transport.write(ws_text_frame(b"0" + orjson.dumps(opening)))
@@ -268,6 +342,10 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
             sock = self.sockets.get(args[0])
             if sock is not None and type(sock) is not FastSocket:
                 sock.__class__ = FastSocket  # a polling session: python-engineio made it
+                opening = sock.queue.peek()
+                if opening is not None and opening.packet_type == eio_packet.OPEN and isinstance(opening.data, dict):
+                    # python-engineio advertises whole seconds (int(seconds) * 1000): 1500 ms as 1000
+                    opening.data["pingInterval"] = round(self.ping_interval * 1000)
         return await super()._trigger_event(event, *args, **kwargs)
 
     def on_bad_packet(self, sock: FastSocket, reason: str) -> None:

@@ -11,7 +11,10 @@ asyncio transport synchronously, in call order, so:
 - the socket's outgoing buffer is the kernel's plus the transport's, and it is bounded: past
   `send_buffer_limit` bytes the transport is closed, the client reconnects and recovers.
 
-Polling sockets (and a socket during its upgrade) keep python-engineio's queue, bounded too.
+Polling sockets (and a socket during its upgrade) keep python-engineio's queue, bounded too,
+and follow Engine.IO v4 where python-engineio does not (tests/conformance): one poll at a time
+(a second one ends the session), a poll whose client went away ends the session, a CLOSE from
+the client answers a held poll with a NOOP.
 The only private thing used is `AsyncSocket`'s own attributes; the socket class is swapped
 right after python-engineio creates it (it offers no factory hook).
 """
@@ -65,8 +68,9 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
     _out: list[bytes] | None = None  # frames held until the end of this event-loop turn
     _held = 0  # their size: with what the transport buffers, bounded by SEND_BUFFER_LIMIT
     _queued_bytes = 0  # polling: bytes waiting for the next poll, bounded by SEND_BUFFER_LIMIT too
-    _poll_gen = 0  # polling: the newest poll (an older one is released when a newer comes)
-    _poll_waiter: asyncio.Future[None] | None = None
+    _polling = False  # polling: a GET is in progress
+    _poll_request: web.BaseRequest | None = None  # ... and its request, whose connection may go
+    _poll_waiter: asyncio.Future[None] | None = None  # ... set while it waits for packets
     connected: bool
     upgraded: bool
     last_ping: float | None
@@ -112,42 +116,57 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
 
     async def handle_get_request(self, environ: dict[str, Any]) -> Any:
         """A poll, or an upgrade request. Engine.IO allows one poll at a time per session and one
-        upgrade at a time; a second poll releases the first, a second upgrade is refused (held,
-        each would wait for the ping interval)."""
+        upgrade at a time.
+
+        A second poll while one is in progress ends the session, as the protocol says (and its
+        test suite checks): the held poll answers a CLOSE, the second one a 400. A client whose
+        poll died without the server seeing it (no FIN came) loses its session that way and
+        reconnects; socket.io-client then recovers what it missed. A second upgrade is refused
+        (held, each would wait for the ping interval)."""
         upgrading = environ.get("HTTP_UPGRADE", "").lower() == "websocket"
         if upgrading:
             if self.upgrading or self.upgraded:
                 raise engineio.exceptions.EngineIOError("a second upgrade of the session")
             return await super().handle_get_request(environ)
+        if self._polling:
+            if not (self.closed or self.closing):
+                self.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))  # the held poll's answer
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+            raise engineio.exceptions.EngineIOError("a second poll while one is in progress")
+        self._polling = True
+        self._poll_request = environ.get("aiohttp.request")
         try:
             return await super().handle_get_request(environ)
         finally:
+            self._polling = False
+            self._poll_request = None
             self._queued_bytes = 0  # a poll takes everything queued
 
     async def poll(self) -> list[eio_packet.Packet]:
-        """Wait for packets to send to a polling client. A newer poll of the session releases
-        this one at once (with a NOOP): its connection may be gone without the server knowing,
-        and a client never holds two, so only the newest is ever held."""
+        """Wait for packets to send to a polling client, at most PING_INTERVAL + PING_TIMEOUT.
+
+        A poll whose client went away (an aborted request, a closed tab) ends the session at
+        once, as engine.io's server does, instead of at that deadline: the heartbeat's tick
+        looks at the connections of the polls that wait (`engine.Heartbeat`) and wakes those
+        whose connection is gone."""
         loop = asyncio.get_running_loop()
-        self._poll_gen += 1
-        generation = self._poll_gen
-        waiting = self._poll_waiter
-        if waiting is not None and not waiting.done():
-            waiting.set_result(None)  # release the older poll
         deadline = loop.time() + self.server.ping_interval + self.server.ping_timeout
         queue: Any = self.queue
         while queue.empty():
-            if generation != self._poll_gen:
-                return [eio_packet.Packet(eio_packet.NOOP)]
+            if self.poll_abandoned():
+                raise engineio.exceptions.QueueEmpty  # python-engineio ends the session with this
             fut: asyncio.Future[None] = loop.create_future()
             self._poll_waiter = fut
             queue.add_getter(fut)
+            self.server.heartbeat.watch_poll(self)
             try:
                 await asyncio.wait_for(fut, max(0.0, deadline - loop.time()))
             except TimeoutError:
                 raise engineio.exceptions.QueueEmpty from None
             finally:
                 queue.remove_getter(fut)
+                self._poll_waiter = None
+                self.server.heartbeat.unwatch_poll(self)
         packets = []
         while not queue.empty():
             pkt = queue.get_nowait()
@@ -157,6 +176,21 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
                 break
             packets.append(pkt)
         return packets
+
+    def poll_abandoned(self) -> bool:
+        """Whether the connection of the poll in progress is gone (aiohttp does not cancel a
+        handler whose client leaves)."""
+        request = self._poll_request
+        if request is None:
+            return False
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    def wake_poll(self) -> None:
+        """Make a waiting poll look at its queue and its connection again."""
+        fut = self._poll_waiter
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     async def handle_post_request(self, environ: dict[str, Any]) -> None:
         """python-engineio's, reading the body whole: a body split over two TCP segments would
@@ -173,7 +207,16 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         except (asyncio.IncompleteReadError, UnicodeDecodeError, ValueError) as exc:
             # python-engineio answers an EngineIOError with 400 and ends the session
             raise engineio.exceptions.EngineIOError(f"bad polling body: {exc}") from None
+        if self.closed:
+            return  # it ended while the body came; the next request is told so
         for pkt in packets:
+            if pkt.packet_type == eio_packet.CLOSE:
+                # The client leaves: a poll it still holds is answered with a NOOP (as engine.io's
+                # server does), and nothing after the CLOSE counts.
+                if self._polling:
+                    self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+                await self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT)
+                return
             await self.receive(pkt)
 
     def flush(self) -> None:
@@ -259,11 +302,12 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         if transport.is_closing():
             await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
             return
-        # What was queued before the switch goes first, in order; then everything is direct.
+        # What was queued before the switch goes first, in order; then everything is direct. A
+        # NOOP was only there to end a poll (the upgrade's): nothing to tell the WebSocket.
         while not self.queue.empty():
             pkt = self.queue.get_nowait()
             self.queue.task_done()
-            if pkt is not None:
+            if pkt is not None and pkt.packet_type != eio_packet.NOOP:
                 encoded = pkt.encode()
                 transport.write(
                     ws_text_frame(encoded.encode()) if isinstance(encoded, str) else _binary_frame(encoded)

@@ -222,7 +222,7 @@ def test_a_polling_post_in_two_tcp_segments_is_read_whole(
         with contextlib.suppress(OSError):
             sock.sendall(body[40:])
         answer = sock.recv(4096)
-    assert answer.endswith(b"OK"), answer
+    assert answer.endswith(b"ok"), answer
     status, polled = polling_get(gw, sid)
     assert status == 200, (status, polled)
     assert polled.startswith(f"40{NS},{{".encode()), polled

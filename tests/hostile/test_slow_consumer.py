@@ -192,7 +192,7 @@ def test_a_polling_client_that_stops_polling_is_bounded_by_the_send_buffer_limit
     client = PollingClient(gw)
     tok = token(jwt_secret, slow_user)
     assert client.request("POST", client.query, f"40{NS},{orjson.dumps({'token': tok}).decode()}".encode()) \
-        == (200, b"OK")
+        == (200, b"ok")
     assert client.request("GET", client.query)[1].startswith(f"40{NS},".encode())
     rss_before = rss_kib(gw)
     blob = "z" * 60_000
