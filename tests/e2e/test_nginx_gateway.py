@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from publisher import Publisher
-from tests.e2e.test_operations import (
+from tests.e2e.operations.support import (
     API_KEY,
     BASE_ENV,
     DRAIN_EXIT_SLACK,
@@ -52,9 +52,9 @@ from tests.e2e.test_operations import (
     scrape,
     token,
     uid,
-    wait_until,
 )
 from tests.integration.test_nginx_lb import NGINX, NginxLB
+from tests.support.checks import wait_until
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.redis_server import RedisServer
 from tests.support.reports import failed
