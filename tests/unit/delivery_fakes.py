@@ -157,6 +157,7 @@ class FakeBus:
         self.unsubscribed: list[str] = []
         self.listening = True  # the pub/sub connection is up: published messages reach the sink
         self.available = True  # commands answer; False: BusUnavailable
+        self.history_available = True  # False: history reads alone raise BusUnavailable
         self.subscribe_gate: asyncio.Event | None = None  # set: SUBSCRIBE confirmations wait for it
         self.history_gate: asyncio.Event | None = None  # set: history reads wait for it
         self.history_reads: list[list[Span]] = []
@@ -240,7 +241,7 @@ class FakeBus:
         self.history_reads.append(list(spans))
         if self.history_gate is not None:
             await self.history_gate.wait()
-        if not self.available:
+        if not (self.available and self.history_available):
             raise BusUnavailable("fake bus down")
         out: list[tuple[int, bytes]] = []
         for room, after, until in spans:

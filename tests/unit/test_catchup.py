@@ -151,6 +151,20 @@ async def test_a_catch_up_that_cannot_be_complete_counts_catchup_gap_and_release
     assert sock.data == ["a0", "after"]
 
 
+async def test_a_catch_up_whose_history_read_fails_counts_catchup_gap() -> None:
+    bus, rep = await started()
+    _, sock = await rep.connect("1")
+    bus.emit("user:1", "a0")
+    await turns()
+    bus_lost(bus, rep)
+    bus.emit("user:1", "a1")
+    bus.history_available = False
+    await bus_back(bus, rep)
+    await rep.core.on_bus_resubscribed()
+    assert rep.counters.bus_events == ["catchup_gap"]
+    assert sock.data == ["a0"]
+
+
 async def test_a_socket_still_connecting_is_not_released_by_the_catch_up() -> None:
     """Its CONNECT reply is not written yet: it is flushed by `accepted`, not before."""
     bus, rep = await started()
