@@ -23,7 +23,7 @@ import asyncio
 import dataclasses
 import itertools
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,10 +160,12 @@ class FakeBus:
         self.history_available = True  # False: history reads alone raise BusUnavailable
         self.subscribe_gate: asyncio.Event | None = None  # set: SUBSCRIBE confirmations wait for it
         self.history_gate: asyncio.Event | None = None  # set: history reads wait for it
+        self.history_gates: deque[asyncio.Event] = deque()  # the next reads wait, each for its own
         self.history_reads: list[list[Span]] = []
         self.sessions: dict[str, SessionRecord] = {}
         self.revoked: dict[str, int] = {}  # user -> ms of the revocation (a kick)
         self.online: list[tuple[str, bool]] = []
+        self.last_message = b""  # the last message published, as subscribers receive it
         self._sink: BusSink | None = None
 
     # -- what a test does to it
@@ -198,6 +200,7 @@ class FakeBus:
         self.seq += 1
         pos = Position(self.epoch, self.ms, self.seq)
         message = envelope[:-1] + b',"o":"' + pos.offset.encode() + b'"}'
+        self.last_message = message
         if keep:
             self.history_of.setdefault(channel, []).append((pos, message))
         sink = self._sink
@@ -239,8 +242,9 @@ class FakeBus:
 
     async def history(self, spans: Sequence[Span]) -> list[bytes] | None:
         self.history_reads.append(list(spans))
-        if self.history_gate is not None:
-            await self.history_gate.wait()
+        gate = self.history_gates.popleft() if self.history_gates else self.history_gate
+        if gate is not None:
+            await gate.wait()
         if not (self.available and self.history_available):
             raise BusUnavailable("fake bus down")
         out: list[tuple[int, bytes]] = []

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from gateway.delivery.connect import Accepted
 from gateway.delivery.registry import Conn
 from gateway.policy.rooms import Identity
 from publisher.envelope import KIND_JOIN
@@ -109,3 +112,34 @@ async def test_entering_a_room_the_socket_is_in_changes_nothing() -> None:
     await rep.core.enter(conn, ["user:1"], since=await bus.position())
     assert rep.room_changes == []
     assert conn.pending is None  # not left held
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Attacher.enter ends a hold it did not start: its Conn.attach sets pending = None on a socket "
+    "whose CONNECT is under way (Attacher.connecting), writing held live events before the "
+    "CONNECT reply and before the recovery's replay is queued; Attacher.recover then queues the "
+    "replay behind a last_key already past it, so Conn.deliver drops the replayed events"))
+async def test_a_join_while_a_recovering_socket_reads_its_history_costs_it_no_replayed_event() -> None:
+    bus, rep = await started()
+    await rep.connect("1")  # another tab: this replica keeps following user:1
+    outcome, first = await rep.handshake(Identity("1"))
+    assert isinstance(outcome, Accepted)
+    conn = outcome.conn
+    bus.emit("user:1", 0)
+    await turns()
+    rep.transport_lost(conn)
+    bus.emit("user:1", "missed")
+    await turns()
+    replay = asyncio.Event()
+    bus.history_gates.append(replay)  # the recovery's history read waits; the join's does not
+    back = asyncio.create_task(rep.handshake(Identity("1"), pid=conn.pid, offset=first.last_offset))
+    await turns()
+    bus.emit("user:1", "live")
+    bus.control(KIND_JOIN, "1", ["quiz:9"])
+    await turns()
+    replay.set()
+    outcome, sock = await back
+    await turns()
+    assert isinstance(outcome, Accepted)
+    assert outcome.recovered
+    assert sock.data == ["missed", "live"]
