@@ -19,6 +19,7 @@ import pytest
 
 from gateway.bus.contract import EVERYONE, Position
 from gateway.bus.memory_bus import MemoryBackend
+from gateway.delivery.attach import HistoryLost
 from gateway.delivery.connect import Accepted, Refused
 from gateway.delivery.recovery import Recovery
 from gateway.delivery.registry import Conn
@@ -278,6 +279,39 @@ async def test_history_the_bus_cannot_read_gives_a_new_session() -> None:
     outcome, _ = await back(rep, conn, first.last_offset)
     assert not outcome.recovered
     assert rep.counters.recoveries == ["history_lost"]
+
+
+async def test_recover_rooms_raises_history_lost_rather_than_replay_part_of_it() -> None:
+    bus = FakeBus()
+    rep = await Replica(bus).start()
+    bus.emit("user:1", 1)
+    bus.emit("user:1", 2)
+    bus.trim("user:1", 1)
+    sock = FakeSocket()
+    conn = Conn("s", "e", Identity("1"), sock, "pid", 0)
+    rep.core.register(conn, None)
+    start = Position(bus.epoch, bus.ms, 0)
+    for spans in ([("user:1", Position("other", 1, 1), None)], [("user:1", start, None)]):
+        with pytest.raises(HistoryLost):
+            await rep.core.recover_rooms(conn, spans)
+    assert sock.data == []
+
+
+async def test_two_tabs_of_one_user_each_recover_their_own_session() -> None:
+    _, rep = await memory_replica()
+    tab1, first1 = await connected(rep)
+    tab2, first2 = await connected(rep)
+    await emit(rep, "user:1", 0)
+    await turns()
+    rep.transport_lost(tab1)
+    rep.transport_lost(tab2)
+    await emit(rep, "user:1", 1)
+    back1, sock1 = await back(rep, tab1, first1.last_offset)
+    back2, sock2 = await back(rep, tab2, first2.last_offset)
+    await turns()
+    assert (back1.recovered, back2.recovered) == (True, True)
+    assert (back1.conn.sid, back2.conn.sid) == (tab1.sid, tab2.sid)
+    assert sock1.data == sock2.data == [1]
 
 
 # -- refused sessions, each under its own label -----------------------------------------------
