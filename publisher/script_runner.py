@@ -87,7 +87,13 @@ class SyncTransport:
         self._idle: deque[Any] = deque()
         self._pid = os.getpid()
 
-    def _roundtrip(self, packed: bytes, count: int) -> list[Any]:
+    def roundtrip(self, packed: bytes, count: int) -> list[Any]:
+        """Send `packed` (commands in RESP) on a kept connection and read `count` replies, once.
+
+        Refusals come back as `ResponseError` values in place; a connection failure raises,
+        having closed that connection. Shared with `publisher.cluster`, which sends to each
+        node through one of these.
+        """
         if self._pid != os.getpid():
             self._idle, self._pid = deque(), os.getpid()
         try:
@@ -113,10 +119,10 @@ class SyncTransport:
         return replies
 
     def _once(self, calls: Sequence[Call]) -> list[Any]:
-        replies = self._roundtrip(b"".join([call.packed for call in calls]), len(calls))
+        replies = self.roundtrip(b"".join([call.packed for call in calls]), len(calls))
         missing = _missing_scripts(replies)
         if missing:  # Redis restarted or SCRIPT FLUSH: EVAL caches the script again
-            again = self._roundtrip(
+            again = self.roundtrip(
                 b"".join([calls[i].eval_packed() for i in missing]), len(missing))
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
@@ -155,7 +161,8 @@ class AsyncTransport:
         self._pool = client.connection_pool
         self._idle: deque[Any] = deque()
 
-    async def _roundtrip(self, packed: bytes, count: int) -> list[Any]:
+    async def roundtrip(self, packed: bytes, count: int) -> list[Any]:
+        """See `SyncTransport.roundtrip`."""
         try:
             conn = self._idle.pop()
         except IndexError:
@@ -176,10 +183,10 @@ class AsyncTransport:
         return replies
 
     async def _once(self, calls: Sequence[Call]) -> list[Any]:
-        replies = await self._roundtrip(b"".join([call.packed for call in calls]), len(calls))
+        replies = await self.roundtrip(b"".join([call.packed for call in calls]), len(calls))
         missing = _missing_scripts(replies)
         if missing:
-            again = await self._roundtrip(
+            again = await self.roundtrip(
                 b"".join([calls[i].eval_packed() for i in missing]), len(missing))
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
