@@ -36,7 +36,7 @@ from publisher.envelope import (
 )
 from publisher.events import MAX_PAYLOAD_BYTES
 from publisher.helpers import TypedEmitters
-from publisher.redis_url import async_client, redact, sync_client
+from publisher.redis_url import async_client, redact, sentinel_clients, sync_client
 from publisher.script_runner import AsyncTransport, SyncTransport, describe
 
 BATCH_SIZE = 500  # calls per round trip in emit_many: bounded memory, few round trips
@@ -170,6 +170,8 @@ class Publisher(TypedEmitters[str]):
         self._transport.close()
         if self._owns_client:
             self._transport.client.close()
+            for sentinel in sentinel_clients(self._transport.client):
+                sentinel.close()
 
     def __enter__(self) -> Self:
         return self
@@ -294,6 +296,8 @@ class AsyncPublisher(TypedEmitters[Coroutine[Any, Any, str]]):
         await self._transport.close()
         if self._owns_client:
             await self._transport.client.aclose()
+            for sentinel in sentinel_clients(self._transport.client):
+                await sentinel.aclose()
 
     async def __aenter__(self) -> Self:
         return self

@@ -209,6 +209,13 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
         raise _bad(url, str(exc)) from None
 
 
+def sentinel_clients(client: Any) -> list[Any]:
+    """The clients a redis+sentinel client keeps to the sentinels themselves (to find the
+    primary): closing the client leaves them open, so whoever closes it closes these too."""
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    return list(getattr(manager, "sentinels", ()))
+
+
 def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
     """A redis.asyncio client for `url` (see the module doc); it connects on first use."""
     scheme = _check(url)

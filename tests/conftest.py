@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 from collections.abc import Generator, Iterator
 
+import hypothesis
 import pytest
 from blockbuster import BlockBuster
 
 from tests.support.redis_server import RedisServer
 from tests.support.reports import REPORTS
+
+# Hypothesis judges a test by the clock too (a deadline per example, a health check on slow
+# generation): on two cores shared by two xdist workers and their replicas, that fails tests at
+# random. The suite's rule is no timings in tests; what hypothesis checks stays the same.
+hypothesis.settings.register_profile(
+    "ngw", deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+hypothesis.settings.load_profile("ngw")
 
 # Blocking calls inside the event loop that are known, bounded and not ours to change:
 # (file path suffix, function names). Each says why it is tolerated.
@@ -39,6 +48,18 @@ DELIBERATE_SKIPS = (
     # tests/unit/test_deploy_manifests.py: CRDs have no upstream schema to validate against
     "custom resource: no upstream schema",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist's workers must collect the same tests in the same order, and a test
+    # parametrized from a set of strings is ordered by their hashes: every worker gets the
+    # controller's hash seed (random per run, as Python's default, and shown in the header).
+    if not os.environ.get("PYTHONHASHSEED"):
+        os.environ["PYTHONHASHSEED"] = str(random.randint(1, 2**32 - 1))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"PYTHONHASHSEED={os.environ.get('PYTHONHASHSEED')} (the workers' hash seed)"
 
 
 def _in_ci() -> bool:
