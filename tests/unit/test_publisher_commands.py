@@ -200,7 +200,14 @@ def test_membership_refusals(commands: Commands, kind: str, rooms: Any, words: s
 
 
 def test_own_rooms_and_shared_rooms_may_be_joined(commands: Commands) -> None:
-    commands.membership("join", 42, ["user:42", "teacher:42", "admin:all", "classroom:x"])
+    rooms = ["user:42", "teacher:42", "admin:all", "classroom:x"]
+    sessions, publish = commands.membership("join", 42, rooms)
+    assert unpack(sessions.packed)[-len(rooms):] == [room.encode() for room in rooms]
+    args = publish_args(publish)
+    assert args["channel"] == b"socket.io#/notifications#user:42#"  # to the replicas holding the user
+    assert args["history"] == b""  # a control message: nothing to replay
+    assert {k: args["envelope"][k] for k in ("v", "k", "u", "rooms")} == {
+        "v": 1, "k": "join", "u": "42", "rooms": rooms}
 
 
 def test_a_producer_may_join_a_user_to_any_other_room(commands: Commands) -> None:
