@@ -4,11 +4,12 @@
     transport = SyncClusterTransport(target, retries=3)      # AsyncClusterTransport: awaitable
     replies = transport.run(calls)                           # in call order, like SyncTransport
 
-Why not redis-py's `RedisCluster`: its pipelines cost several times our per-call CPU (the same
-reason `publisher.script_runner` speaks to connections itself), and the bus needs the per-node
-clients anyway, for its own sharded pub/sub connections. So this module keeps one redis-py
-client per node, and sends to each through a `script_runner` transport: the same kept
-connections, fork handling and NOSCRIPT fallback as a single Redis.
+Why not redis-py's `RedisCluster`: its command path is redis-py's, whose per-command CPU is what
+`publisher.script_runner` exists to avoid, and the bus needs per-node clients anyway, for its
+own sharded pub/sub connections. So this module keeps one redis-py client per node and sends to
+each through a `script_runner` transport: the same kept connections, fork handling and reply
+reading as with a single Redis. A single call whose node is known costs a few µs more than
+with `SyncTransport`; no planning is done for it.
 
 Routing: a call goes to the primary of the slot of its first key (`Call.args` is `numkeys,
 keys..., args...`); the bus keeps every key of one call in one slot with hash tags, and Redis
@@ -30,7 +31,10 @@ Redirections and failures, per `run`:
 
 Delivery is at least once, as with `script_runner`: a call is sent again only when it did not
 run (a redirection, TRYAGAIN, CLUSTERDOWN or NOSCRIPT reply) or when the connection it went on
-failed before its reply came, and in that last case Redis may have run it already. Order: the
+failed before its reply came, and in that last case Redis may have run it already. When `run`
+raises, the calls that other nodes answered have run (as the calls before a refusal do with
+`script_runner`). A refusal (a script error, CROSSSLOT...) is raised once every other call of
+the batch is settled, naming the call and the node. Order: the
 calls of one slot go to one node per round trip, in order, and a call held back (redirected,
 told to try again, or on a failed connection) is resent before the later calls of its slot
 that are held back with it; the calls of one slot that needed no retry keep their order too.
@@ -39,8 +43,11 @@ already moved (ASK) runs after a later call whose keys had not, so calls to *dif
 one slot may swap then; calls to the same keys never do (their keys move together).
 
 A script is sent whole (EVAL) the first time it goes to a node this process has not seen run
-it, then by its SHA1: a replica promoted by a failover has none of its primary's scripts, and
-this spares a NOSCRIPT round trip (and the reordering that the fallback would bring) there.
+it (or whose connection failed since), then by its SHA1: a replica promoted by a failover has
+none of its primary's scripts, and this spares the NOSCRIPT round trip there, and the
+reordering that the fallback brings (as in `script_runner`: a later call whose script was
+cached runs before an earlier one answered NOSCRIPT). That remains possible after a node flushed
+its scripts without its connections failing (SCRIPT FLUSH).
 """
 
 from __future__ import annotations
@@ -448,6 +455,10 @@ class SlotMap:
         """The primary serving `slot`, or None when no node does (or no map yet)."""
         return self._slots[slot]
 
+    def table(self) -> Sequence[NodeAddress | None]:
+        """The primary of every slot, as the map is now: never changed, replaced by a refresh."""
+        return self._slots
+
     def primaries(self) -> tuple[NodeAddress, ...]:
         """The primaries serving slots, in the order of their first slot."""
         return self._primaries
@@ -473,11 +484,13 @@ class SlotMap:
         """Take the map from `asked`'s CLUSTER SLOTS reply; False if it serves no slot yet."""
         slots: list[NodeAddress | None] = [None] * SLOTS
         replicas: dict[NodeAddress, dict[NodeAddress, None]] = {}
+        made: dict[NodeAddress, NodeAddress] = {}  # one object per node: `_Run.route` groups by it
 
         def address(entry: Sequence[Any]) -> NodeAddress:
             host = _text(entry[0]) if entry[0] is not None else ""
             # "" or "?": the node does not know how it is reached; as we reached the one asked
-            return self.target.node(asked.host if host in {"", "?"} else host, int(entry[1]))
+            node = self.target.node(asked.host if host in {"", "?"} else host, int(entry[1]))
+            return made.setdefault(node, node)
 
         for item in reply or ():
             start, end, primary = int(item[0]), int(item[1]), address(item[2])
@@ -502,6 +515,7 @@ class SlotMap:
 
     def assign(self, slot: int, node: NodeAddress) -> None:
         """`node` serves `slot`, as a MOVED said, whatever the last map says."""
+        node = next((known for known in self._primaries if known == node), node)  # one object per node
         slots = list(self._slots)
         slots[slot] = node
         primaries = dict.fromkeys(n for n in slots if n is not None)
@@ -727,14 +741,17 @@ class _Run:
                  "nodes", "pending", "redirects", "refresh", "replies", "seen", "slots", "target",
                  "wait", "where")
 
-    def __init__(self, calls: Sequence[Call], target: ClusterTarget, where: str) -> None:
+    def __init__(self, calls: Sequence[Call], target: ClusterTarget, where: str, *,
+                 sent: int | None = None) -> None:
+        """`sent`: the calls went once already, routed by that version of the map, and what
+        came back is to be `settle`d."""
         self.calls = calls
         self.target = target
         self.where = where
         self.slots = [_slot_of(call) for call in calls]
         self.replies: list[Any] = [_PENDING] * len(calls)
         self.nodes: list[NodeAddress | None] = [None] * len(calls)  # who answered each
-        self.pending = list(range(len(calls)))
+        self.pending = [] if sent is not None else list(range(len(calls)))
         self.redirects = [0] * len(calls)
         self.asks: dict[int, NodeAddress] = {}  # slot: where its calls go next, after ASKING
         self.moved: dict[int, NodeAddress] = {}  # slot: its owner, as a MOVED said
@@ -745,26 +762,31 @@ class _Run:
         self.error_at = ""
         self.fatal: PublishError | None = None
         self.any_shift = 0  # which primary takes the calls without keys
-        self.seen = 0  # the version of the map this round was routed by
+        self.seen = sent or 0  # the version of the map this round was routed by
 
     def route(self, topology: SlotMap) -> list[tuple[NodeAddress, bool, list[int]]]:
         """This round's groups: (node, after ASKING?, call indexes in order). Every held-back
         call of a slot goes the same way as the first, so a slot's calls stay in order."""
-        groups: dict[tuple[NodeAddress, bool], list[int]] = {}
+        # Grouped by the identity of the map's node objects (one per node in a map, so the same
+        # groups as by address, and an int hashes faster than an address) and ASK targets.
+        groups: dict[int, tuple[NodeAddress, bool, list[int]]] = {}
         self.seen = topology.version
+        table = topology.table()
         primaries = topology.primaries()
         anywhere = primaries[self.any_shift % len(primaries)] if primaries else None
         asks, self.asks = self.asks, {}
         pending, self.pending = self.pending, []
         self.decided = set()
+        slots = self.slots
         for i in pending:
-            slot = self.slots[i]
+            slot = slots[i]
+            asking = False
             if slot is None:
-                node, asking = anywhere, False
-            elif slot in asks:
+                node = anywhere
+            elif asks and slot in asks:
                 node, asking = asks[slot], True
             else:
-                node, asking = topology.node_for_slot(slot), False
+                node = table[slot]
             if node is None:
                 self.error = ClusterDownError(
                     "no primary is known" if slot is None else f"no node serves slot {slot}")
@@ -772,8 +794,12 @@ class _Run:
                 self.pending.append(i)
                 self.refresh = self.wait = True
                 continue
-            groups.setdefault((node, asking), []).append(i)
-        return [(node, asking, indexes) for (node, asking), indexes in groups.items()]
+            key = -id(node) if asking else id(node)
+            group = groups.get(key)
+            if group is None:
+                groups[key] = group = (node, asking, [])
+            group[2].append(i)
+        return list(groups.values())
 
     def _hold(self, i: int) -> bool:
         """Keep call `i` for the next round; whether it is the first held back of its slot."""
@@ -803,7 +829,10 @@ class _Run:
 
     def settle(self, node: NodeAddress, indexes: Sequence[int], replies: Sequence[Any]) -> None:
         for i, reply in zip(indexes, replies, strict=True):
-            if isinstance(reply, _Lost):
+            if not isinstance(reply, ResponseError | _Lost):  # a result: the common case
+                self.replies[i] = reply
+                self.nodes[i] = node
+            elif isinstance(reply, _Lost):
                 self.lost(node, (i,), reply.exc)
             elif isinstance(reply, MovedError):
                 self._hold(i)
@@ -820,7 +849,7 @@ class _Run:
                 self.error, self.error_at = reply, f"{node} ({self.where})"
                 self.wait = True
                 self.refresh = self.refresh or not isinstance(reply, TryAgainError)
-            else:
+            else:  # a refusal, raised by `result`
                 self.replies[i] = reply
                 self.nodes[i] = node
 
@@ -891,9 +920,12 @@ class SyncClusterTransport:
     def _send(self, node: NodeAddress, asking: bool, calls: Sequence[Call]) -> list[Any]:
         transport = self.topology.transport(node)
         known = self.topology.loaded_scripts.setdefault(node, set())
-        replies = transport.roundtrip(
-            _packed(calls, asking, lambda call: call.script.sha not in known),
-            len(calls) * (2 if asking else 1))
+        learn = asking or any(call.script.sha not in known for call in calls)
+        if learn:
+            packed = _packed(calls, asking, lambda call: call.script.sha not in known)
+        else:
+            packed = b"".join([call.packed for call in calls])
+        replies = transport.roundtrip(packed, len(calls) * (2 if asking else 1))
         if asking:
             replies = replies[1::2]
         missing = _missing_scripts(replies)
@@ -909,9 +941,11 @@ class SyncClusterTransport:
                 again = again[1::2] if asking else again
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
-        for call, reply in zip(calls, replies, strict=True):
-            if not isinstance(reply, ResponseError | _Lost):
-                known.add(call.script.sha)
+            learn = True
+        if learn:
+            for call, reply in zip(calls, replies, strict=True):
+                if not isinstance(reply, ResponseError | _Lost):
+                    known.add(call.script.sha)
         return replies
 
     def _round(self, state: _Run) -> None:
@@ -930,9 +964,36 @@ class SyncClusterTransport:
 
     def run(self, calls: Sequence[Call]) -> list[Any]:
         """The replies of `calls`, in order (see the module doc for routing and retries)."""
-        state = _Run(calls, self.target, self.where)
+        topology = self.topology
+        if len(calls) == 1 and topology.loaded:  # a web request's emit: no planning
+            slot = _slot_of(calls[0])
+            node = topology.node_for_slot(slot) if slot is not None else None
+            if node is not None:
+                seen = topology.version
+                try:
+                    replies = self._send(node, False, calls)
+                except _RETRYABLE as exc:
+                    topology.forget(node)
+                    state = _Run(calls, self.target, self.where, sent=seen)
+                    state.lost(node, (0,), exc)
+                else:
+                    if not isinstance(replies[0], ResponseError | _Lost):
+                        return replies
+                    state = _Run(calls, self.target, self.where, sent=seen)
+                    state.settle(node, (0,), replies)
+                return self._finish(state)
+        return self._finish(_Run(calls, self.target, self.where))
+
+    def _finish(self, state: _Run) -> list[Any]:
         attempt = 0
         while True:
+            if state.fatal is not None or not state.pending:
+                return state.result()
+            if state.wait:
+                if attempt >= self._retries:
+                    raise state.give_up(attempt + 1) from state.error
+                time.sleep(backoff(attempt))
+                attempt += 1
             try:
                 self._round(state)
             except PublisherError:  # a refusal, already explained
@@ -941,13 +1002,6 @@ class SyncClusterTransport:
                 state.error, state.error_at, state.wait = exc, self.where, True
             except redis.RedisError as exc:
                 raise PublishError(f"Redis Cluster at {self.where} failed: {exc}") from exc
-            if state.fatal is not None or not state.pending:
-                return state.result()
-            if state.wait:
-                if attempt >= self._retries:
-                    raise state.give_up(attempt + 1) from state.error
-                time.sleep(backoff(attempt))
-                attempt += 1
 
     def close(self) -> None:
         """Close every node's client (the transport owns them)."""
@@ -985,9 +1039,12 @@ class AsyncClusterTransport:
     async def _send(self, node: NodeAddress, asking: bool, calls: Sequence[Call]) -> list[Any]:
         transport = self.topology.transport(node)
         known = self.topology.loaded_scripts.setdefault(node, set())
-        replies = await transport.roundtrip(
-            _packed(calls, asking, lambda call: call.script.sha not in known),
-            len(calls) * (2 if asking else 1))
+        learn = asking or any(call.script.sha not in known for call in calls)
+        if learn:
+            packed = _packed(calls, asking, lambda call: call.script.sha not in known)
+        else:
+            packed = b"".join([call.packed for call in calls])
+        replies = await transport.roundtrip(packed, len(calls) * (2 if asking else 1))
         if asking:
             replies = replies[1::2]
         missing = _missing_scripts(replies)
@@ -1003,9 +1060,11 @@ class AsyncClusterTransport:
                 again = again[1::2] if asking else again
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
-        for call, reply in zip(calls, replies, strict=True):
-            if not isinstance(reply, ResponseError | _Lost):
-                known.add(call.script.sha)
+            learn = True
+        if learn:
+            for call, reply in zip(calls, replies, strict=True):
+                if not isinstance(reply, ResponseError | _Lost):
+                    known.add(call.script.sha)
         return replies
 
     async def _round(self, state: _Run) -> None:
@@ -1037,9 +1096,36 @@ class AsyncClusterTransport:
 
     async def run(self, calls: Sequence[Call]) -> list[Any]:
         """See `SyncClusterTransport.run`."""
-        state = _Run(calls, self.target, self.where)
+        topology = self.topology
+        if len(calls) == 1 and topology.loaded:
+            slot = _slot_of(calls[0])
+            node = topology.node_for_slot(slot) if slot is not None else None
+            if node is not None:
+                seen = topology.version
+                try:
+                    replies = await self._send(node, False, calls)
+                except _RETRYABLE as exc:
+                    topology.forget(node)
+                    state = _Run(calls, self.target, self.where, sent=seen)
+                    state.lost(node, (0,), exc)
+                else:
+                    if not isinstance(replies[0], ResponseError | _Lost):
+                        return replies
+                    state = _Run(calls, self.target, self.where, sent=seen)
+                    state.settle(node, (0,), replies)
+                return await self._finish(state)
+        return await self._finish(_Run(calls, self.target, self.where))
+
+    async def _finish(self, state: _Run) -> list[Any]:
         attempt = 0
         while True:
+            if state.fatal is not None or not state.pending:
+                return state.result()
+            if state.wait:
+                if attempt >= self._retries:
+                    raise state.give_up(attempt + 1) from state.error
+                await asyncio.sleep(backoff(attempt))
+                attempt += 1
             try:
                 await self._round(state)
             except PublisherError:
@@ -1048,13 +1134,6 @@ class AsyncClusterTransport:
                 state.error, state.error_at, state.wait = exc, self.where, True
             except redis.RedisError as exc:
                 raise PublishError(f"Redis Cluster at {self.where} failed: {exc}") from exc
-            if state.fatal is not None or not state.pending:
-                return state.result()
-            if state.wait:
-                if attempt >= self._retries:
-                    raise state.give_up(attempt + 1) from state.error
-                await asyncio.sleep(backoff(attempt))
-                attempt += 1
 
     async def close(self) -> None:
         """See `SyncClusterTransport.close`."""

@@ -199,7 +199,14 @@ def test_the_map_from_cluster_slots() -> None:
     assert topology.slots_of(a) == [(0, 5460)]
     assert topology.replicas_of(c) == (NodeAddress("10.0.0.6", 7005),)
     assert topology.replicas_of(b) == ()
+    one = topology.apply_slots([[0, 99, _entry("h", 1)], [100, 199, _entry("h", 2)], [200, 16383, _entry("h", 1)]],
+                               SEED)
+    assert one
+    assert topology.table()[0] is topology.table()[16383]  # one object per node: routing groups by it
+    assert topology.slots_of(NodeAddress("h", 1)) == [(0, 99), (200, 16383)]
+    assert topology.apply_slots(reply, SEED)
     topology.assign(100, c)
+    assert topology.table()[100] is topology.table()[16383]
     assert topology.slots_of(a) == [(0, 99), (101, 5460)]
     assert topology.slots_of(c) == [(100, 100), (10923, 16383)]
     assert topology.apply_slots([], SEED) is False  # a node that serves nothing yet: kept the map
@@ -408,17 +415,25 @@ def test_moved_refreshes_the_map_and_resends_only_the_moved_calls() -> None:
     sent_to_3 = [sent for port, _, sent in cluster.sends if port == 3]
     assert sent_to_3 == [[one, one]]  # in order, once each
     assert cluster.data[3][one] == 3
+    # node 3 now serves two ranges: still one round trip per node
+    cluster.sends.clear()
+    transport.run([incr(f"k{i}") for i in range(200)])
+    assert sorted(port for port, _, _ in cluster.sends) == [1, 2, 3]
 
 
-def test_moved_wins_over_a_node_that_has_not_heard_of_the_move() -> None:
+@pytest.mark.parametrize("stale", [True, False])
+def test_a_single_call_moved_refreshes_the_map_once(stale: bool) -> None:
+    """A MOVED wins over the refreshed map of a node that has not heard of the move yet."""
     cluster = FakeCluster()
     transport = FakeTransport(cluster)
     key = _keys_on(cluster, 1, 1)[0]
     transport.run([incr(key)])
-    cluster.stale_map = list(cluster.owner)
+    cluster.stale_map = list(cluster.owner) if stale else None
     cluster.move(key_slot(key), 2)
     assert transport.run([incr(key)]) == [2]
     assert transport.topology.node_for_slot(key_slot(key)) == NodeAddress("h", 2)
+    assert transport.fake.refreshes == 2
+    assert [port for port, _, _ in cluster.sends] == [1, 1, 2]
 
 
 def test_ask_sends_asking_then_the_call_and_keeps_the_map() -> None:
@@ -471,8 +486,10 @@ def test_a_node_down_costs_the_budget_then_a_clear_error() -> None:
     assert sum(1 for port, _, _ in cluster.sends if port == 1) == 3
 
 
-def test_a_failover_during_the_retries_is_followed() -> None:
-    """The connection fails; the refreshed map names the promoted replica: the call goes there."""
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_failover_during_the_retries_is_followed(no_sleep: list[float], batch: int) -> None:
+    """The connection fails; the refreshed map names the promoted replica: the call goes there
+    after one backoff."""
     cluster = FakeCluster((1, 2, 3, 4))
     transport = FakeTransport(cluster)
     key = _keys_on(cluster, 1, 1)[0]
@@ -481,8 +498,10 @@ def test_a_failover_during_the_retries_is_followed() -> None:
     for slot in range(16384):
         if cluster.owner[slot] == 1:
             cluster.owner[slot] = 4
-    assert transport.run([incr(key)]) == [1]  # asynchronous replication lost the first
-    assert cluster.sends[-1] == (4, False, [key])
+    assert transport.run([incr(key)] * batch) == list(range(1, batch + 1))  # replication lost the first
+    assert cluster.sends[-1] == (4, False, [key] * batch)
+    assert no_sleep == [0.05]
+    assert transport.fake.refreshes == 2
 
 
 def test_no_node_reachable_is_retried_then_raised() -> None:
