@@ -22,6 +22,7 @@ from gateway.delivery.recovery import Recovery
 from gateway.delivery.service import WebSocketService
 from gateway.http import health
 from gateway.http.emit import EmitEndpoint
+from gateway.http.jwks import jwks_lifecycle
 from gateway.metrics import Metrics
 from gateway.policy.admission import Admission
 from gateway.policy.auth import Authenticator
@@ -45,6 +46,7 @@ class Gateway:
     sio: GatewayServer
     service: WebSocketService
     admission: Admission
+    auth: Authenticator
 
     @property
     def draining(self) -> bool:
@@ -56,7 +58,7 @@ class Gateway:
             return "draining"
         if not self.backend.connected:
             return "bus_disconnected"
-        return None
+        return self.auth.not_ready()
 
     async def drain(self, seconds: float) -> None:
         """Let every client go, in batches spread over `seconds`, by closing its transport:
@@ -94,15 +96,15 @@ def build(settings: Settings) -> Gateway:
     else:
         backend = MemoryBackend(history_max_len=settings.history_max_len, window_s=settings.recovery_window)
     admission = Admission(settings, metrics)
-    sio = GatewayServer(settings, backend, Authenticator(settings), Recovery(backend, settings.recovery_window),
-                        admission, metrics)
+    auth = Authenticator(settings)
+    sio = GatewayServer(settings, backend, auth, Recovery(backend, settings.recovery_window), admission, metrics)
     core = sio.core
     metrics.active = lambda: len(core)
     metrics.bus_up = lambda: backend.connected
     metrics.subscriptions = lambda: len(core.registry.rooms)
     metrics.draining = lambda: admission.draining
     return Gateway(settings, replica_id, metrics, backend, core, sio,
-                   WebSocketService(core, settings.max_payload_bytes), admission)
+                   WebSocketService(core, settings.max_payload_bytes), admission, auth)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -118,6 +120,7 @@ def create_app(settings: Settings) -> web.Application:
         from gateway.http import console
 
         console.add_routes(app)
+    app.cleanup_ctx.append(jwks_lifecycle(gateway.auth))  # keys first: a replica listens able to verify
     app.cleanup_ctx.append(_lifecycle)
     return app
 

@@ -49,5 +49,6 @@ SLOW_CONSUMER: Final = ClientCode("slow_consumer", reconnect=True, metric="slow_
 INVALID_PACKET: Final = ClientCode("invalid_packet", reconnect=True, metric="invalid_packet")
 HANDSHAKE_TIMEOUT: Final = ClientCode("handshake_timeout", reconnect=True, metric="handshake_timeout")
 DRAINING: Final = ClientCode("draining", reconnect=True, metric="draining")
+CONNECT_FLOOD: Final = ClientCode("connect_flood", reconnect=True, metric="connect_flood")
 
 HANDSHAKE_REFUSALS: Final = {c.code: c for c in (TOKEN_MISSING, TOKEN_INVALID, TOKEN_EXPIRED, TOO_MANY_CONNECTIONS)}

@@ -85,7 +85,8 @@ class BusNames:
         return f"{self.key_prefix}:s:{pid}"
 
     def user_sessions_key(self, user: str) -> str:
-        return f"{self.key_prefix}:u:{user}"
+        """A sorted set: pid -> ms when that session expires (trimmed as sessions end)."""
+        return f"{self.key_prefix}:sessions:{user}"
 
     def revoked_key(self, user: str) -> str:
         return f"{self.key_prefix}:revoked:{user}"

@@ -71,8 +71,8 @@ class BusSink(Protocol):
 
     def on_bus_down(self) -> None: ...
 
-    def heartbeat_snapshot(self) -> tuple[list[str], list[str]]:
-        """(users online here, pids of the sessions connected here)."""
+    def heartbeat_snapshot(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """(users online here, (pid, user) of the sessions connected here)."""
         ...
 
     def begin_batch(self) -> None:
@@ -111,7 +111,11 @@ class Backend(Protocol):
         none. Raises SessionError when it does not parse."""
         ...
 
-    def end_session(self, pid: str, t_ms: int) -> None: ...
+    def end_session(self, pid: str, user: str, t_ms: int) -> None:
+        """The client went away at `t_ms` and may come back: keep the session for the window."""
+
+    def drop_session(self, pid: str, user: str) -> None:
+        """The client left for good (its own disconnect): forget the session now."""
 
     def session_rooms(self, pid: str, rooms: Sequence[str], room: str, change: str, at: str) -> None:
         """`room` joined (`change` "j") or left ("l") at stream id `at` ("" when unknown)."""

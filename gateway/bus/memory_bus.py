@@ -120,7 +120,10 @@ class MemoryBackend:
             return None
         return record, 0  # no producer reaches a bus in memory: nobody is revoked
 
-    def end_session(self, pid: str, t_ms: int) -> None:
+    def drop_session(self, pid: str, user: str) -> None:
+        self._sessions.pop(pid, None)
+
+    def end_session(self, pid: str, user: str, t_ms: int) -> None:
         entry = self._sessions.get(pid)
         if entry is not None:
             self._sessions[pid] = (dataclasses.replace(entry[0], alive_ms=t_ms),
@@ -144,8 +147,7 @@ class MemoryBackend:
         joined, left = dict(record.joined), dict(record.left)
         if change == "j":
             left.pop(room, None)
-            if at:
-                joined[room] = at
+            joined[room] = at or "0-0"
         else:
             joined.pop(room, None)
             if at:

@@ -41,6 +41,9 @@ log = logging.getLogger("gateway.bus")
 HEARTBEAT_EVERY = 5.0
 FULL_BEAT_EVERY = 6  # beats: sessions' `t` and the online set are rewritten every 30 s
 PRESENCE_TTL_MS = 15_000
+# Recoverable sessions kept per user; past it the oldest are evicted (a client that opens and
+# drops transports in a loop cannot fill Redis).
+MAX_SESSIONS_PER_USER = 100
 # A connected session's record outlives two full beats, so it never expires while connected.
 CONNECTED_SESSION_SLACK_MS = 2 * int(HEARTBEAT_EVERY * 1000) * FULL_BEAT_EVERY
 
@@ -249,8 +252,11 @@ class RedisBackend:
         revoked = fields.pop("revoked", "")
         return SessionRecord.from_hash(fields), int(revoked) if revoked.isdigit() else 0
 
-    def end_session(self, pid: str, t_ms: int) -> None:
-        self._queue("E", pid, str(t_ms))
+    def end_session(self, pid: str, user: str, t_ms: int) -> None:
+        self._queue("E", pid, user, str(t_ms))
+
+    def drop_session(self, pid: str, user: str) -> None:
+        self._queue("D", pid, user)
 
     def session_rooms(self, pid: str, rooms: Sequence[str], room: str, change: str, at: str) -> None:
         self._queue("R", pid, orjson.dumps(list(rooms)).decode(), room, change, at)
@@ -274,7 +280,7 @@ class RedisBackend:
             try:
                 await self._run(WRITES, [], [
                     self.names.key_prefix, self.replica_id, self._window_ms + CONNECTED_SESSION_SLACK_MS,
-                    self._window_ms, PRESENCE_TTL_MS, *writes])
+                    self._window_ms, PRESENCE_TTL_MS, MAX_SESSIONS_PER_USER, *writes])
             except BusUnavailable as exc:
                 # Session records and presence are rebuilt by the next heartbeat.
                 log.warning("bus write batch failed: %s", exc, extra={"operations": len(writes)})
@@ -297,14 +303,15 @@ class RedisBackend:
         sink = self._sink
         if sink is None:
             return
-        users, pids = sink.heartbeat_snapshot() if full else ((), ())
+        users, sessions = sink.heartbeat_snapshot() if full else ((), ())
         started = time.perf_counter()
         try:
             await self._run(
                 HEARTBEAT, [self.names.replicas_key(), self.names.online_key(self.replica_id)],
                 [self.replica_id, int(time.time() * 1000), PRESENCE_TTL_MS,
                  self._window_ms + CONNECTED_SESSION_SLACK_MS, self.names.key_prefix,
-                 "full" if full else "light", "\n".join(users), "\n".join(pids)],
+                 "full" if full else "light", "\n".join(users),
+                 "\n".join(f"{pid} {user}" for pid, user in sessions)],
             )
         except BusUnavailable as exc:
             log.warning("bus heartbeat failed: %s", exc)

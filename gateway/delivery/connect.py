@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway import errors
+from gateway.bus.contract import EVERYONE
 from gateway.delivery.attach import HistoryLost
 from gateway.delivery.core import DeliveryCore
 from gateway.delivery.ports import Counters, SocketWriter
@@ -24,7 +25,7 @@ from gateway.delivery.recovery import RECOVERED, Recovery, Restorable
 from gateway.delivery.registry import Conn
 from gateway.errors import ClientCode
 from gateway.policy.auth import Authenticator, AuthError, extract_token
-from gateway.policy.rooms import Identity, rooms_for
+from gateway.policy.rooms import Identity, may_join, rooms_for
 
 log = logging.getLogger("gateway.delivery.connect")
 
@@ -151,20 +152,43 @@ class ConnectSequence:
                        restorable: Restorable) -> Conn | None:
         """The session restored in full; None when the transport went away meanwhile.
 
+        Its rooms are what the new token and the room policy allow: of its rooms, those the new
+        token grants and, of the rooms joined after the session began (by a producer, or the
+        API), those the policy allows this identity; and the rooms the new token grants that the
+        session never had (a room a producer made it leave stays left). A room left while away is
+        replayed up to the leave if the policy allows this identity in it. A token downgraded
+        since (role lowered, classrooms removed) loses the rooms it no longer grants, and a room
+        no producer call may grant (another user's, `admin:all` for a student) is never rejoined,
+        nor replayed.
+
         Raises HistoryLost when it cannot be restored in full."""
         stale = self._core.get(restorable.sid)
         if stale is not None:  # the old transport here has not noticed it is dead yet
             stale.pid = None
             self._core.forget(stale.sid)
             stale.eio.close_transport()
+        granted = rooms_for(identity)
+        spans = [(room, start, end) for room, start, end in restorable.spans
+                 if room == EVERYONE or room in granted
+                 or ((end is not None or room in restorable.joined) and may_join(identity, room))]
+        dropped = len(restorable.spans) - len(spans)
+        if dropped:
+            log.info("recovery: rooms the new token does not grant are dropped",
+                     extra={"user_id": identity.user_id, "rooms": dropped})
         conn = self._register(restorable.sid, eio_sid, socket, identity, restorable.pid, restorable.since.key)
         try:
-            await self._core.recover_rooms(conn, restorable.spans)
+            await self._core.recover_rooms(conn, spans)
         except HistoryLost:
             self._unregister(conn)
             raise
+        left = {room for room, _, end in restorable.spans if end is not None}
+        fresh = [room for room in granted if room not in conn.rooms and room not in left]
+        joined_now: dict[str, str] = {}
+        if fresh:  # the new token grants rooms the session did not have: from now on
+            start = await self._core.attach_rooms(conn, fresh)
+            if start is not None:
+                joined_now = dict.fromkeys(fresh, start.stream_id)
         if not self._still_there(conn):
             return None
-        self._recovery.save_restored(restorable, conn.sid, identity, list(conn.rooms))
+        self._recovery.save_restored(restorable, conn.sid, identity, list(conn.rooms), joined_now)
         return conn
-

@@ -121,9 +121,10 @@ class DeliveryCore:
     def end_batch(self) -> None:
         self._sockets.end_batch()
 
-    def heartbeat_snapshot(self) -> tuple[list[str], list[str]]:
-        pids = [conn.pid for conn in self.registry.by_sid.values() if conn.pid is not None]
-        return self.registry.online_users(), pids
+    def heartbeat_snapshot(self) -> tuple[list[str], list[tuple[str, str]]]:
+        sessions = [(conn.pid, conn.identity.user_id) for conn in self.registry.by_sid.values()
+                    if conn.pid is not None]
+        return self.registry.online_users(), sessions
 
     def _control(self, control: Control) -> None:
         """A producer's join, leave or kick about the sockets of user `control.u`."""

@@ -75,6 +75,7 @@ class Restorable:
     spans: list[Span]  # (room, replay after, up to): rooms in join order, then rooms left while away
     since: Position  # the client's offset (or the session's start)
     created_ms: int
+    joined: frozenset[str] = frozenset()  # rooms joined after it began (a producer, the API), not the token's
 
     @property
     def rooms(self) -> list[str]:
@@ -122,7 +123,7 @@ class Recovery:
             return None, "bad_offset"
         since = Position(parsed.epoch, parsed.ms, parsed.seq)
         spans = _spans(list(record.rooms), since, record.joined, record.left)
-        return Restorable(pid, record.sid, spans, since, record.created_ms), RECOVERED
+        return Restorable(pid, record.sid, spans, since, record.created_ms, frozenset(record.joined)), RECOVERED
 
     def save(self, pid: str, sid: str, identity: Identity, rooms: list[str],
              start: Position | None, created_ms: int | None = None, start_offset: str | None = None,
@@ -139,21 +140,30 @@ class Recovery:
             joined=joined or {},
         ))
 
-    def save_restored(self, restorable: Restorable, sid: str, identity: Identity, rooms: list[str]) -> None:
-        """Rewrite a restored session: its creation time and start stay, and so do the join
-        positions later than the client's offset (a room joined while away is still replayed
-        from its join if the client drops again before receiving anything)."""
+    def save_restored(self, restorable: Restorable, sid: str, identity: Identity, rooms: list[str],
+                      joined_now: Mapping[str, str] | None = None) -> None:
+        """Rewrite a restored session: its creation time and start stay, and so do the rooms
+        joined after it began, with their join positions (a room joined while away is still
+        replayed from its join if the client drops again before receiving anything, and it
+        stays marked as not the token's)."""
         since = restorable.since
         joined = {room: start.stream_id for room, start, end in restorable.spans
-                  if end is None and room and start.key > since.key}
+                  if end is None and room in restorable.joined and room in rooms}
+        joined.update(joined_now or {})
         self.save(restorable.pid, sid, identity, rooms, None, created_ms=restorable.created_ms,
                   start_offset=since.offset, joined=joined)
 
     def rooms_changed(self, pid: str, rooms: list[str], room: str, change: str, at: Position | None) -> None:
         self.backend.session_rooms(pid, rooms, room, change, at.stream_id if at else "")
 
-    def ended(self, pid: str) -> None:
-        self.backend.end_session(pid, _now_ms())
+    def ended(self, pid: str, user: str, *, may_return: bool) -> None:
+        """The socket is gone. Its session is kept for the window only when the client may come
+        back (its transport dropped); a client that left the namespace itself will not, and as
+        Node's socket.io does, its session is forgotten at once."""
+        if may_return:
+            self.backend.end_session(pid, user, _now_ms())
+        else:
+            self.backend.drop_session(pid, user)
 
 
 def _positions(table: Mapping[str, str], epoch: str) -> dict[str, Position]:

@@ -20,13 +20,10 @@ import ipaddress
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gateway.config import Settings
 from gateway.policy.ratelimit import KeyedBuckets, address_key
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
@@ -115,16 +112,6 @@ class Admission:
             self._metrics.handshake("ip_rate_limited")  # type: ignore[attr-defined]
             return IP_RATE_LIMITED
         return None
-
-    def check_request(self, request: web.BaseRequest) -> web.Response | None:
-        """`refusal` as an aiohttp response. Kept for one step, until the engine builds the
-        response from `refusal` itself; then it goes, and aiohttp with it."""
-        refused = self.refusal(request)
-        if refused is None:
-            return None
-        from aiohttp import web
-
-        return web.json_response(refused.body(), status=refused.status, headers=refused.headers())
 
     def user_may_connect(self, user_id: str, current: int) -> bool:
         """Room for one more socket of this user? Counts the handshakes of that user still under

@@ -259,9 +259,9 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
             return await self._refuse(request, *broken)
         admission = self.admission
         if admission is not None:
-            refusal = admission.check_request(request)
-            if refusal is not None:
-                return refusal
+            refused = admission.refusal(request)
+            if refused is not None:
+                return web.json_response(refused.body(), status=refused.status, headers=refused.headers())
         query = request.query
         if (query.get("transport") == "websocket" and "sid" not in query and request.method == "GET"
                 and request.headers.get("Upgrade", "").lower() == "websocket"):

@@ -46,6 +46,20 @@ BINARY_PACKETS = frozenset({"5", "6"})  # Socket.IO BINARY_EVENT, BINARY_ACK
 MAX_ATTACHMENTS = 4  # no event of this namespace needs more (each is up to MAX_PAYLOAD_BYTES)
 MAX_SUBSCRIBE_PAYLOAD = 4096
 SWEEP_EVERY = 0.25
+# CONNECTs, and packets before a CONNECT is accepted, one transport may send: socket.io-client
+# sends one CONNECT per transport (a few more if the application retries with a new token).
+PRE_CONNECT_BURST = 5
+PRE_CONNECT_RATE = 0.2  # per second
+
+
+class _Budget:
+    """A transport's pre-CONNECT token bucket (`policy.ratelimit.TokenBucket` holder)."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, tokens: float) -> None:
+        self.tokens = tokens
+        self.stamp = 0.0
 
 
 class _SidBook:
@@ -99,6 +113,9 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         self.eio.bad_packet_hook = self._bad_packet
         self.bucket = TokenBucket(settings.rate_limit_events, settings.rate_limit_burst)
         self._reasons: dict[str, str] = {}
+        self._left: set[str] = set()  # sids whose client sent its own DISCONNECT: it will not come back
+        self._pre_connect = TokenBucket(PRE_CONNECT_RATE, PRE_CONNECT_BURST)
+        self._budgets: dict[str, _Budget] = {}  # by eio sid, while its transport lives
         self._sweeper: asyncio.Task[None] | None = None
 
     def _engineio_server_class(self) -> type[GatewayEngineIO]:
@@ -240,7 +257,32 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             if conn.refused >= self.settings.rate_limit_disconnect_after:
                 await self.kick(conn, errors.FLOODING.code)
 
+    def _within_budget(self, eio_sid: str, data: Any) -> bool:
+        """Every CONNECT, and every packet of a transport with no connected socket, spends from
+        the transport's budget: a client cannot loop CONNECT/DISCONNECT (each a session record
+        in Redis), nor repeat refused CONNECTs and early events until HANDSHAKE_TIMEOUT."""
+        if isinstance(data, str) and data[:1] != "0" and self.manager.sid_from_eio_sid(eio_sid, NAMESPACE) is not None:
+            return True
+        budget = self._budgets.get(eio_sid)
+        if budget is None:
+            budget = self._budgets[eio_sid] = _Budget(PRE_CONNECT_BURST)
+        return self._pre_connect.take(budget)
+
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        if not self._within_budget(eio_sid, data):
+            sock = self.eio.sockets.get(eio_sid)
+            if sock is not None:
+                self.metrics.error(errors.CONNECT_FLOOD.metric)
+                log.warning("connect flood: transport closed", extra={"eio_sid": eio_sid})
+                sock.close_transport()
+            return
+        if isinstance(data, str) and data[:1] == "1":
+            # A Socket.IO DISCONNECT: the client leaves the namespace itself and will not come
+            # back (an Engine.IO close of the transport gives python-socketio the same reason
+            # string, but is recoverable: Node's "client namespace disconnect" vs "transport close").
+            sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+            if sid is not None:
+                self._left.add(sid)
         if isinstance(data, str) and data[:1] in BINARY_PACKETS and _attachments(data) > MAX_ATTACHMENTS:
             # python-socketio keeps every announced attachment in memory until the count is reached
             sock = self.eio.sockets.get(eio_sid)
@@ -275,15 +317,18 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
         await super()._handle_eio_disconnect(eio_sid, reason)
         self.admission.handshake_done(eio_sid)
+        self._budgets.pop(eio_sid, None)
 
     def _socket_gone(self, sid: str) -> None:
         """Called by the manager for every disconnect, whatever its cause."""
         reason = self._reasons.pop(sid, "server")
+        left = sid in self._left
+        self._left.discard(sid)
         conn = self.core.forget(sid)
         if conn is None:
             return
         if conn.pid is not None:
-            self.recovery.ended(conn.pid)
+            self.recovery.ended(conn.pid, conn.identity.user_id, may_return=not left)
         self.metrics.connection_closed(reason)
         log.info("disconnected", extra={"sid": sid, "user_id": conn.identity.user_id, "reason": reason})
 

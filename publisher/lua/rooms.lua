@@ -18,7 +18,7 @@ local clock = redis.call('HMGET', KEYS[2], 'ms', 'seq')
 local here = string.format('%d-%d', tonumber(clock[1]) or 0, tonumber(clock[2]) or 0)
 
 local changed = 0
-for _, pid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for _, pid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local key = prefix .. pid
   local raw = redis.call('HGET', key, '{{field.rooms}}')
   local ok, rooms = false, nil

@@ -25,7 +25,7 @@ from gateway.config import Settings, load_settings
 from gateway.http.console import TEMPLATE, Console, examples, parse_identity, script_json
 from publisher.events import EVENT_SCHEMAS, validate
 
-PUBLISH_KEY = "test-publish-key"
+PUBLISH_KEY = "test-publish-key-of-24-bytes"
 CONFIG = re.compile(r'<script type="application/json" id="ngw-config">(.*?)</script>', re.S)
 
 

@@ -158,9 +158,6 @@ class _JwksHandler(http.server.BaseHTTPRequestHandler):
         del format, args
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/app.py does not start the JWKS refresher yet: create_app must append "
-    "gateway.http.jwks.jwks_lifecycle(<its Authenticator>) to app.cleanup_ctx; remove this mark then"))
 def test_a_jwks_url_is_fetched_by_the_replica(node_clients: NodeClients, start_gateway: StartGateway) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     jwk = {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": "idp-1", "alg": "RS256"}

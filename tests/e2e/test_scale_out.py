@@ -526,7 +526,8 @@ def test_cli_emit_reaches_a_client(
     bad = _cli(shared_redis.url, "emit", "coins:earned", "{amount: 5", "--user", user)
     assert bad.returncode == 2
     assert bad.stderr.strip()
-    wrong = _cli(shared_redis.url, "emit", "coins:earned", json.dumps({"amount": "x"}), "--user", user)
+    # strict (opt-in since producers may send any JSON payload): the contract's schema is checked
+    wrong = _cli(shared_redis.url, "emit", "--strict", "coins:earned", json.dumps({"amount": "x"}), "--user", user)
     assert wrong.returncode == 2
     assert "amount" in wrong.stderr
     node_clients.assert_no_event("a", "coins:earned", within=QUIET, allowed=1)

@@ -27,13 +27,15 @@ def r(redis_server: RedisServer) -> redis.Redis:
 def test_writes_every_operation(r: redis.Redis) -> None:
     writes = r.register_script(script("writes.lua"))
     now = str(int(time.time() * 1000))
-    writes(args=["p", "rep1", 60_000, 30_000, 15_000,
+    writes(args=["p", "rep1", 60_000, 30_000, 15_000, 100,
                  "S", "pid1", "42", "sid1", '["user:42"]', "e:1-1", now, now, "{}",
+                 "S", "pid2", "42", "sid2", '["user:42"]', "e:1-1", now, now, "{}",
                  "O", "42",
                  "R", "pid1", '["user:42","classroom:7"]', "classroom:7", "j", "5-5",
                  "R", "pid1", '["user:42"]', "classroom:7", "l", "9-9",
-                 "E", "pid1", "123",
-                 "E", "ghost", "123",
+                 "E", "pid1", "42", "123",
+                 "E", "ghost", "42", "123",
+                 "D", "pid2", "42",
                  "F", "43"])
     session = {k.decode(): v.decode() for k, v in r.hgetall("p:s:pid1").items()}
     assert session["user"] == "42"
@@ -42,11 +44,31 @@ def test_writes_every_operation(r: redis.Redis) -> None:
     assert orjson.loads(session["l"]) == {"classroom:7": "9-9"}
     assert session["t"] == "123"
     assert 0 < r.pttl("p:s:pid1") <= 30_000  # the client left: kept for the window
-    assert r.smembers("p:u:42") == {b"pid1"}
+    # the index holds live sessions only, each scored with when it expires
+    assert r.zrange("p:sessions:42", 0, -1) == [b"pid1"]
+    assert r.zscore("p:sessions:42", "pid1") <= int(now) + 30_000 + 1000
+    assert not r.exists("p:s:pid2")  # D: the client left for good, nothing kept
     assert r.smembers("p:online:rep1") == {b"42"}
     assert not r.exists("p:s:ghost")  # E never creates a session (a kick deleted it)
     with pytest.raises(redis.ResponseError, match="unknown operation"):
-        writes(args=["p", "rep1", 60_000, 30_000, 15_000, "Z", "x"])
+        writes(args=["p", "rep1", 60_000, 30_000, 15_000, 100, "Z", "x"])
+
+
+def test_a_users_sessions_are_capped_and_expired_ones_trimmed(r: redis.Redis) -> None:
+    """Issue 12, item 1: one socket looping CONNECT/DISCONNECT made a session and an index
+    member each time, and the index was never trimmed."""
+    writes = r.register_script(script("writes.lua"))
+    now = str(int(time.time() * 1000))
+    ops: list[str] = []
+    for i in range(30):
+        ops += ["S", f"p{i}", "7", f"s{i}", '["user:7"]', "e:1-1", now, now, "{}"]
+    writes(args=["p", "rep1", 60_000, 30_000, 15_000, 10, *ops])
+    assert r.zcard("p:sessions:7") == 10
+    assert len(r.keys("p:s:*")) == 10  # the oldest were evicted with their records
+    r.zadd("p:sessions:7", {"stale": 1})  # expired long ago
+    writes(args=["p", "rep1", 60_000, 30_000, 15_000, 10,
+                 "S", "fresh", "7", "s", '["user:7"]', "e:1-1", now, now, "{}"])
+    assert r.zscore("p:sessions:7", "stale") is None
 
 
 def test_history_spans_and_holes(redis_server: RedisServer, r: redis.Redis) -> None:
@@ -73,10 +95,14 @@ def test_history_spans_and_holes(redis_server: RedisServer, r: redis.Redis) -> N
 def test_heartbeat_light_and_full(r: redis.Redis) -> None:
     beat = r.register_script(script("heartbeat.lua"))
     r.hset("p:s:pid1", mapping={"user": "1", "t": "0"})
+    r.zadd("p:sessions:1", {"pid1": 1})
     now = int(time.time() * 1000)
-    beat(keys=["p:replicas", "p:online:rep1"], args=["rep1", now, 15_000, 60_000, "p", "full", "1\n2", "pid1\nghost"])
+    beat(keys=["p:replicas", "p:online:rep1"],
+         args=["rep1", now, 15_000, 60_000, "p", "full", "1\n2", "pid1 1\nghost 2"])
     assert r.smembers("p:online:rep1") == {b"1", b"2"}
     assert r.hget("p:s:pid1", "t") == str(now).encode()
+    assert r.zscore("p:sessions:1", "pid1") == now + 60_000  # the index follows the session's life
+    assert not r.exists("p:sessions:2")
     assert not r.exists("p:s:ghost")
     assert r.zscore("p:replicas", "rep1") == now
     beat(keys=["p:replicas", "p:online:rep1"], args=["rep1", now + 5000, 15_000, 60_000, "p", "light", "", ""])

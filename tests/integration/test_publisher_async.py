@@ -84,14 +84,14 @@ async def test_control_and_presence(pub: AsyncPublisher, r: redis.asyncio.Redis)
     pubsub = r.pubsub()
     await pubsub.subscribe("socket.io#/notifications#user:7#")
     await r.hset("ngw:s:p1", mapping={"user": "7", "rooms": orjson.dumps(["user:7"])})
-    await r.sadd("ngw:u:7", "p1")
+    await r.zadd("ngw:sessions:7", {"p1": 1})
 
     await pub.join(7, "classroom:3")
     assert orjson.loads(await r.hget("ngw:s:p1", "rooms")) == ["user:7", "classroom:3"]
     await pub.leave(7, "classroom:3")
     assert orjson.loads(await r.hget("ngw:s:p1", "rooms")) == ["user:7"]
     await pub.disconnect_user(7)
-    assert not await r.exists("ngw:s:p1", "ngw:u:7")
+    assert not await r.exists("ngw:s:p1", "ngw:sessions:7")
     assert await r.exists("ngw:revoked:7")
     kinds = []
     for _ in range(3):

@@ -42,7 +42,7 @@ def save_session(r: redis.Redis, prefix: str, pid: str, user: str, rooms: list[s
         "t": now, "c": now,
     })
     r.pexpire(f"{prefix}:s:{pid}", 120_000)
-    r.sadd(f"{prefix}:u:{user}", pid)
+    r.zadd(f"{prefix}:sessions:{user}", {pid: 1})
 
 
 def session_rooms(r: redis.Redis, prefix: str, pid: str) -> list[str]:
@@ -78,7 +78,7 @@ def test_the_users_own_room_is_always_kept(pub: Publisher, r: redis.Redis, prefi
 
 def test_expired_sessions_are_not_brought_back(pub: Publisher, r: redis.Redis,
                                                prefix: str) -> None:
-    r.sadd(f"{prefix}:u:42", "gone")  # listed, but its hash expired
+    r.zadd(f"{prefix}:sessions:42", {"gone": 1})  # listed, but its hash expired
     pub.join(42, "classroom:1")
     assert not r.exists(f"{prefix}:s:gone")
 
@@ -87,7 +87,7 @@ def test_join_with_no_sessions_only_publishes(pub: Publisher, r: redis.Redis,
                                               prefix: str) -> None:
     pub.join(42, "classroom:1")
     assert r.keys(f"{prefix}:s:*") == []
-    assert r.keys(f"{prefix}:u:*") == []
+    assert r.keys(f"{prefix}:sessions:*") == []
 
 
 def test_disconnect_user_deletes_sessions_and_revokes(pub: Publisher, r: redis.Redis,
@@ -99,8 +99,8 @@ def test_disconnect_user_deletes_sessions_and_revokes(pub: Publisher, r: redis.R
     pub.disconnect_user(42)
     after = int(time.time() * 1000)
 
-    assert not r.exists(f"{prefix}:s:p1", f"{prefix}:s:p2", f"{prefix}:u:42")
-    assert r.exists(f"{prefix}:s:p3", f"{prefix}:u:43") == 2
+    assert not r.exists(f"{prefix}:s:p1", f"{prefix}:s:p2", f"{prefix}:sessions:42")
+    assert r.exists(f"{prefix}:s:p3", f"{prefix}:sessions:43") == 2
     revoked = r.get(f"{prefix}:revoked:42")
     assert revoked is not None
     assert before - 1000 <= int(revoked) <= after + 1000

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -144,14 +145,12 @@ def test_the_policy_package_does_no_io() -> None:
     assert out.stdout.strip() == "[]"
 
 
-async def test_check_request_still_answers_with_an_aiohttp_response() -> None:
-    """The shim the engine calls until it builds the response from `refusal` itself."""
-    from aiohttp.test_utils import make_mocked_request
-
-    adm = admission()
-    adm.draining = True
-    response = adm.check_request(make_mocked_request("GET", "/socket.io/?EIO=4&transport=polling"))
-    assert response is not None
-    assert response.status == 503
-    assert response.headers["Retry-After"] == "1"
-    assert response.text == '{"error": "draining"}'
+def test_no_module_of_the_policy_package_imports_io() -> None:
+    """gateway/policy is decisions only: no web server or Socket.IO library. (The publisher package
+    it takes the room grammar from brings redis-py's module along, but no connection.)"""
+    modules = [f"gateway.policy.{path.stem}" for path in sorted(
+        (Path(__file__).resolve().parents[2] / "gateway" / "policy").glob("*.py")) if path.stem != "__init__"]
+    code = (f"import sys; import {', '.join(modules)}; "
+            "print(sorted(m for m in ('aiohttp', 'engineio', 'socketio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"gateway/policy imports I/O libraries: {out.stdout.strip()}"

@@ -149,7 +149,7 @@ async def test_the_memory_bus_forgets_sessions_past_their_window() -> None:
     record = SessionRecord("s", "1", ("user:1",), "e:1-1", 0, 0)
     for i in range(SWEEP_AFTER_ENDED):
         bus.save_session(f"p{i}", record)
-        bus.end_session(f"p{i}", 0)
+        bus.end_session(f"p{i}", "1", 0)
     bus.save_session("live", record)  # connected: kept
     bus._sweep(time.monotonic() + 1)  # a second later: every ended session is past its window
     assert list(bus._sessions) == ["live"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -337,8 +338,12 @@ def test_deployment_env_names_are_gateway_settings() -> None:
 
 
 def test_deployment_settings_load() -> None:
-    """The ConfigMap and example Secret together are a configuration the gateway accepts."""
+    """The ConfigMap with real secrets is a configuration the gateway accepts; with the example
+    Secret's public values it refuses to start (issue 12, item 5)."""
     env = deployment_env()
+    with pytest.raises(ConfigError, match="example"):
+        load_settings(env)
+    env = {**env, "JWT_SECRET": secrets.token_hex(32), "PUBLISH_API_KEY": secrets.token_hex(24)}
     try:
         settings = load_settings(env)
     except ConfigError as exc:

@@ -42,7 +42,7 @@ def test_default_names_match_the_spec() -> None:
     assert names.clock_key() == "ngw:clock"
     assert names.history_key("user:42") == "ngw:h:user:42"
     assert names.session_key("p1") == "ngw:s:p1"
-    assert names.user_sessions_key("42") == "ngw:u:42"
+    assert names.user_sessions_key("42") == "ngw:sessions:42"
     assert names.revoked_key("42") == "ngw:revoked:42"
     assert names.replicas_key() == "ngw:replicas"
     assert names.online_key("r1") == "ngw:online:r1"

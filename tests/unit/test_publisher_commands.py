@@ -167,7 +167,7 @@ def test_prefixes_reach_every_name() -> None:
     assert (args["clock"], args["history"], args["channel"]) == (
         b"kp:clock", b"kp:h:classroom:1", b"cp#/notifications#classroom:1#")
     sessions, publish = commands.membership("join", 5, "classroom:1")
-    assert unpack(sessions.packed)[3:6] == [b"kp:u:5", b"kp:clock", b"kp:s:"]
+    assert unpack(sessions.packed)[3:6] == [b"kp:sessions:5", b"kp:clock", b"kp:s:"]
     assert publish_args(publish)["channel"] == b"cp#/notifications#user:5#"
 
 
@@ -175,7 +175,7 @@ def test_join_and_leave(commands: Commands) -> None:
     sessions, publish = commands.membership("join", 42, ["classroom:1", "classroom:2",
                                                          "classroom:1"])
     assert unpack(sessions.packed) == [
-        b"EVALSHA", ROOMS.sha.encode(), b"2", b"ngw:u:42", b"ngw:clock", b"ngw:s:", b"join", b"user:42",
+        b"EVALSHA", ROOMS.sha.encode(), b"2", b"ngw:sessions:42", b"ngw:clock", b"ngw:s:", b"join", b"user:42",
         b"classroom:1", b"classroom:2"]
     args = publish_args(publish)
     assert args["history"] == b""
@@ -221,7 +221,7 @@ def test_a_producer_may_join_a_user_to_any_other_room(commands: Commands) -> Non
 def test_kick(commands: Commands) -> None:
     revoke, publish = commands.kick(42)
     assert unpack(revoke.packed) == [
-        b"EVALSHA", REVOKE.sha.encode(), b"2", b"ngw:u:42", b"ngw:revoked:42", b"ngw:s:",
+        b"EVALSHA", REVOKE.sha.encode(), b"2", b"ngw:sessions:42", b"ngw:revoked:42", b"ngw:s:",
         b"240000"]
     args = publish_args(publish)
     assert args["history"] == b""

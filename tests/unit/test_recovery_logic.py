@@ -163,11 +163,6 @@ async def test_a_room_of_the_token_left_while_away_replays_up_to_the_leave() -> 
     assert sock.data == ["before the leave", "mine"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ConnectSequence._restore keeps a span only when its room is granted by the token or is in "
-    "the session's `joined`; a producer's leave removes the room from `joined` (rooms.lua, "
-    "MemoryBackend.session_rooms), so the span of a producer-joined room left while away is "
-    "dropped and its events before the leave are not replayed, with recovered true"))
 async def test_a_room_joined_by_a_producer_then_left_while_away_replays_up_to_the_leave() -> None:
     bus, rep = await memory_replica()
     conn, first = await connected(rep, Identity("1"))

@@ -2,7 +2,7 @@
 -- KEYS[1]: <prefix>:replicas  KEYS[2]: <prefix>:online:<replica>
 -- ARGV[1]: replica id  ARGV[2]: now, ms  ARGV[3]: presence TTL, ms  ARGV[4]: session TTL, ms
 -- ARGV[5]: key prefix  ARGV[6]: "full" or "light"
--- ARGV[7]: the users online on the replica, ARGV[8]: the pids of its connected sessions,
+-- ARGV[7]: the users online on the replica, ARGV[8]: its connected sessions as "<pid> <user>",
 --          each a "\n"-separated list (two arguments however many sockets: cheap to send).
 -- A light beat only says the replica is alive (its score, its online set's TTL). A full beat,
 -- every few light ones and after every reconnection, rewrites the online set whole (so a
@@ -32,12 +32,19 @@ end)
 if #batch > 0 then redis.call("SADD", KEYS[2], unpack(batch)) end
 redis.call("PEXPIRE", KEYS[2], ARGV[3])
 
-local prefix = ARGV[5] .. ":s:"
-each(ARGV[8], function(pid)
-  local key = prefix .. pid
-  if redis.call("EXISTS", key) == 1 then  -- never resurrect a session a kick deleted
-    redis.call("HSET", key, "{{field.alive}}", now)
-    redis.call("PEXPIRE", key, ARGV[4])
+local ttl = tonumber(ARGV[4])
+each(ARGV[8], function(line)  -- "<pid> <user>"
+  local space = string.find(line, " ", 1, true)
+  if space then
+    local pid, user = string.sub(line, 1, space - 1), string.sub(line, space + 1)
+    local key = ARGV[5] .. ":s:" .. pid
+    if redis.call("EXISTS", key) == 1 then  -- never resurrect a session a kick deleted
+      redis.call("HSET", key, "{{field.alive}}", now)
+      redis.call("PEXPIRE", key, ttl)
+      local index = ARGV[5] .. ":sessions:" .. user
+      redis.call("ZADD", index, "XX", tonumber(now) + ttl, pid)
+      redis.call("PEXPIRE", index, ttl)
+    end
   end
 end)
 return 1

@@ -26,7 +26,8 @@ from tests.support.gateway_proc import GatewayProcess
 from tests.support.sio_client import NodeClients
 
 
-@pytest.mark.parametrize("auth", [None, "Bearer wrong-key", f"Basic {API_KEY}", "Bearer ", API_KEY])
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-key", f"Basic {API_KEY}", "Bearer ", API_KEY],
+                         ids=["none", "wrong-key", "basic-scheme", "empty-bearer", "no-scheme"])
 def test_emit_requires_the_publish_key(node_clients: NodeClients, gw: GatewayProcess,
                                        auth: str | None) -> None:
     user = uid()
