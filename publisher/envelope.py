@@ -1,14 +1,16 @@
-"""The bus wire format, version 1: the one definition that producers and the gateway import.
+"""The bus wire format, version 2: the one definition that producers and the gateway import.
 
 docs/wire-protocol.md is the spec; this module is its executable form. Names (channels and
-keys) come from `BusNames`, so a prefix change cannot reach one side only. Encoding is for
-producers and leaves the offset `o` out: only the publish script may assign it. Decoding runs
-on the gateway for every message of every room, so it does one `orjson.loads` and only the
-checks without which a replica would misroute or crash; anything else it refuses with
-`EnvelopeError`, never another exception, because the input comes from the network.
+keys) come from `BusNames`, so a prefix change cannot reach one side only; every name of a room
+carries the room as a Redis Cluster hash tag, so all that one publish touches is in one slot.
+Encoding is for producers and leaves the position `o` out: only the publish script may assign
+it. Decoding runs on the gateway for every message of every room, so it does one
+`orjson.loads` and only the checks without which a replica would misroute or crash; anything
+else it refuses with `EnvelopeError`, never another exception, because the input comes from
+the network. The wire's one-letter keys stay here: `Event` and `Control` have full names.
 
-Offsets are `<epoch>:<ms>-<seq>`. The epoch is 1 to 64 characters among `A-Z a-z 0-9 _ -`
-(the script's candidate is 16 hex digits); `<ms>-<seq>` is also the history stream entry ID.
+A position is the ID of the message's entry in its room's history stream, `<ms>-<seq>`:
+ordered within the room, unrelated across rooms.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import orjson
 from publisher.events import EVENT_NAME_RE, RESERVED_EVENTS
 from publisher.rooms import InvalidRoom, parse_room, user_room
 
-VERSION: Final = 1
+VERSION: Final = 2
 NAMESPACE: Final = "/notifications"
 DEFAULT_CHANNEL_PREFIX: Final = "socket.io"
 DEFAULT_KEY_PREFIX: Final = "ngw"
@@ -33,16 +35,18 @@ KIND_LEAVE: Final = "leave"
 KIND_KICK: Final = "kick"
 CONTROL_KINDS: Final = frozenset({KIND_JOIN, KIND_LEAVE, KIND_KICK})
 
+# The room that stands for "everyone": its stream holds the events sent to all.
+EVERYONE: Final = "*"
 # Presence (docs: "Presence"): a replica heartbeats every 5 s and counts as alive for 15 s.
 REPLICA_HEARTBEAT_MS: Final = 5_000
 REPLICA_TTL_MS: Final = 15_000
 
-_OFFSET = re.compile(r"([A-Za-z0-9_-]{1,64}):([0-9]{1,15})-([0-9]{1,19})", re.ASCII)
+_POSITION = re.compile(r"([0-9]{1,15})-([0-9]{1,20})", re.ASCII)
 _EVENT_HEAD: Final = b'{"v":%d,"k":"e","t":' % VERSION
 
 
 class EnvelopeError(ValueError):
-    """A bus message that is not a valid v1 envelope; the message says why."""
+    """A bus message that is not a valid v2 envelope; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,92 +61,88 @@ class BusNames:
     key_prefix: str = DEFAULT_KEY_PREFIX
 
     def __post_init__(self) -> None:
-        # `#` separates the parts of a channel name: a prefix containing it would collide.
-        if not isinstance(self.channel_prefix, str) or not self.channel_prefix:
-            raise ValueError("channel_prefix must be a non-empty string, e.g. 'socket.io'")
+        # `#` separates the parts of a channel name; braces would change the hash tag.
+        for what, value, example in (("channel_prefix", self.channel_prefix, "socket.io"),
+                                     ("key_prefix", self.key_prefix, "ngw")):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{what} must be a non-empty string, e.g. {example!r}")
+            if "{" in value or "}" in value:
+                raise ValueError(f"{what} {value!r} must not contain a brace: braces are Redis Cluster hash tags")
         if "#" in self.channel_prefix:
             raise ValueError(f"channel_prefix {self.channel_prefix!r} must not contain '#'")
-        if not isinstance(self.key_prefix, str) or not self.key_prefix:
-            raise ValueError("key_prefix must be a non-empty string, e.g. 'ngw'")
 
     def room_channel(self, room: str) -> str:
-        return f"{self.channel_prefix}#{NAMESPACE}#{room}#"
+        """The sharded channel of `room` (EVERYONE: events for everyone)."""
+        return f"{self.channel_prefix}#{NAMESPACE}#{{{room}}}#"
 
-    def broadcast_channel(self) -> str:
-        return f"{self.channel_prefix}#{NAMESPACE}#"
-
-    def clock_key(self) -> str:
-        return f"{self.key_prefix}:clock"
+    def channel_head(self) -> str:
+        """What every room channel starts with, up to the room's `{`."""
+        return f"{self.channel_prefix}#{NAMESPACE}#{{"
 
     def history_key(self, room: str) -> str:
-        return f"{self.key_prefix}:h:{room}"
+        return f"{self.key_prefix}:{{{room}}}:h"
 
-    def broadcast_history_key(self) -> str:
-        """The history of events for everyone (not a room: no room key can be named so)."""
-        return f"{self.key_prefix}:hb"
+    def session_prefix(self, user: str) -> str:
+        """The sessions of `user` are this prefix and a pid (the user's room is their hash tag)."""
+        return f"{self.key_prefix}:{{user:{user}}}:s:"
 
-    def session_key(self, pid: str) -> str:
-        return f"{self.key_prefix}:s:{pid}"
+    def session_key(self, user: str, pid: str) -> str:
+        return self.session_prefix(user) + pid
 
     def user_sessions_key(self, user: str) -> str:
         """A sorted set: pid -> ms when that session expires (trimmed as sessions end)."""
-        return f"{self.key_prefix}:sessions:{user}"
+        return f"{self.key_prefix}:{{user:{user}}}:sessions"
 
     def revoked_key(self, user: str) -> str:
-        return f"{self.key_prefix}:revoked:{user}"
+        return f"{self.key_prefix}:{{user:{user}}}:revoked"
+
+    def presence_key(self, user: str) -> str:
+        """The replicas where `user` has a socket (a set of replica ids)."""
+        return f"{self.key_prefix}:{{user:{user}}}:on"
 
     def replicas_key(self) -> str:
-        return f"{self.key_prefix}:replicas"
+        """The live replicas: replica id -> ms of its last heartbeat."""
+        return f"{self.key_prefix}:{{replicas}}:live"
 
-    def online_key(self, replica: str) -> str:
-        return f"{self.key_prefix}:online:{replica}"
+    def replica_users_key(self) -> str:
+        """How many users each replica holds: replica id -> count."""
+        return f"{self.key_prefix}:{{replicas}}:users"
 
 
-@dataclass(frozen=True, slots=True)
-class Offset:
-    """A position on the bus. Comparable only within one epoch, where `seq` alone orders."""
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """An entry of a room's history stream: ordered within that room only."""
 
-    epoch: str
     ms: int
     seq: int
 
-    @property
-    def stream_id(self) -> str:
-        """The ID of the message's entry in its room's history stream."""
-        return f"{self.ms}-{self.seq}"
-
     def __str__(self) -> str:
-        return f"{self.epoch}:{self.ms}-{self.seq}"
+        return f"{self.ms}-{self.seq}"
 
 
 class Event(NamedTuple):
-    """`k: "e"`: a Socket.IO event for room `r` (None: everyone).
+    """`k: "e"`: a Socket.IO event for `room` (None: everyone).
 
     A NamedTuple rather than a frozen dataclass: one is built per bus message on every
     replica, and a tuple is several times cheaper to build.
     """
 
-    ev: str
-    d: Any
-    r: str | None
-    t: float
-    o: str
-    epoch: str
+    name: str  # ev
+    data: Any  # d
+    room: str | None  # r
+    sent_ms: float  # t
+    position: str  # o, "<ms>-<seq>" in the room's stream
     ms: int
     seq: int
 
 
 class Control(NamedTuple):
-    """`k: "join" | "leave" | "kick"` about the sockets of user `u`."""
+    """`k: "join" | "leave" | "kick"` about the sockets of `user`."""
 
-    k: str
-    u: str
-    rooms: tuple[str, ...]
-    t: float
-    o: str
-    epoch: str
-    ms: int
-    seq: int
+    kind: str  # k
+    user: str  # u
+    rooms: tuple[tuple[str, Position], ...]  # room -> its position at the join or leave
+    sent_ms: float  # t
 
 
 def encode_event(event: str, data: Any, room: str | None, t_ms: float) -> bytes:
@@ -168,9 +168,9 @@ def encode_event(event: str, data: Any, room: str | None, t_ms: float) -> bytes:
     ))
 
 
-def encode_control(kind: str, user: str, rooms: list[str] | tuple[str, ...] | None,
-                   t_ms: float) -> bytes:
-    """The envelope of a control message about `user`, without `o`."""
+def encode_control(kind: str, user: str, rooms: dict[str, Position] | None, t_ms: float) -> bytes:
+    """The envelope of a control message about `user`: `rooms` maps each room to its position
+    at the moment of the join or leave (a replica delivers a joined room's events after it)."""
     if kind not in CONTROL_KINDS:
         raise EnvelopeError(f"unknown control kind {kind!r}; expected join, leave or kick")
     message: dict[str, Any] = {"v": VERSION, "k": kind, "t": t_ms, "u": user}
@@ -180,7 +180,7 @@ def encode_control(kind: str, user: str, rooms: list[str] | tuple[str, ...] | No
     elif not rooms:
         raise EnvelopeError(f"{kind} needs at least one room")
     else:
-        message["rooms"] = list(rooms)
+        message["rooms"] = {room: str(at) for room, at in rooms.items()}
     return orjson.dumps(message)
 
 
@@ -191,7 +191,7 @@ def _not_json_object(message: bytes) -> EnvelopeError:
     if first == 0x93:
         return EnvelopeError(
             "msgpack message (first byte 0x93), as @socket.io/redis-emitter sends: "
-            "envelope v1 is JSON only"
+            "this bus's envelope is JSON only (run `python -m publisher bridge` for emitters)"
         )
     return EnvelopeError(f"not a JSON object (first byte 0x{first:02x})")
 
@@ -202,18 +202,14 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _offset_parts(text: object) -> tuple[str, int, int]:
+def parse_position(text: object) -> Position:
+    """Parse `<ms>-<seq>`, a stream entry ID; EnvelopeError if it is not one."""
     if type(text) is not str:
-        raise EnvelopeError(f"an offset is a string, got {type(text).__name__}")
-    match = _OFFSET.fullmatch(text)
+        raise EnvelopeError(f"a position is a string, got {type(text).__name__}")
+    match = _POSITION.fullmatch(text)
     if match is None:
-        raise EnvelopeError(f"bad offset {_show(text)}: expected <epoch>:<ms>-<seq>")
-    return match[1], int(match[2]), int(match[3])
-
-
-def parse_offset(text: object) -> Offset:
-    """Parse `<epoch>:<ms>-<seq>`; offsets also arrive from clients, so nothing is trusted."""
-    return Offset(*_offset_parts(text))
+        raise EnvelopeError(f"bad position {_show(text)}: expected <ms>-<seq>")
+    return Position(int(match[1]), int(match[2]))
 
 
 def decode(message: bytes) -> Event | Control:
@@ -232,12 +228,12 @@ def decode(message: bytes) -> Event | Control:
     t = obj.get("t")
     if type(t) is not float and type(t) is not int:
         raise EnvelopeError(f"'t' must be a number of ms, got {_show(t)}")
-    o: Any = obj.get("o")
-    if o is None:
-        raise EnvelopeError("no offset 'o': only the publish script may put messages on the bus")
-    epoch, ms, seq = _offset_parts(o)
     k = obj.get("k")
     if k == KIND_EVENT:
+        o: Any = obj.get("o")
+        if o is None:
+            raise EnvelopeError("no position 'o': only the publish script may put events on the bus")
+        at = parse_position(o)
         ev = obj.get("ev")
         if type(ev) is not str or EVENT_NAME_RE.fullmatch(ev) is None or ev in RESERVED_EVENTS:
             raise EnvelopeError(f"'ev' is not an event name: {_show(ev)}")
@@ -246,13 +242,13 @@ def decode(message: bytes) -> Event | Control:
         r = obj.get("r", False)
         if r is not None and type(r) is not str:
             raise EnvelopeError(f"'r' must be a room name or null, got {_show(r)}")
-        return Event(ev, obj["d"], r, t, o, epoch, ms, seq)
+        return Event(ev, obj["d"], r, t, o, at.ms, at.seq)
     if type(k) is str and k in CONTROL_KINDS:
-        return _control(obj, k, t, o, epoch, ms, seq)
+        return _control(obj, k, t)
     raise EnvelopeError(f"unknown kind {_show(k)}")
 
 
-def _control(obj: dict[str, Any], k: str, t: float, o: str, epoch: str, ms: int, seq: int) -> Control:
+def _control(obj: dict[str, Any], k: str, t: float) -> Control:
     """A control message whose user id and rooms are in the room grammar, or EnvelopeError.
 
     Checked here, once, because a replica builds names from them (`user:<u>`, channels):
@@ -266,14 +262,16 @@ def _control(obj: dict[str, Any], k: str, t: float, o: str, epoch: str, ms: int,
         user_room(u)
     except ValueError as exc:  # InvalidRoom included
         raise EnvelopeError(f"'u' is not a user id: {exc}") from None
-    rooms: Any = ()
-    if k != KIND_KICK:
-        rooms = obj.get("rooms")
-        if type(rooms) is not list or not rooms or not all(type(x) is str for x in rooms):
-            raise EnvelopeError(f"{k}: 'rooms' must be a non-empty list of room names, got {_show(rooms)}")
-        for room in rooms:
-            try:
-                parse_room(room)
-            except InvalidRoom as exc:
-                raise EnvelopeError(f"{k}: 'rooms' holds a name that is not a room: {exc}") from None
-    return Control(k, u, tuple(rooms), t, o, epoch, ms, seq)
+    if k == KIND_KICK:
+        return Control(k, u, (), t)
+    rooms = obj.get("rooms")
+    if type(rooms) is not dict or not rooms:
+        raise EnvelopeError(f"{k}: 'rooms' must be a non-empty object of room -> position, got {_show(rooms)}")
+    out = []
+    for room, at in rooms.items():
+        try:
+            parse_room(room)
+        except InvalidRoom as exc:
+            raise EnvelopeError(f"{k}: 'rooms' holds a name that is not a room: {exc}") from None
+        out.append((room, parse_position(at)))
+    return Control(k, u, tuple(out), t)

@@ -29,6 +29,8 @@ class Script:
 
 
 PUBLISH: Final = Script.load("publish.lua")
+POSITION: Final = Script.load("position.lua")
 ROOMS: Final = Script.load("rooms.lua")
 REVOKE: Final = Script.load("revoke.lua")
-PRESENCE: Final = Script.load("presence.lua")
+ONLINE: Final = Script.load("online.lua")
+REPLICAS: Final = Script.load("replicas.lua")

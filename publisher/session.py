@@ -22,11 +22,11 @@ FIELDS: Final[Mapping[str, str]] = MappingProxyType({
     "sid": "sid",  # the Socket.IO sid, given back on recovery
     "user": "user",  # whose session it is: recovered only for that user
     "rooms": "rooms",  # JSON list of the rooms it is in
-    "start": "o",  # the bus offset the session started at (a client that received nothing)
+    "starts": "p",  # JSON object: room -> its position when the socket entered it
+    "left": "l",  # JSON object: room -> position of a leave after the session began
+    "extra": "x",  # JSON list: rooms entered through a producer or the API, not the token
     "created": "c",  # ms, creation: a revocation after it voids the session
     "alive": "t",  # ms, when its client was last known connected
-    "joined": "j",  # JSON object: room -> stream id where it was joined after `start`
-    "left": "l",  # JSON object: room -> stream id where it was left after `start`
 })
 _PLACEHOLDER = re.compile(rb"\{\{field\.([a-z_]+)\}\}")
 
@@ -47,14 +47,30 @@ def render_fields(source: bytes, script: str) -> bytes:
     return _PLACEHOLDER.sub(one, source)
 
 
-def _positions(raw: str | None, what: str) -> dict[str, str]:
+def _json(raw: str | None, kind: type, what: str) -> object:
     try:
-        table = orjson.loads(raw or "{}")
+        value = orjson.loads(raw) if raw else kind()
     except orjson.JSONDecodeError:
         raise SessionError(f"{what} is not JSON") from None
-    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-        raise SessionError(f"{what} is not an object of stream ids")
+    if not isinstance(value, kind):
+        raise SessionError(f"{what} is not a JSON {kind.__name__}")
+    return value
+
+
+def _positions(raw: str | None, what: str) -> dict[str, str]:
+    table = _json(raw, dict, what)
+    assert isinstance(table, dict)
+    if not all(isinstance(v, str) for v in table.values()):
+        raise SessionError(f"{what} is not an object of stream positions")
     return table
+
+
+def _rooms(raw: str | None, what: str) -> tuple[str, ...]:
+    rooms = _json(raw, list, what)
+    assert isinstance(rooms, list)
+    if not all(isinstance(r, str) for r in rooms):
+        raise SessionError(f"{what} is not a list of room names")
+    return tuple(rooms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,34 +78,28 @@ class SessionRecord:
     sid: str
     user: str
     rooms: tuple[str, ...]
-    start: str
+    starts: Mapping[str, str]
     created_ms: int
     alive_ms: int
-    joined: Mapping[str, str] = field(default_factory=dict)
     left: Mapping[str, str] = field(default_factory=dict)
+    extra: tuple[str, ...] = ()
 
     def to_hash(self) -> dict[str, str]:
         return {
             FIELDS["sid"]: self.sid,
             FIELDS["user"]: self.user,
             FIELDS["rooms"]: orjson.dumps(list(self.rooms)).decode(),
-            FIELDS["start"]: self.start,
+            FIELDS["starts"]: orjson.dumps(dict(self.starts)).decode(),
+            FIELDS["left"]: orjson.dumps(dict(self.left)).decode(),
+            FIELDS["extra"]: orjson.dumps(list(self.extra)).decode(),
             FIELDS["created"]: str(self.created_ms),
             FIELDS["alive"]: str(self.alive_ms),
-            FIELDS["joined"]: orjson.dumps(dict(self.joined)).decode(),
-            FIELDS["left"]: orjson.dumps(dict(self.left)).decode(),
         }
 
     @classmethod
     def from_hash(cls, fields: Mapping[str, str]) -> SessionRecord:
         """Parse a stored hash; SessionError saying what is wrong (it came from Redis, where
         anyone with access may have written it)."""
-        try:
-            rooms = orjson.loads(fields.get(FIELDS["rooms"], "[]"))
-        except orjson.JSONDecodeError:
-            raise SessionError("rooms is not JSON") from None
-        if not isinstance(rooms, list) or not all(isinstance(r, str) for r in rooms):
-            raise SessionError("rooms is not a list of room names")
         sid = fields.get(FIELDS["sid"], "")
         user = fields.get(FIELDS["user"], "")
         if not sid or not user:
@@ -99,6 +109,6 @@ class SessionRecord:
             alive = int(fields.get(FIELDS["alive"]) or 0)
         except ValueError:
             raise SessionError("created or alive is not a number of ms") from None
-        return cls(sid, user, tuple(rooms), fields.get(FIELDS["start"], ""), created, alive,
-                   _positions(fields.get(FIELDS["joined"]), "joined"),
-                   _positions(fields.get(FIELDS["left"]), "left"))
+        return cls(sid, user, _rooms(fields.get(FIELDS["rooms"]), "rooms"),
+                   _positions(fields.get(FIELDS["starts"]), "starts"), created, alive,
+                   _positions(fields.get(FIELDS["left"]), "left"), _rooms(fields.get(FIELDS["extra"]), "extra"))

@@ -1,45 +1,44 @@
--- Events of several rooms, each after its own position, for recovery and catch-up.
--- KEYS: the rooms' history streams.  ARGV[2i-1]: the stream id "<ms>-<seq>" to start after in
--- KEYS[i] (the client's offset, or later for a room it joined after that offset); ARGV[2i]: the
--- id to stop at, inclusive ("+" for none; a room the client left while away stops at the leave).
--- Returns {ok, m1, m2, ...}: ok = 1 with the messages after the offset (each room in order;
--- the caller merges rooms by seq), or ok = 0 when a room lost an entry after the offset.
---
--- Trimming (MAXLEN, MINID) removes the oldest entries and leaves no count of them, so each
--- entry carries its predecessor's id ('p', set by publish.lua). If the first entry after the
--- offset has a predecessor that is itself after the offset, that predecessor was trimmed: the
--- replay would have a hole. Trimming always keeps the newest entry, so when nothing follows
--- the offset, nothing after it was ever added.
-local function parse(id)
-  local d = string.find(id, "-", 1, true)
-  return tonumber(string.sub(id, 1, d - 1)), tonumber(string.sub(id, d + 1))
+#!lua
+-- A room's events after a position, exactly or not at all (docs/wire-protocol.md, "Recovery, exactly").
+-- KEYS[1] the room's history stream.
+-- ARGV[1] replay after this position; ARGV[2] up to this one, inclusive ("+": no end);
+-- ARGV[3] the stream's lifetime, ms (2 x RECOVERY_WINDOW); ARGV[4] at most this many entries.
+-- Returns {1, id1, message1, id2, message2, ...}, or {0, why} when the replay could be short.
+local key, after, till = KEYS[1], ARGV[1], ARGV[2]
+local dash = string.find(after, '-', 1, true)
+local after_ms = tonumber(string.sub(after, 1, dash - 1))
+local empty_at_start = string.sub(after, dash + 1) == '18446744073709551615'
+
+if redis.call('EXISTS', key) == 0 then
+  if empty_at_start then
+    return {1}  -- nothing was published since, or it expired after a quiet spell
+  end
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  if after_ms < now_ms - tonumber(ARGV[3]) then
+    return {1}  -- it expired: its last entry is older than anything a client away can miss
+  end
+  return {0, 'gone'}  -- it held this entry within its lifetime: lost (a flush, a failover)
+end
+
+if empty_at_start then
+  -- Every entry came after the start: none may have been trimmed.
+  local info = redis.call('XINFO', 'STREAM', key)
+  local length, added
+  for i = 1, #info, 2 do
+    if info[i] == 'length' then length = info[i + 1] end
+    if info[i] == 'entries-added' then added = info[i + 1] end
+  end
+  if length ~= added then
+    return {0, 'trimmed'}
+  end
+elseif not redis.call('XRANGE', key, after, after)[1] then
+  return {0, 'trimmed'}  -- trimmed past it (more than MAXLEN since), or lost
 end
 
 local out = {1}
-for k, key in ipairs(KEYS) do
-  local after, till = ARGV[2 * k - 1], ARGV[2 * k]
-  local a_ms, a_seq = parse(after)
-  local function newer(id)  -- is stream id `id` strictly after this room's start?
-    local ms, seq = parse(id)
-    return ms > a_ms or (ms == a_ms and seq > a_seq)
-  end
-  local first = redis.call("XRANGE", key, "(" .. after, "+", "COUNT", 1)
-  if first[1] then
-    local fields = first[1][2]
-    local prev = "0-0"
-    for i = 1, #fields, 2 do
-      if fields[i] == "p" then prev = fields[i + 1] end
-    end
-    if newer(prev) then
-      return {0}
-    end
-  end
-  local entries = first
-  if till ~= "+" or first[1] then
-    entries = redis.call("XRANGE", key, "(" .. after, till)
-  end
-  for _, entry in ipairs(entries) do
-    out[#out + 1] = entry[2][2]
-  end
+for _, entry in ipairs(redis.call('XRANGE', key, '(' .. after, till, 'COUNT', ARGV[4])) do
+  out[#out + 1] = entry[1]
+  out[#out + 1] = entry[2][2]
 end
 return out

@@ -1,21 +1,12 @@
--- Load a recoverable session and the user's revocation time in one round trip.
--- KEYS[1]: <prefix>:s:<pid>.  ARGV[1]: the key prefix ("ngw").
--- Returns {} when there is no session, else {fields..., "revoked", <ms or "">} as a flat
--- hash reply with the revocation time appended.
-local fields = redis.call("HGETALL", KEYS[1])
+#!lua
+-- A recoverable session and its user's revocation time, in one round trip on the user's shard.
+-- KEYS[1] <prefix>:{user:<id>}:s:<pid>   KEYS[2] <prefix>:{user:<id>}:revoked
+-- Returns {} when there is no session, else its fields as a flat hash reply with
+-- "revoked", <ms or "">  appended.
+local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then
   return {}
 end
-local user
-for i = 1, #fields, 2 do
-  if fields[i] == "{{field.user}}" then
-    user = fields[i + 1]
-  end
-end
-local revoked = ""
-if user then
-  revoked = redis.call("GET", ARGV[1] .. ":revoked:" .. user) or ""
-end
-fields[#fields + 1] = "revoked"
-fields[#fields + 1] = revoked
+fields[#fields + 1] = 'revoked'
+fields[#fields + 1] = redis.call('GET', KEYS[2]) or ''
 return fields
