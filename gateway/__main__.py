@@ -139,9 +139,9 @@ async def _warn_if_redis_silent(gateway: object, settings: Settings) -> None:
     await asyncio.sleep(3.0)
     backend = getattr(gateway, "backend", None)
     if backend is not None and not backend.connected:
-        from gateway.bus.endpoint import parse_endpoint
+        from publisher.redis_url import redact
 
-        where = parse_endpoint(settings.redis_url).describe()
+        where = redact(settings.redis_url)
         log.error(f"cannot reach Redis at {where}: readiness stays 503 and events from producers do not "
                   "arrive until it answers. Start Redis (e.g. `redis-server`) or fix REDIS_URL; "
                   "the gateway keeps retrying.")

@@ -26,7 +26,7 @@ from gateway.policy.keys import (
 )
 from publisher.redis_url import redact
 
-REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 MIN_SECRET_BYTES = 32
 MIN_PUBLISH_KEY_BYTES = 24
 N = TypeVar("N", int, float)
@@ -102,6 +102,10 @@ def _redis_url(raw: str) -> str:
         raise ValueError(
             f"unsupported scheme {scheme!r}; use one of {', '.join(s + '://' for s in REDIS_SCHEMES)}"
         )
+    if scheme.endswith("+cluster"):
+        from publisher.cluster import parse_cluster_url
+
+        parse_cluster_url(url)  # a bad cluster URL stops the start here, with what is wrong
     return url
 
 
@@ -201,7 +205,8 @@ SETTINGS: tuple[Setting, ...] = (
             "and the printed keys stay on this machine)."),
     Setting(
         "redis_url", "REDIS_URL", "", _redis_url,
-        "The bus: redis://, rediss://, unix:// or redis+sentinel://host:port[,host:port]/db/service."
+        "The bus: redis://, rediss://, unix://, redis+sentinel://host:port[,host:port]/db/service or, for a "
+        "Redis Cluster, redis+cluster://host:port[,host:port] (rediss+cluster:// with TLS)."
         " Unset: one replica with an in-memory bus.",
         secret=True,
     ),

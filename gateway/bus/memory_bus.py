@@ -1,39 +1,46 @@
 """The bus of a single replica with no Redis: the same promises as Redis, in process.
 
-`gateway --dev` and a one-replica deployment run on it, with recovery included: positions,
-per-room history bounded by count and time, and sessions, exactly as the Redis bus keeps
-them (so the tests of recovery run against both).
+`gateway --dev` and a one-replica deployment run on it, with recovery included: per-room
+streams bounded by count and time with Redis's position rules (`gateway/bus/lua/history.lua`),
+and sessions, exactly as the Redis bus keeps them (so the tests of recovery run against both).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import secrets
 import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.bus.contract import EVERYONE, BusSink, Position, Span, order_key
-from publisher.envelope import encode_event
+from gateway.bus.contract import BusSink, Entries, Span
+from gateway.delivery.offsets import EMPTY_SEQ
+from publisher.envelope import EVERYONE, Position, encode_event
 from publisher.session import SessionRecord
 
 SWEEP_AFTER_ENDED = 256
+
+
+@dataclasses.dataclass
+class _Stream:
+    entries: deque[tuple[Position, bytes]] = dataclasses.field(default_factory=deque)
+    added: int = 0
+    last_write_ms: int = 0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class MemoryBackend:
     name = "memory"
 
     def __init__(self, *, history_max_len: int, window_s: float) -> None:
-        self._epoch = secrets.token_hex(4)
-        self._seq = 0
-        self._ms = 0
         self._max_len = history_max_len
         self._window_ms = int(window_s * 1000)
-        # room -> entries (ms, seq, message); and the newest (ms, seq) trimmed away
-        self._history: dict[str, deque[tuple[int, int, bytes]]] = {}
-        self._trimmed: dict[str, tuple[int, int]] = {}
+        self._lifetime_ms = 2 * self._window_ms
+        self._streams: dict[str, _Stream] = {}
         self._sessions: dict[str, tuple[SessionRecord, float]] = {}
         self._ended = 0  # sessions ended since the last sweep of expired ones
         self._sink: BusSink | None = None
@@ -54,65 +61,76 @@ class MemoryBackend:
     def unsubscribe(self, room: str) -> None:
         return None
 
-    # -- publishing ---------------------------------------------------------------------------
+    # -- streams ----------------------------------------------------------------------------
 
-    def _publish(self, envelope: bytes, room: str | None, keep: bool) -> str:
-        self._seq += 1
-        self._ms = max(int(time.time() * 1000), self._ms)
-        pos = Position(self._epoch, self._ms, self._seq)
-        message = envelope[:-1] + b',"o":"' + pos.offset.encode() + b'"}'
-        if keep and self._window_ms > 0:
-            self._keep(room if room is not None else EVERYONE, pos, message)
+    def _stream(self, room: str) -> _Stream | None:
+        stream = self._streams.get(room)
+        if stream is not None and stream.last_write_ms < _now_ms() - self._lifetime_ms:
+            del self._streams[room]  # expired, as PEXPIRE would have it
+            return None
+        return stream
+
+    async def publish_event(self, event: str, data: Any, room: str | None) -> str:
+        stream_room = room if room is not None else EVERYONE
+        envelope = encode_event(event, data, room, time.time() * 1000)
+        stream = self._stream(stream_room)
+        if stream is None:
+            stream = self._streams[stream_room] = _Stream()
+        now = _now_ms()
+        last = stream.entries[-1][0] if stream.entries else None
+        if last is not None and last.ms >= now:
+            at = Position(last.ms, last.seq + 1)
+        else:
+            at = Position(now, 0)
+        if self._window_ms > 0:
+            stream.entries.append((at, envelope))
+            stream.added += 1
+            stream.last_write_ms = now
+            while len(stream.entries) > self._max_len:
+                stream.entries.popleft()
+        message = envelope[:-1] + b',"o":"' + str(at).encode() + b'"}'
         sink = self._sink
         if sink is not None:
             # Asynchronous, as a Redis subscriber would receive it.
             asyncio.get_running_loop().call_soon(sink.on_message, message)
-        return pos.offset
+        return str(at)
 
-    def _keep(self, room: str, pos: Position, message: bytes) -> None:
-        entries = self._history.get(room)
-        if entries is None:
-            entries = self._history[room] = deque()
-        entries.append((pos.ms, pos.seq, message))
-        cutoff = pos.ms - self._window_ms
-        while entries and (len(entries) > self._max_len or entries[0][0] < cutoff):
-            ms, seq, _ = entries.popleft()
-            self._trimmed[room] = (ms, seq)
+    async def positions(self, rooms: Sequence[str]) -> dict[str, Position]:
+        out = {}
+        for room in rooms:
+            stream = self._stream(room)
+            if stream is not None and stream.entries:
+                out[room] = stream.entries[-1][0]
+            else:
+                out[room] = Position(_now_ms() - 1, EMPTY_SEQ)  # "empty at now"
+        return out
 
-    async def publish_event(self, event: str, data: Any, room: str | None) -> str:
-        envelope = encode_event(event, data, room, time.time() * 1000)
-        return self._publish(envelope, room, keep=True)
+    async def history(self, spans: Sequence[Span]) -> dict[str, Entries | None]:
+        return {room: self._replay(room, after, until) for room, after, until in spans}
 
-    # -- positions and history ------------------------------------------------------------------
-
-    async def position(self) -> Position:
-        return Position(self._epoch, self._ms, self._seq)
-
-    async def history(self, spans: Sequence[Span]) -> list[bytes] | None:
-        out: list[tuple[int, bytes]] = []
-        for room, after, until in spans:
-            if after.epoch != self._epoch:
+    def _replay(self, room: str, after: Position, until: Position | None) -> Entries | None:
+        stream = self._stream(room)
+        empty_at_start = after.seq == EMPTY_SEQ
+        if stream is None:
+            if empty_at_start or after.ms < _now_ms() - self._lifetime_ms:
+                return []
+            return None
+        if empty_at_start:
+            if stream.added != len(stream.entries):
                 return None
-            start = (after.ms, after.seq)
-            end = (until.ms, until.seq) if until is not None else None
-            trimmed = self._trimmed.get(room)
-            if trimmed is not None and trimmed > start:
-                return None
-            for ms, seq, message in self._history.get(room, ()):
-                if (ms, seq) > start and (end is None or (ms, seq) <= end):
-                    out.append((order_key(ms, seq), message))
-        out.sort(key=lambda item: item[0])
-        return [message for _, message in out]
+        elif not any(at == after for at, _ in stream.entries):
+            return None
+        return [(at, raw) for at, raw in stream.entries
+                if at > after and (until is None or at <= until)]
 
     # -- sessions and presence ------------------------------------------------------------------
 
     def save_session(self, pid: str, record: SessionRecord) -> None:
-        left = self._sessions[pid][0].left if pid in self._sessions else {}
-        self._sessions[pid] = (dataclasses.replace(record, left=left), float("inf"))
+        self._sessions[pid] = (record, float("inf"))
 
-    async def load_session(self, pid: str) -> tuple[SessionRecord, int] | None:
+    async def load_session(self, user: str, pid: str) -> tuple[SessionRecord, int] | None:
         entry = self._sessions.get(pid)
-        if entry is None:
+        if entry is None or entry[0].user != user:
             return None
         record, expires = entry
         if expires < time.monotonic():
@@ -139,20 +157,22 @@ class MemoryBackend:
         for pid in [pid for pid, (_, expires) in self._sessions.items() if expires < now]:
             del self._sessions[pid]
 
-    def session_rooms(self, pid: str, rooms: Sequence[str], room: str, change: str, at: str) -> None:
+    def session_rooms(self, pid: str, user: str, rooms: Sequence[str], room: str, change: str, at: str) -> None:
         entry = self._sessions.get(pid)
         if entry is None:
             return
         record, expires = entry
-        joined, left = dict(record.joined), dict(record.left)
+        starts, left = dict(record.starts), dict(record.left)
+        extra = [r for r in record.extra if r != room]
         if change == "j":
             left.pop(room, None)
-            joined[room] = at or "0-0"
-        else:
-            joined.pop(room, None)
             if at:
-                left[room] = at
-        self._sessions[pid] = (dataclasses.replace(record, rooms=tuple(rooms), joined=joined, left=left), expires)
+                starts[room] = at
+            extra.append(room)
+        elif at:
+            left[room] = at
+        self._sessions[pid] = (dataclasses.replace(record, rooms=tuple(rooms), starts=starts, left=left,
+                                                   extra=tuple(extra)), expires)
 
     def set_online(self, user: str, online: bool) -> None:
         return None

@@ -1,34 +1,37 @@
 """Putting a socket into rooms without losing or repeating an event.
 
-A socket entering rooms (a new connection, a recovery, a producer's `join`) holds its live
-events in `Conn.pending` while its channels are subscribed and history is read, then gets both,
-merged in order, once each (`Conn.attach`). A new socket's session starts at the bus position
-read after its subscriptions are confirmed: every event after it reaches the socket live.
+A socket entering rooms (a new connection, a recovery, a producer's `join`) is held
+(`Conn.hold`) while its channels are subscribed and history is read, then gets both, merged in
+order within each room, once each (`Conn.release`). A new socket starts, in each room, at the
+room's cursor once its subscription is confirmed: every event after it reaches the socket live,
+and a recovery replays from there what the client did not process.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from gateway.bus.contract import EVERYONE, Backend, BusUnavailable, Position, Span
+from gateway.bus.contract import Backend, BusUnavailable, Span
+from gateway.delivery.offsets import component, key_of, position_of
 from gateway.delivery.ports import Counters
 from gateway.delivery.registry import Conn, Outgoing, Registry
 from gateway.delivery.subscriptions import Subscriptions
+from publisher.envelope import EVERYONE, Position
 
-# Called when a connected socket's rooms change: (conn, room, "j" joined | "l" left, where on
-# the bus, if known). The session record follows (`sio.server`).
+# Called when a connected socket's rooms change: (conn, room, "j" joined | "l" left, where in
+# the room's stream, if known). The session record follows (`sio.server`).
 RoomsChanged = Callable[[Conn, str, str, Position | None], None]
+Replay = Callable[[str, Iterable[tuple[Position, bytes]]], list[Outgoing]]
 
 
 class HistoryLost(Exception):
-    """A recovery cannot be complete: events after the client's offset are gone."""
+    """A recovery cannot be complete: events the client missed are gone, or cannot be read."""
 
 
 class Attacher:
     def __init__(self, registry: Registry, subscriptions: Subscriptions, backend: Backend, counters: Counters, *,
-                 replay: Callable[[list[bytes]], list[tuple[str | None, Outgoing]]],
-                 rooms_changed: RoomsChanged) -> None:
+                 replay: Replay, rooms_changed: RoomsChanged) -> None:
         self._registry = registry
         self._subscriptions = subscriptions
         self._backend = backend
@@ -36,43 +39,75 @@ class Attacher:
         self._replay = replay
         self._rooms_changed = rooms_changed
         self._locks: dict[str, asyncio.Lock] = {}
-        # sids between their CONNECT and its reply: the reply flushes what they hold
+        # sids between their CONNECT and its reply: the reply releases what they hold
         self.connecting: set[str] = set()
 
     def busy(self, conn: Conn) -> bool:
-        """Is `conn` held by a connect or a join under way (which will flush it itself)?"""
+        """Is `conn` held by a connect or a join under way (which will release it itself)?"""
         return conn.sid in self.connecting or conn.sid in self._locks
 
     def forget(self, sid: str) -> None:
         self.connecting.discard(sid)
         self._locks.pop(sid, None)
 
-    async def attach(self, conn: Conn, rooms: Sequence[str]) -> Position | None:
-        """Put a new socket in its rooms; returns the bus position its session starts at."""
+    async def _starts(self, conn: Conn, rooms: Sequence[str]) -> dict[str, Position]:
+        """Join `rooms` (and follow EVERYONE), then where the socket starts in each: the
+        rooms' cursors. Raises BusUnavailable when one is unknown."""
         await self._subscriptions.join(conn, rooms)
+        cursor = self._registry.cursor
+        if EVERYONE not in cursor:
+            await self._subscriptions.read_positions([EVERYONE])
+        starts = {}
+        for room in (*rooms, EVERYONE):
+            key = cursor.get(room)
+            if key is None:
+                raise BusUnavailable(f"the position of {room} is unknown")
+            starts[room] = position_of(key)
+            if key > conn.positions.get(room, -1):
+                conn.positions[room] = key
+        return starts
+
+    async def attach(self, conn: Conn, rooms: Sequence[str]) -> dict[str, Position] | None:
+        """Put a new socket in its rooms; where its session starts in each room (and in
+        EVERYONE), or None when the bus cannot say (no recoverable session then)."""
         try:
-            return await self._backend.position()
+            return await self._starts(conn, rooms)
         except BusUnavailable:
             return None
 
-    async def recover(self, conn: Conn, spans: Sequence[Span]) -> None:
-        """Put a restored socket back in its rooms, with each room's events after its start
-        queued ahead of the live ones. A span with an end is a room left while away: replayed up
-        to the leave, not rejoined.
+    async def recover(self, conn: Conn, spans: Sequence[Span], offset: Mapping[str, Position]) -> None:
+        """Put a restored socket back in its rooms, each room's events after its span's start
+        held ahead of the live ones. A span with an end is a room left while away: replayed up
+        to the leave, not rejoined. `offset` is what the client's offset said, per room: the
+        socket's next offsets carry it on.
 
-        Raises HistoryLost when part of that history is gone.
-        """
-        await self._subscriptions.join(conn, [room for room, _, end in spans if end is None and room != EVERYONE])
+        Raises HistoryLost when any room's replay could be short."""
+        rooms = [room for room, _, end in spans if end is None and room != EVERYONE]
         try:
-            messages = await self._backend.history(spans)
-        except BusUnavailable:
-            messages = None
-        if messages is None:
-            raise HistoryLost("the history after this offset is gone")
-        conn.pending = [out for _, out in self._replay(messages)] + (conn.pending or [])
+            await self._subscriptions.join(conn, rooms)
+            replies = await self._backend.history(spans)
+        except BusUnavailable as exc:
+            raise HistoryLost(f"the bus cannot answer: {exc}") from None
+        short = sorted(room for room, entries in replies.items() if entries is None)
+        if short or len(replies) != len(spans):
+            raise HistoryLost(f"the history of {', '.join(short) or 'a room'} after the client's position is gone")
+        for room, start, _ in spans:
+            key = key_of(start.ms, start.seq)
+            if key > conn.positions.get(room, -1):
+                conn.positions[room] = key
+        conn.components.update(
+            (room, component(room, at.ms, at.seq)) for room, at in offset.items() if room in replies)
+        held: list[Outgoing] = []
+        for room, entries in replies.items():
+            held.extend(self._replay(room, entries or ()))
+        if conn.pending is None:
+            conn.pending = []
+        conn.pending[:0] = held
 
-    async def enter(self, conn: Conn, rooms: Sequence[str], since: Position | None) -> None:
-        """Add rooms to a connected socket; with `since`, deliver what they got after it."""
+    async def enter(self, conn: Conn, rooms: Mapping[str, Position | None]) -> None:
+        """Add rooms to a connected socket. A room given with a position (a producer's join,
+        read on the room's shard before the join was published) gets its events after it; one
+        without starts at its cursor (the API's join)."""
         lock = self._locks.setdefault(conn.sid, asyncio.Lock())
         async with lock:
             if self._registry.get(conn.sid) is not conn:
@@ -80,31 +115,37 @@ class Attacher:
             fresh = [r for r in rooms if r not in conn.rooms]
             if not fresh:
                 return
-            if conn.pending is None:
-                conn.pending = []
+            conn.hold()
             history: list[Outgoing] = []
+            starts: dict[str, Position | None] = {}
             try:
                 await self._subscriptions.join(conn, fresh)
-                if since is not None:
-                    try:
-                        messages = await self._backend.history([(room, since, None) for room in fresh])
-                    except BusUnavailable:
-                        messages = None
-                    history = [out for _, out in self._replay(messages or [])]
+                since = {room: at for room in fresh if (at := rooms[room]) is not None}
+                if since:
+                    replies = await self._backend.history([(room, at, None) for room, at in since.items()])
+                    for room, entries in replies.items():
+                        history.extend(self._replay(room, entries or ()))
+                for room in fresh:
+                    at = rooms[room]
+                    key = key_of(at.ms, at.seq) if at is not None else self._registry.cursor.get(room)
+                    if key is not None and key > conn.positions.get(room, -1):
+                        conn.positions[room] = key
+                    starts[room] = position_of(key) if key is not None else None
+            except BusUnavailable:
+                pass  # joined all the same: live events from now on; the session knows no start
             finally:
-                conn.attach(history, self._counters)
-            if since is None:
-                try:
-                    since = await self._backend.position()
-                except BusUnavailable:
-                    since = None
+                conn.release(history, self._counters)
             for room in fresh:
-                self._rooms_changed(conn, room, "j", since)
+                self._rooms_changed(conn, room, "j", starts.get(room))
         if not lock.locked():
             self._locks.pop(conn.sid, None)
 
     def leave(self, conn: Conn, room: str, at: Position | None = None) -> None:
-        """Take `conn` out of `room`; `at` is where on the bus it left (a producer's leave), kept
-        in its session so that a recovery replays the room up to there."""
+        """Take `conn` out of `room`; `at` is where in the room's stream it left (a producer's
+        leave), kept in its session so that a recovery replays the room up to there."""
         if self._subscriptions.leave(conn, room):
+            if at is None:
+                key = conn.positions.get(room)
+                at = position_of(key) if key is not None else None
             self._rooms_changed(conn, room, "l", at)
+

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway import errors
-from gateway.bus.contract import EVERYONE
+from publisher.envelope import EVERYONE, Position
 from gateway.delivery.attach import HistoryLost
 from gateway.delivery.core import DeliveryCore
 from gateway.delivery.ports import Counters, SocketWriter
@@ -119,9 +119,9 @@ class ConnectSequence:
         return restorable
 
     def _register(self, sid: str, eio_sid: str, socket: SocketWriter, identity: Identity,
-                  pid: str | None, last_key: int) -> Conn:
+                  pid: str | None) -> Conn:
         self._book.enter(sid, eio_sid)
-        conn = Conn(sid, eio_sid, identity, socket, pid, last_key)
+        conn = Conn(sid, eio_sid, identity, socket, pid)
         expires = identity.exp + self._auth.leeway if identity.exp is not None else None
         self._core.register(conn, expires)
         return conn
@@ -140,12 +140,15 @@ class ConnectSequence:
 
     async def _fresh(self, eio_sid: str, socket: SocketWriter, identity: Identity) -> Conn | None:
         pid = self._recovery.new_pid() if self._recovery.enabled else None
-        conn = self._register(self._new_sid(), eio_sid, socket, identity, pid, 0)
-        start = await self._core.attach_rooms(conn, rooms_for(identity))
+        conn = self._register(self._new_sid(), eio_sid, socket, identity, pid)
+        starts = await self._core.attach_rooms(conn, rooms_for(identity))
         if not self._still_there(conn):
             return None
         if pid is not None:
-            self._recovery.save(pid, conn.sid, identity, list(conn.rooms), start)
+            if starts is None:  # the bus cannot say where it starts: no session to recover
+                conn.pid = None
+            else:
+                self._recovery.save(pid, conn.sid, identity, list(conn.rooms), starts)
         return conn
 
     async def _restore(self, eio_sid: str, socket: SocketWriter, identity: Identity,
@@ -170,25 +173,23 @@ class ConnectSequence:
         granted = rooms_for(identity)
         spans = [(room, start, end) for room, start, end in restorable.spans
                  if room == EVERYONE or room in granted
-                 or ((end is not None or room in restorable.joined) and may_join(identity, room))]
+                 or ((end is not None or room in restorable.record.extra) and may_join(identity, room))]
         dropped = len(restorable.spans) - len(spans)
         if dropped:
             log.info("recovery: rooms the new token does not grant are dropped",
                      extra={"user_id": identity.user_id, "rooms": dropped})
-        conn = self._register(restorable.sid, eio_sid, socket, identity, restorable.pid, restorable.since.key)
+        conn = self._register(restorable.sid, eio_sid, socket, identity, restorable.pid)
         try:
-            await self._core.recover_rooms(conn, spans)
+            await self._core.recover_rooms(conn, spans, restorable.offset)
         except HistoryLost:
             self._unregister(conn)
             raise
         left = {room for room, _, end in restorable.spans if end is not None}
         fresh = [room for room in granted if room not in conn.rooms and room not in left]
-        joined_now: dict[str, str] = {}
+        starts_now: dict[str, Position] = {}
         if fresh:  # the new token grants rooms the session did not have: from now on
-            start = await self._core.attach_rooms(conn, fresh)
-            if start is not None:
-                joined_now = dict.fromkeys(fresh, start.stream_id)
+            starts_now = await self._core.attach_rooms(conn, fresh) or {}
         if not self._still_there(conn):
             return None
-        self._recovery.save_restored(restorable, conn.sid, identity, list(conn.rooms), joined_now)
+        self._recovery.save_restored(restorable, conn.sid, identity, list(conn.rooms), starts_now)
         return conn

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
-from gateway.bus.contract import Backend, Position, Span
+from gateway.bus.contract import Backend, Span
 from gateway.delivery.attach import Attacher, HistoryLost, RoomsChanged
-from gateway.delivery.catchup import BusCursor, CatchUp
+from gateway.delivery.catchup import CatchUp
 from gateway.delivery.fanout import Fanout, from_history
 from gateway.delivery.frames import eio_message_frame, event_packet
 from gateway.delivery.ports import Counters, SocketLayer
 from gateway.delivery.registry import Conn, Outgoing, Registry
 from gateway.delivery.subscriptions import Subscriptions
 from gateway.policy.rooms import may_join, may_leave
-from publisher.envelope import KIND_JOIN, KIND_KICK, KIND_LEAVE, Control
+from publisher.envelope import KIND_JOIN, KIND_KICK, KIND_LEAVE, Control, Position
 from publisher.rooms import user_room
 
 __all__ = ["DeliveryCore", "HistoryLost"]
@@ -40,14 +40,11 @@ class DeliveryCore:
         self._counters = counters
         self._sockets = sockets
         self._with_offset = recovery
-        self._cursor = BusCursor(self.registry, counters)
         self._subscriptions = Subscriptions(self.registry, backend)
         self._attacher = Attacher(self.registry, self._subscriptions, backend, counters,
                                   replay=self._replay, rooms_changed=rooms_changed)
-        self._fanout = Fanout(self.registry, self._cursor, counters, with_offset=recovery,
-                              on_control=self._control)
-        self._catchup = CatchUp(self.registry, self._cursor, backend, counters,
-                                releasable=self._releasable, replay=self._replay)
+        self._fanout = Fanout(self.registry, counters, with_offset=recovery, on_control=self._control)
+        self._catchup = CatchUp(self.registry, backend, counters, replay=self._replay)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- sockets in and out: presence is decided here ---------------------------------------
@@ -61,7 +58,7 @@ class DeliveryCore:
     def accepted(self, conn: Conn) -> None:
         """The CONNECT reply is written: what waited while the socket was attached follows."""
         self._attacher.connecting.discard(conn.sid)
-        conn.attach([], self._counters)
+        conn.release([], self._counters)
 
     def forget(self, sid: str) -> Conn | None:
         """The socket is gone, whatever the reason: rooms, channels and presence follow."""
@@ -89,14 +86,14 @@ class DeliveryCore:
 
     # -- rooms -------------------------------------------------------------------------------
 
-    async def attach_rooms(self, conn: Conn, rooms: Sequence[str]) -> Position | None:
+    async def attach_rooms(self, conn: Conn, rooms: Sequence[str]) -> dict[str, Position] | None:
         return await self._attacher.attach(conn, rooms)
 
-    async def recover_rooms(self, conn: Conn, spans: Sequence[Span]) -> None:
-        await self._attacher.recover(conn, spans)
+    async def recover_rooms(self, conn: Conn, spans: Sequence[Span], offset: Mapping[str, Position]) -> None:
+        await self._attacher.recover(conn, spans, offset)
 
-    async def enter(self, conn: Conn, rooms: Sequence[str], since: Position | None) -> None:
-        await self._attacher.enter(conn, rooms, since)
+    async def enter(self, conn: Conn, rooms: Mapping[str, Position | None]) -> None:
+        await self._attacher.enter(conn, rooms)
 
     def leave(self, conn: Conn, room: str, at: Position | None = None) -> None:
         self._attacher.leave(conn, room, at)
@@ -106,14 +103,14 @@ class DeliveryCore:
     def on_message(self, raw: bytes) -> None:
         self._fanout.on_message(raw)
 
-    async def on_bus_up(self) -> None:
-        self._catchup.hold()
+    def channels_lost(self, rooms: Sequence[str]) -> None:
+        self._catchup.lost(rooms)
 
-    async def on_bus_resubscribed(self) -> None:
-        await self._catchup.resume()
+    def channels_restoring(self, rooms: Sequence[str]) -> None:
+        self._catchup.restoring(rooms)
 
-    def on_bus_down(self) -> None:
-        self._catchup.release()
+    async def channels_restored(self, rooms: Sequence[str]) -> None:
+        await self._catchup.restored(rooms)
 
     def begin_batch(self) -> None:
         self._sockets.begin_batch()
@@ -127,30 +124,26 @@ class DeliveryCore:
         return self.registry.online_users(), sessions
 
     def _control(self, control: Control) -> None:
-        """A producer's join, leave or kick about the sockets of user `control.u`."""
-        members = self.registry.rooms.get(user_room(control.u))
+        """A producer's join, leave or kick about the sockets of `control.user`."""
+        members = self.registry.rooms.get(user_room(control.user))
         if not members:
             return
-        at = Position(control.epoch, control.ms, control.seq)
         for conn in list(members.values()):
-            if control.k == KIND_KICK:
+            if control.kind == KIND_KICK:
                 conn.pid = None  # its sessions were deleted by the publisher: never save it again
                 self._spawn(self._sockets.kick(conn, "kicked"))
-            elif control.k == KIND_JOIN:
-                rooms = [r for r in control.rooms if may_join(conn.identity, r)]
+            elif control.kind == KIND_JOIN:
+                rooms: dict[str, Position | None] = {
+                    room: at for room, at in control.rooms if may_join(conn.identity, room)}
                 if rooms:
-                    self._spawn(self.enter(conn, rooms, since=at))
-            elif control.k == KIND_LEAVE:
-                for room in control.rooms:
+                    self._spawn(self.enter(conn, rooms))
+            elif control.kind == KIND_LEAVE:
+                for room, at in control.rooms:
                     if may_leave(conn.identity, room):
                         self.leave(conn, room, at)
 
-    def _replay(self, messages: list[bytes]) -> list[tuple[str | None, Outgoing]]:
-        return from_history(messages, self._counters, with_offset=self._with_offset)
-
-    def _releasable(self, conn: Conn) -> bool:
-        """Held for the bus, not by a connect or an `enter` that will flush it itself."""
-        return self.registry.get(conn.sid) is conn and not self._attacher.busy(conn)
+    def _replay(self, room: str, entries: Iterable[tuple[Position, bytes]]) -> list[Outgoing]:
+        return from_history(room, entries, self._counters, with_offset=self._with_offset)
 
     # -- outbound ----------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Bus messages in, socket writes out: the hot path.
 
-A bus message is decoded once, turned into one `Outgoing` (the frame built once), and written
-to the room's local sockets by a loop over a dict: no task, no queue per recipient. Control
+A bus message is decoded once, turned into one `Outgoing` (the packet's shared part built once),
+and written to the room's local sockets by a loop over a dict: no task, no queue per recipient.
+Each message moves the room's cursor (where a socket entering the room starts). Control
 messages (a producer's join, leave, kick) are handed to the core, which owns rooms.
 """
 
@@ -10,45 +11,45 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
-from gateway.bus.contract import order_key
-from gateway.delivery.catchup import BusCursor
-from gateway.delivery.frames import eio_message_frame, event_packet
+from gateway.delivery.frames import event_head
+from gateway.delivery.offsets import component, key_of
 from gateway.delivery.ports import Counters
 from gateway.delivery.registry import Conn, Outgoing, Registry
-from publisher.envelope import Control, EnvelopeError, Event, decode
+from publisher.envelope import EVERYONE, Control, EnvelopeError, Event, Position, decode
 
 log = logging.getLogger("gateway.delivery")
 
 
 def outgoing(event: Event, with_offset: bool, *, replay: bool = False) -> Outgoing:
-    """The bytes every local recipient of `event` gets (the offset only when recovery is on)."""
-    text = event_packet(event.ev, event.d, event.o if with_offset else None)
-    return Outgoing(order_key(event.ms, event.seq), event.ev, text, eio_message_frame(text), event.t, replay)
+    """What every local recipient of `event` gets (an offset only when recovery is on)."""
+    room = event.room if event.room is not None else EVERYONE
+    return Outgoing(room, key_of(event.ms, event.seq), event.name,
+                    event_head(event.name, event.data, with_offset=with_offset),
+                    component(room, event.ms, event.seq) if with_offset else b"", event.sent_ms, replay)
 
 
-def from_history(messages: Iterable[bytes], counters: Counters, *, with_offset: bool
-                 ) -> list[tuple[str | None, Outgoing]]:
-    """Stored events as (room, Outgoing), for a replay; what does not decode is counted and
+def from_history(room: str, entries: Iterable[tuple[Position, bytes]], counters: Counters, *,
+                 with_offset: bool) -> list[Outgoing]:
+    """A room's stored events, for a replay; an entry that does not decode is counted and
     skipped (a replay is never refused for one bad entry another producer wrote)."""
     out = []
-    for raw in messages:
-        try:
-            message = decode(raw)
+    for at, raw in entries:
+        try:  # stored without its position, which is the entry's ID
+            message = decode(raw[:-1] + b',"o":"' + str(at).encode() + b'"}')
         except EnvelopeError:
             counters.error("bus_bad_envelope")
             continue
-        if isinstance(message, Event):
-            out.append((message.r, outgoing(message, with_offset, replay=True)))
+        if isinstance(message, Event) and (message.room if message.room is not None else EVERYONE) == room:
+            out.append(outgoing(message, with_offset, replay=True))
     return out
 
 
 class Fanout:
     """Decodes what the bus brings and writes events to the local sockets of their room."""
 
-    def __init__(self, registry: Registry, cursor: BusCursor, counters: Counters, *, with_offset: bool,
+    def __init__(self, registry: Registry, counters: Counters, *, with_offset: bool,
                  on_control: Callable[[Control], None]) -> None:
         self._registry = registry
-        self._cursor = cursor
         self._counters = counters
         self._with_offset = with_offset
         self._on_control = on_control
@@ -60,7 +61,6 @@ class Fanout:
             self._counters.error("bus_bad_envelope")
             log.warning("bus message refused: %s", exc)
             return
-        self._cursor.received(message)
         if isinstance(message, Event):
             self._counters.bus_received("event")
             self.deliver(message)
@@ -69,8 +69,12 @@ class Fanout:
             self._on_control(message)
 
     def deliver(self, event: Event) -> None:
-        room = event.r
-        if room is None:
+        room = event.room if event.room is not None else EVERYONE
+        key = key_of(event.ms, event.seq)
+        cursor = self._registry.cursor
+        if key > cursor.get(room, -1):
+            cursor[room] = key
+        if event.room is None:
             targets: Iterable[Conn] = self._registry.by_sid.values()
         else:
             members = self._registry.rooms.get(room)

@@ -29,6 +29,15 @@ def event_packet(event: str, data: object, offset: str | None) -> bytes:
     return _EVENT_PREFIX + orjson.dumps(args)
 
 
+def event_head(event: str, data: object, *, with_offset: bool) -> bytes:
+    """The EVENT packet without its offset: it ends `,"` where each recipient's offset goes
+    (then `"]`), or, with no offset, it is the whole packet. The offset is a socket's position
+    vector (`offsets`), made of URL-safe characters, commas, colons and dots: nothing in it needs
+    JSON escaping, so it is spliced in as is."""
+    packet = event_packet(event, data, None)
+    return packet[:-1] + b',"' if with_offset else packet
+
+
 def ws_text_frame(payload: bytes) -> bytes:
     """One final, unmasked WebSocket text frame carrying `payload`."""
     n = len(payload)

@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
+from publisher.envelope import Position
+
 # ms and seq of a stream entry ID, and the one number they order by
 SEQ_SPAN = 10**12
 EMPTY_SEQ = 2**64 - 1  # "<ms>-<EMPTY_SEQ>": the stream was empty (or did not exist) at <ms>
@@ -34,6 +36,12 @@ class OffsetError(ValueError):
 def key_of(ms: int, seq: int) -> int:
     """The order of entries within a room, as one integer."""
     return ms * SEQ_SPAN + min(seq, SEQ_SPAN - 1)
+
+
+def position_of(key: int) -> Position:
+    """The stream position a key stands for (the inverse of `key_of`)."""
+    ms, seq = divmod(key, SEQ_SPAN)
+    return Position(ms, EMPTY_SEQ if seq == SEQ_SPAN - 1 else seq)
 
 
 def parse_id(stream_id: str | bytes) -> tuple[int, int]:

@@ -3,47 +3,29 @@
 The protocol. The CONNECT reply carries a private session id `pid`; every event carries its
 offset as a last string argument; a client that lost its transport reconnects with
 `{pid, offset}` in its CONNECT auth. We answer with the same sid and pid (the client then sets
-`socket.recovered`), the same rooms, and every event of those rooms after `offset`, in order,
-once each, before any newer event. Or, when that cannot be done in full, with a new sid and
-pid: `recovered === false`, never a silent gap.
+`socket.recovered`), the same rooms, and every event of those rooms that it did not process, in
+order within each room, once each, before any newer event. Or, when that cannot be done in
+full, with a new sid and pid: `recovered === false`, never a silent gap.
 
-One offset for several rooms. A socket is in several rooms (`user:42`, `classroom:7`, ...), and
-socket.io-client keeps one offset: the last argument of the last event it processed. So
-offsets must be comparable across rooms. Each room's history is its own stream (recovery
-reads only the rooms of the session, and a busy classroom does not push a quiet user's events
-out), but every message on the bus, whatever its room, is numbered by one counter in the same
-Lua script that appends it to history and publishes it (`publisher/lua/publish.lua`). The
-offset is `<epoch>:<ms>-<seq>` and the history entry's id is `<ms>-<seq>`, with `ms` never
-decreasing as `seq` grows, so ordering by stream id is ordering by `seq` in every room. (The
-gateway orders by the pair, `backend.order_key`: if Redis loses its last writes but keeps the
-clock, `seq` values come again, later in `ms`.)
+Positions are per room (docs/wire-protocol.md, "Positions"): there is no clock across rooms, so
+the offset is the socket's position vector (`offsets`): for each room in which it received
+something, the last entry it was given. A room without a component is replayed from where the
+session entered it (`starts` in the session record, the room's position once its subscription
+was confirmed: nothing after it was missed live). So for each room the replay is the stream
+after `max(offset component, start)`, up to the leave for a room left while away (`left`).
 
-Why "after the offset" is exactly what the client missed: a replica reads the bus on one
-connection, and Redis delivers a subscriber's messages in the order it ran the PUBLISHes, that
-is in `seq` order; a socket is written its events in that order (and `Conn` drops any `seq` it
-already passed). So a client that processed the event at `seq = n` has every event of its rooms
-up to `n` and none after: the replay is the events of its rooms with `seq > n`, merged by `seq`.
-A client that received nothing has no offset; it is replayed from the position its session
-started at, taken after its subscriptions were confirmed (so nothing between is missed either).
+Why that is exactly what the client missed: within a room, a replica receives the room's
+messages on one subscription in stream order and writes them to a socket in that order
+(dropping any entry at or before what it already gave the socket). A client that processed the
+entry at position p of a room has every entry of that room up to p and none after.
 
-When not to recover. The epoch is a random id kept with the counter: Redis restarted empty or
-was flushed means a new epoch, and an offset of another epoch is refused (positions restarted,
-history is gone). A room's history is trimmed by count and age; if an entry after the offset
-was trimmed, the replay would be short: refused. Trimming leaves no trace in a stream, so
-each history entry names its predecessor: the first entry after the offset must follow on
-from a position at or before it (`lua/history.lua`). A room joined while the client was away
-replays from the join, not from the offset (the session keeps join positions, field `j`).
-The session (`<prefix>:s:<pid>`) expires `RECOVERY_WINDOW` after its client went away; it is
-only recovered for the user it belongs to (the token is verified again, as on any
-CONNECT: an expired token is refused before recovery is considered), never for a user kicked
-since it began (`publisher.disconnect_user`), and a pid is 128 random bits.
-
-Cost, per event: one HINCRBY/HGET/HSET on the clock, one XADD (+ approximate trim) and PEXPIRE
-per room, one PUBLISH, all in one EVALSHA. Per session: one hash of six short fields and a set
-member, refreshed by the replica's heartbeat. Measured in `bench/` (docs/performance.md).
-
-Broadcasts (`broadcast_to_all`) have a history of their own (`<prefix>:hb`), replayed to every
-recovering session like one more room, as Node's in-memory adapter does.
+When not to recover. A position that is an entry must still be in its stream (trimming past it,
+or a stream lost and grown again, removes it); a position taken from an empty stream requires
+that nothing was ever trimmed from it; a stream gone altogether is accepted only if the position
+is older than a stream's lifetime (`gateway/bus/lua/history.lua`). The session expires
+`RECOVERY_WINDOW` after its client went away; it is looked up under the token's user (another
+user's pid is simply not found), never for a user kicked since it began
+(`publisher.disconnect_user`), and a pid is 128 random bits.
 """
 
 from __future__ import annotations
@@ -55,9 +37,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.bus.contract import EVERYONE, Backend, BusUnavailable, Position, Span
+from gateway.bus.contract import Backend, BusUnavailable, Span
+from gateway.delivery.offsets import OffsetError, decode, key_of
 from gateway.policy.rooms import Identity
-from publisher.envelope import EnvelopeError, parse_offset
+from publisher.envelope import EVERYONE, EnvelopeError, Position, parse_position
 from publisher.session import SessionError, SessionRecord
 
 log = logging.getLogger("gateway.delivery.recovery")
@@ -72,14 +55,26 @@ class Restorable:
 
     pid: str
     sid: str
-    spans: list[Span]  # (room, replay after, up to): rooms in join order, then rooms left while away
-    since: Position  # the client's offset (or the session's start)
-    created_ms: int
-    joined: frozenset[str] = frozenset()  # rooms joined after it began (a producer, the API), not the token's
+    spans: list[Span]  # (room, replay after, up to): its rooms, rooms left while away, EVERYONE
+    offset: dict[str, Position]  # what the client's offset said, per room
+    record: SessionRecord
 
     @property
     def rooms(self) -> list[str]:
         return [room for room, _, end in self.spans if end is None and room != EVERYONE]
+
+
+def _later(a: Position | None, b: Position | None) -> Position | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a if key_of(a.ms, a.seq) >= key_of(b.ms, b.seq) else b
+
+
+def _position(text: str | None) -> Position | None:
+    try:
+        return parse_position(text) if text else None
+    except EnvelopeError:
+        return None
 
 
 class Recovery:
@@ -100,7 +95,7 @@ class Recovery:
         if not isinstance(pid, str) or not pid or len(pid) > MAX_PID_LENGTH:
             return None, "bad_pid"
         try:
-            stored = await self.backend.load_session(pid)
+            stored = await self.backend.load_session(identity.user_id, pid)
         except BusUnavailable:
             return None, "bus_unavailable"
         except SessionError as exc:
@@ -110,51 +105,67 @@ class Recovery:
             return None, "unknown_session"
         record, revoked = stored
         if record.user != identity.user_id:
-            log.warning("recovery refused: session of another user", extra={"user_id": identity.user_id})
             return None, "foreign_user"
         if revoked and revoked >= record.created_ms:
             return None, "revoked"
         if _now_ms() - record.alive_ms > self.window_ms:
             return None, "expired"
-        raw_offset = offset if isinstance(offset, str) and offset else record.start
+        known = [*record.rooms, *record.left, EVERYONE]
         try:
-            parsed = parse_offset(raw_offset)
-        except EnvelopeError:
+            given = {room: Position(ms, seq) for room, (ms, seq) in
+                     decode(offset if offset is not None else "", known).items()}
+        except OffsetError:
             return None, "bad_offset"
-        since = Position(parsed.epoch, parsed.ms, parsed.seq)
-        spans = _spans(list(record.rooms), since, record.joined, record.left)
-        return Restorable(pid, record.sid, spans, since, record.created_ms, frozenset(record.joined)), RECOVERED
+        spans: list[Span] = []
+        for room in record.rooms:
+            start = _later(given.get(room), _position(record.starts.get(room)))
+            if start is None:
+                return None, "no_start"  # the bus could not say where it entered: cannot be exact
+            spans.append((room, start, None))
+        for room, left_at in record.left.items():
+            until = _position(left_at)
+            start = _later(given.get(room), _position(record.starts.get(room)))
+            if room in record.rooms or until is None or start is None:
+                continue
+            if key_of(start.ms, start.seq) < key_of(until.ms, until.seq):
+                spans.append((room, start, until))
+        everyone = _later(given.get(EVERYONE), _position(record.starts.get(EVERYONE)))
+        if everyone is None:
+            return None, "no_start"
+        spans.append((EVERYONE, everyone, None))
+        return Restorable(pid, record.sid, spans, given, record), RECOVERED
 
-    def save(self, pid: str, sid: str, identity: Identity, rooms: list[str],
-             start: Position | None, created_ms: int | None = None, start_offset: str | None = None,
-             joined: Mapping[str, str] | None = None) -> None:
+    def save(self, pid: str, sid: str, identity: Identity, rooms: list[str], starts: Mapping[str, Position],
+             *, created_ms: int | None = None, left: Mapping[str, str] | None = None,
+             extra: tuple[str, ...] = ()) -> None:
         """Write (or rewrite) the session record: queued, nobody waits for it."""
         now = _now_ms()
         self.backend.save_session(pid, SessionRecord(
             sid=sid,
             user=identity.user_id,
             rooms=tuple(rooms),
-            start=start_offset if start_offset is not None else (start.offset if start else ""),
+            starts={room: str(at) for room, at in starts.items()},
             created_ms=created_ms or now,
             alive_ms=now,
-            joined=joined or {},
+            left=dict(left or {}),
+            extra=extra,
         ))
 
     def save_restored(self, restorable: Restorable, sid: str, identity: Identity, rooms: list[str],
-                      joined_now: Mapping[str, str] | None = None) -> None:
-        """Rewrite a restored session: its creation time and start stay, and so do the rooms
-        joined after it began, with their join positions (a room joined while away is still
-        replayed from its join if the client drops again before receiving anything, and it
-        stays marked as not the token's)."""
-        since = restorable.since
-        joined = {room: start.stream_id for room, start, end in restorable.spans
-                  if end is None and room in restorable.joined and room in rooms}
-        joined.update(joined_now or {})
-        self.save(restorable.pid, sid, identity, rooms, None, created_ms=restorable.created_ms,
-                  start_offset=since.offset, joined=joined)
+                      starts_now: Mapping[str, Position] | None = None) -> None:
+        """Rewrite a restored session: its creation and its rooms' starts stay (a client that
+        drops again before receiving anything is replayed from the same place), and so do the
+        rooms it entered through a producer or the API, and its leaves."""
+        record = restorable.record
+        starts = {room: at for room, text in record.starts.items() if (at := _position(text)) is not None}
+        starts.update(starts_now or {})
+        self.save(restorable.pid, sid, identity, rooms, starts, created_ms=record.created_ms,
+                  left={room: at for room, at in record.left.items() if room not in rooms},
+                  extra=tuple(room for room in record.extra if room in rooms))
 
-    def rooms_changed(self, pid: str, rooms: list[str], room: str, change: str, at: Position | None) -> None:
-        self.backend.session_rooms(pid, rooms, room, change, at.stream_id if at else "")
+    def rooms_changed(self, pid: str, user: str, rooms: list[str], room: str, change: str,
+                      at: Position | None) -> None:
+        self.backend.session_rooms(pid, user, rooms, room, change, str(at) if at is not None else "")
 
     def ended(self, pid: str, user: str, *, may_return: bool) -> None:
         """The socket is gone. Its session is kept for the window only when the client may come
@@ -164,32 +175,6 @@ class Recovery:
             self.backend.end_session(pid, user, _now_ms())
         else:
             self.backend.drop_session(pid, user)
-
-
-def _positions(table: Mapping[str, str], epoch: str) -> dict[str, Position]:
-    out = {}
-    for room, at in table.items():
-        ms_text, _, seq_text = at.partition("-")
-        if ms_text.isdigit() and seq_text.isdigit():
-            out[room] = Position(epoch, int(ms_text), int(seq_text))
-    return out
-
-
-def _spans(rooms: list[str], since: Position, joined_at: Mapping[str, str], left_at: Mapping[str, str]) -> list[Span]:
-    """Each room replays from the client's offset, or from when it was joined if that is
-    later: a room joined while the client was away brings only what came after the join. A
-    room left while away replays from the offset up to the leave, and is not rejoined."""
-    joined = _positions(joined_at, since.epoch)
-    spans: list[Span] = []
-    for room in rooms:
-        at = joined.get(room)
-        spans.append((room, at if at is not None and at.key > since.key else since, None))
-    for room, until in _positions(left_at, since.epoch).items():
-        if until.key > since.key and room not in rooms:
-            at = joined.get(room)
-            spans.append((room, at if at is not None and at.key > since.key else since, until))
-    spans.append((EVERYONE, since, None))  # and what was sent to everyone meanwhile
-    return spans
 
 
 def _now_ms() -> int:

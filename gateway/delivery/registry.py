@@ -4,68 +4,98 @@ A room's index maps sid to `Conn`, so delivering an event to a room is one dict 
 one loop, with nothing allocated per recipient. The index of a user's sockets is their
 `user:<id>` room. One `Conn` per socket, with `__slots__`: it is the per-connection memory.
 
-Delivery order and exactly-once: every bus message carries a position that grows across all
-rooms (`backend.order_key`, see `recovery.py`). A socket remembers the last one it was given, so an
-event reaching it through two of its rooms, or both from history and live, is written once;
-while a socket is being attached (subscriptions confirming, history being read) its live
-events wait in `pending` and are merged, in order, with what history returned.
+Delivery order and exactly-once: positions are per room (the entry of the event in its room's
+stream, `offsets.key_of`). A socket remembers, per room, the last position it was given, so an
+event reaching it both from history and live is written once, and within a room in order; while
+a socket is held (its rooms being subscribed, history being read, the bus catching up) its live
+events wait in `pending` and are merged with what history returned. Holds count: a socket is
+released when the last of them ends, never by a hold it did not start.
+
+Each event's last argument is the socket's offset: its positions in every room it received
+something in (`offsets`). The part for the event's own room is built once per event; the rest
+(`Conn.tail`) changes only when the socket receives in another room, and a fan-out shares the
+frame among every recipient with the same tail.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
+from gateway.delivery.frames import eio_message_frame
 from gateway.policy.rooms import Identity
 from publisher.rooms import user_room
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from gateway.delivery.ports import Counters, SocketWriter
+
+_CLOSE = b'"]'
 
 
 @dataclass(slots=True)
 class Outgoing:
     """One event as every local recipient gets it: built once per event per replica."""
 
-    key: int  # backend.order_key(ms, seq)
+    room: str  # its stream: a room, or EVERYONE
+    key: int  # its place in that stream (offsets.key_of)
     event: str
-    text: bytes  # the Socket.IO packet, for polling sockets
-    frame: bytes  # the same as one WebSocket frame
+    head: bytes  # the Socket.IO packet up to its offset; the whole packet when `own` is empty
+    own: bytes  # this room's offset component (empty: recovery is off, no offset is sent)
     t_ms: float  # publish time, for ws_latency_seconds
     replay: bool = False  # read from history (recovery, catch-up), not received live
+    _frames: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict)
+
+    def packet(self, tail: bytes) -> tuple[bytes, bytes]:
+        """(text for polling, WebSocket frame) of this event for a socket whose offset has
+        `tail` after this room's component; built once per distinct tail."""
+        built = self._frames.get(tail)
+        if built is None:
+            text = self.head + self.own + tail + _CLOSE if self.own else self.head
+            built = self._frames[tail] = (text, eio_message_frame(text))
+        return built
+
+
+def _by_room_and_key(out: Outgoing) -> tuple[str, int]:
+    return out.room, out.key
 
 
 class Conn:
     """One connected socket of this replica."""
 
     __slots__ = (
+        "components",
         "eio",
         "eio_sid",
         "expiry",
+        "holds",
         "identity",
-        "last_key",
         "pending",
         "pid",
+        "positions",
         "refused",
         "rooms",
         "sid",
         "stamp",
+        "tails",
         "tokens",
     )
 
-    def __init__(self, sid: str, eio_sid: str, identity: Identity, eio: SocketWriter,
-                 pid: str | None, last_key: int) -> None:
+    def __init__(self, sid: str, eio_sid: str, identity: Identity, eio: SocketWriter, pid: str | None) -> None:
         self.sid = sid
         self.eio_sid = eio_sid
         self.identity = identity
         self.eio = eio
         self.pid = pid
         self.rooms: dict[str, None] = {}  # an ordered set: the ack lists rooms in join order
-        self.last_key = last_key
-        self.pending: list[Outgoing] | None = []  # attached when None
+        self.positions: dict[str, int] = {}  # room -> key of the last entry it was given
+        self.components: dict[str, bytes] = {}  # room -> its offset component, once it received there
+        self.tails: dict[str, bytes] = {}  # room -> the offset's other components (a cache)
+        self.pending: list[Outgoing] | None = []  # held until `release`; a new socket is held
+        self.holds = 1  # its CONNECT: released when the reply is written
         self.tokens = 0.0  # rate limit bucket, see ratelimit.py
         self.stamp = 0.0
         self.refused = 0
@@ -73,27 +103,49 @@ class Conn:
 
     def deliver(self, out: Outgoing) -> bool:
         """Write `out` unless this socket already has it; True when written."""
-        if out.key <= self.last_key:
+        if out.key <= self.positions.get(out.room, -1):
             return False
         pending = self.pending
         if pending is not None:
             pending.append(out)
             return False
-        self.last_key = out.key
-        self.eio.push_message(out.text, out.frame)
+        room = out.room
+        self.positions[room] = out.key
+        tail = b""
+        if out.own:
+            components = self.components
+            components[room] = out.own
+            tails = self.tails
+            if len(components) > 1:
+                tail = tails.get(room, b"\0")
+                if tail == b"\0":
+                    tail = b"".join([b"," + part for other, part in components.items() if other != room])
+                tails.clear()  # every other room's tail held this room's old component
+                tails[room] = tail
+        text, frame = out.packet(tail)
+        self.eio.push_message(text, frame)
         return True
 
-    def attach(self, history: list[Outgoing], metrics: Counters | None = None) -> int:
-        """End the attaching phase: history and what arrived meanwhile, merged in order.
+    def hold(self) -> None:
+        """Hold live events until the matching `release` (subscriptions, history, catch-up)."""
+        self.holds += 1
+        if self.pending is None:
+            self.pending = []
 
-        Every event written is counted as sent (and as replayed when it came from history).
-        Returns how many events were written.
-        """
-        pending = self.pending or []
-        self.pending = None
-        merged = sorted(history + pending, key=_key) if pending else history
+    def release(self, history: list[Outgoing], metrics: Counters | None = None) -> int:
+        """End one hold, adding what history brought; when it was the last, write everything
+        held, merged in order within each room, once each. Returns how many were written."""
+        if self.pending is None:  # not held: deliver at once
+            self.pending = []
+            self.holds = 1
+        self.pending.extend(history)
+        self.holds -= 1
+        if self.holds > 0:
+            return 0
+        self.holds = 0
+        held, self.pending = self.pending, None
         written = 0
-        for out in merged:
+        for out in sorted(held, key=_by_room_and_key):
             if self.deliver(out):
                 written += 1
                 if metrics is not None:
@@ -101,10 +153,6 @@ class Conn:
                     if out.replay:
                         metrics.sent_replay(1)
         return written
-
-
-def _key(out: Outgoing) -> int:
-    return out.key
 
 
 class Removed(NamedTuple):
@@ -126,6 +174,10 @@ class Registry:
     def __init__(self) -> None:
         self.by_sid: dict[str, Conn] = {}
         self.rooms: dict[str, dict[str, Conn]] = {}
+        # room -> key of the newest entry this replica knows in it: read when its channel is
+        # subscribed, then moved by every message received on it. A socket entering a room
+        # starts there (`attach`), and a catch-up replays from there.
+        self.cursor: dict[str, int] = {}
         # (expires at, entry id, sid): no reference to the Conn, so a closed socket is not kept
         # alive until its token's exp. `Conn.expiry` names the entry that is still its own.
         self._expiries: list[tuple[float, int, str]] = []

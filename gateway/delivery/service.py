@@ -51,7 +51,7 @@ class WebSocketService:
             raise KeyError(f"no socket {sid} on this replica")
         if not may_join(conn.identity, room):
             raise PermissionError(f"user {conn.identity.user_id} may not be in {room}")
-        await self.core.enter(conn, [room], since=None)
+        await self.core.enter(conn, {room: None})
 
     async def leave_room(self, sid: str, room: str) -> None:
         conn = self.core.registry.get(sid)

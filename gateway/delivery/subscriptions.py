@@ -1,7 +1,10 @@
-"""Room membership on this replica, and the bus channels it follows from.
+"""Room membership on this replica, the bus channels it follows from, and where each room stands.
 
 A socket entering a room that has no other local socket subscribes the room's channel, and the
-last one out unsubscribes it: a replica receives only what concerns its own sockets.
+last one out unsubscribes it: a replica receives only what concerns its own sockets. When a
+channel is first subscribed, the room's position is read once (after Redis confirmed the
+subscription, so nothing published after it is missed); from then on every message received on
+the channel moves the room's cursor (`fanout`), and a socket entering the room starts there.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
+from gateway.delivery.offsets import key_of
 from gateway.delivery.registry import Conn, Registry, Removed
+from publisher.envelope import EVERYONE, Position
 
 
 class Channels(Protocol):
@@ -20,6 +25,8 @@ class Channels(Protocol):
 
     def unsubscribe(self, room: str) -> None: ...
 
+    async def positions(self, rooms: Sequence[str]) -> dict[str, Position]: ...
+
 
 class Subscriptions:
     def __init__(self, registry: Registry, channels: Channels) -> None:
@@ -28,18 +35,34 @@ class Subscriptions:
 
     async def join(self, conn: Conn, rooms: Sequence[str]) -> None:
         """Put `conn` in `rooms`; returns once the channels of rooms new to this replica are
-        subscribed (or the bus said it cannot: they are subscribed when it comes back)."""
-        fresh = [r for r in rooms if self._registry.join(conn, r)]
-        if len(fresh) == 1:
-            await self._channels.subscribe(fresh[0])
-        elif fresh:
-            await asyncio.gather(*(self._channels.subscribe(r) for r in fresh))
+        subscribed and their positions read. Raises BusUnavailable when a position cannot be
+        read (the channel stays desired: it is subscribed when the bus comes back)."""
+        for room in rooms:
+            self._registry.join(conn, room)
+        # Every room, not only those new here: another socket's subscription of the room may
+        # still await its confirmation (a confirmed one answers at once).
+        if len(rooms) == 1:
+            await self._channels.subscribe(rooms[0])
+        elif rooms:
+            await asyncio.gather(*(self._channels.subscribe(r) for r in rooms))
+        unknown = [r for r in rooms if r not in self._registry.cursor]
+        if unknown:
+            await self.read_positions(unknown)
+
+    async def read_positions(self, rooms: Sequence[str]) -> None:
+        """Move each room's cursor to its stream's position now, if that is newer."""
+        cursor = self._registry.cursor
+        for room, at in (await self._channels.positions(rooms)).items():
+            key = key_of(at.ms, at.seq)
+            if key > cursor.get(room, -1) and (room in self._registry.rooms or room == EVERYONE):  # followed
+                cursor[room] = key
 
     def leave(self, conn: Conn, room: str) -> bool:
         """Take `conn` out of `room`; False when it was not in it."""
         if room not in conn.rooms:
             return False
         if self._registry.leave(conn, room):
+            self._registry.cursor.pop(room, None)
             self._channels.unsubscribe(room)
         return True
 
@@ -48,5 +71,6 @@ class Subscriptions:
         removed = self._registry.remove(sid)
         if removed is not None:
             for room in removed.emptied:
+                self._registry.cursor.pop(room, None)
                 self._channels.unsubscribe(room)
         return removed

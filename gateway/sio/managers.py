@@ -45,7 +45,7 @@ class NotificationManager(socketio.AsyncManager):  # type: ignore[misc]
             raise ValueError(f"{sid} is not connected to this replica")
         if not may_join(conn.identity, room):
             raise PermissionError(f"room {room!r} is not allowed for user {conn.identity.user_id}")
-        await self.core.enter(conn, [room], since=None)
+        await self.core.enter(conn, {room: None})
 
     async def leave_room(self, sid: str, namespace: str, room: str) -> None:
         conn = self.core.get(sid)

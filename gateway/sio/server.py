@@ -23,7 +23,8 @@ import socketio
 from socketio import packet as sio_packet
 
 from gateway import errors
-from gateway.bus.contract import Backend, Position
+from gateway.bus.contract import Backend
+from publisher.envelope import Position
 from gateway.config import Settings
 from gateway.delivery.connect import Accepted, ConnectSequence
 from gateway.delivery.core import DeliveryCore
@@ -143,7 +144,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
     def _save_rooms(self, conn: Conn, room: str, change: str, at: Position | None) -> None:
         """A connected socket's rooms changed: its session record follows."""
         if conn.pid is not None:
-            self.recovery.rooms_changed(conn.pid, list(conn.rooms), room, change, at)
+            self.recovery.rooms_changed(conn.pid, conn.identity.user_id, list(conn.rooms), room, change, at)
 
     # -- life cycle -------------------------------------------------------------------------------
 
