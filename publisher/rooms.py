@@ -1,7 +1,9 @@
 """Room names: the grammar of docs/wire-protocol.md ("Names"), as pure functions.
 
 A room name is 1 to 300 characters, none of them a control character (U+0000 to U+001F,
-U+007F to U+009F) or a lone surrogate (it could not be written to Redis as UTF-8). Producers
+U+007F to U+009F), a lone surrogate (it could not be written to Redis as UTF-8) or a brace (`{`,
+`}`: every bus name of a room carries the room as its Redis Cluster hash tag), and not `*` (the
+bus's name for "everyone"). Producers
 may name rooms as they like (`quiz:9`, `lobby`, `school 12`): the contract's `join(user, room)`
 and `joinRoom(room)` take any room, and only clients may not choose theirs.
 
@@ -28,7 +30,8 @@ MAX_ID_LENGTH: Final = 256
 MAX_ROOM_LENGTH: Final = 300
 OTHER: Final = ""  # the kind `parse_room` gives a room outside the reserved prefixes
 
-_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff{}]")
+EVERYONE: Final = "*"  # publisher.envelope.EVERYONE: the room of events for everyone
 
 
 class InvalidRoom(ValueError):
@@ -45,10 +48,9 @@ def _bad_char(what: str, text: str) -> InvalidRoom | None:
     bad = _BAD_CHAR.search(text)
     if bad is None:
         return None
-    return InvalidRoom(
-        f"{what} {_show(text)} has the character {bad.group()!r}; "
-        "room names have no control characters"
-    )
+    why = ("braces are Redis Cluster hash tags on the bus" if bad.group() in "{}"
+           else "room names have no control characters")
+    return InvalidRoom(f"{what} {_show(text)} has the character {bad.group()!r}; {why}")
 
 
 def _check_id(kind: str, room_id: str) -> None:
@@ -81,6 +83,8 @@ def parse_room(name: object) -> tuple[str, str]:
         )
     kind, sep, room_id = name.partition(":")
     if not sep or kind not in ROOM_KINDS:
+        if name == EVERYONE:
+            raise InvalidRoom("'*' is not a room: the bus's name for everyone (emit with broadcast=True)")
         problem = _bad_char("room name", name)
         if problem is not None:
             raise problem

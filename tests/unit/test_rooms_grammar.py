@@ -58,6 +58,12 @@ def test_parse_room_accepts_the_grammar(name: str, expected: tuple[str, str]) ->
     ("lobby\x00", "character '\\x00'"),
     ("lobby\x85", "character '\\x85'"),
     ("lobby\ud800", "character '\\ud800'"),
+    # every bus name of a room carries the room as its hash tag: a brace would change the slot
+    ("lobby{1}", "character '{'; braces are Redis Cluster hash tags"),
+    ("a}b", "character '}'; braces are Redis Cluster hash tags"),
+    ("user:{42}", "character '{'"),
+    ("classroom:7}", "character '}'"),
+    ("*", "the bus's name for everyone"),
 ])
 def test_parse_room_names_the_problem(name: str, words: str) -> None:
     with pytest.raises(InvalidRoom) as info:
@@ -95,6 +101,8 @@ def test_builders() -> None:
 def test_builders_refuse_ids_outside_the_grammar(builder: object) -> None:
     with pytest.raises(ValueError, match="character '\\\\t'"):
         builder("a\tb")  # type: ignore[operator]
+    with pytest.raises(ValueError, match="character '{'"):
+        builder("{a}")  # type: ignore[operator]
     with pytest.raises(ValueError, match="257 characters"):
         builder("x" * 257)  # type: ignore[operator]
 
@@ -135,10 +143,12 @@ def test_parse_room_raises_only_invalid_room(name: str) -> None:
         assert f"{kind}:{room_id}" == name
 
 
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=300))
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="{}"),
+               min_size=1, max_size=300))
 def test_every_name_without_control_characters_is_a_room_or_a_reserved_one(name: str) -> None:
-    """Producers may name rooms freely; only the reserved prefixes have a grammar of their own."""
+    """Producers may name rooms freely; only the reserved prefixes have a grammar of their own
+    (and `*`, the bus's "everyone", is no room)."""
     kind, sep, _ = name.partition(":")
-    if sep and kind in ("user", "classroom", "teacher", "admin"):
+    if (sep and kind in ("user", "classroom", "teacher", "admin")) or name == "*":
         return
     assert parse_room(name) == (OTHER, name)
