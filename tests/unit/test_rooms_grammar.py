@@ -101,7 +101,7 @@ def test_builders() -> None:
 def test_builders_refuse_ids_outside_the_grammar(builder: object) -> None:
     with pytest.raises(ValueError, match="character '\\\\t'"):
         builder("a\tb")  # type: ignore[operator]
-    with pytest.raises(ValueError, match="character '{'"):
+    with pytest.raises(ValueError, match=r"character '\{'"):
         builder("{a}")  # type: ignore[operator]
     with pytest.raises(ValueError, match="257 characters"):
         builder("x" * 257)  # type: ignore[operator]
