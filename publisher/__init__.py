@@ -1,7 +1,7 @@
 """The producer library of the notification gateway: put events on its Redis bus.
 
     from publisher import Publisher            # AsyncPublisher: the same, awaitable
-    pub = Publisher("redis://localhost:6379/0")
+    pub = Publisher("redis://localhost:6379/0")          # or redis+cluster://host:6379,...
     pub.emit("coins:earned", {"amount": 50, "reason": "quiz", "newBalance": 1250}, room="user:42")
 
 Needs only redis and orjson. The wire format is docs/wire-protocol.md; `publisher.envelope`
@@ -9,8 +9,9 @@ is its one implementation, which the gateway imports too.
 """
 
 from publisher.client import AsyncPublishBatch, AsyncPublisher, PublishBatch, Publisher
+from publisher.cluster import ClusterModeError
 from publisher.commands import Message
-from publisher.envelope import BusNames, Offset, parse_offset
+from publisher.envelope import BusNames, Position, parse_position
 from publisher.errors import (
     EnvelopeError,
     InvalidEvent,
@@ -41,6 +42,7 @@ __all__ = [
     "AsyncPublishBatch",
     "AsyncPublisher",
     "BusNames",
+    "ClusterModeError",
     "CoinsEarned",
     "EnvelopeError",
     "InvalidEvent",
@@ -49,7 +51,7 @@ __all__ = [
     "Message",
     "NotificationNew",
     "NotificationRead",
-    "Offset",
+    "Position",
     "PublishBatch",
     "PublishError",
     "PublishTimeout",
@@ -58,7 +60,7 @@ __all__ = [
     "Rank",
     "RankPromoted",
     "classroom_room",
-    "parse_offset",
+    "parse_position",
     "teacher_room",
     "typescript_declarations",
     "user_room",

@@ -4,10 +4,14 @@
     python -m publisher emit maintenance '{"at": "22:00"}' --all
     python -m publisher join 42 classroom:7      leave 42 classroom:7      kick 42
     python -m publisher online 42                count
+    python -m publisher --redis-url redis+cluster://10.0.0.1:6379,10.0.0.2:6379 emit news '{}' --all
 
-Prints the offset (emit, join, leave, kick), `true`/`false` (online) or a number (count).
-Exit status: 0 done; 2 bad arguments, JSON, event, payload or room (nothing was sent); 1 Redis
-unreachable or refusing. Every error is one line on stderr that says what to fix.
+Prints the message's position in its room (emit), the position of each room at the join or
+leave as a JSON object (join, leave), the number of recoverable sessions deleted (kick),
+`true`/`false` (online) or the users the live replicas hold, added up (count). Exit status: 0
+done; 2 bad arguments, URL, JSON, event, payload or room (nothing was sent); 1 Redis unreachable
+or refusing (a plain URL at a Redis Cluster node too). Every error is one line on stderr that
+says what to fix.
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
-        help="the bus: redis://, rediss://, unix://, redis+sentinel:// "
-             "(default: $REDIS_URL, else %(default)s)",
+        help="the bus: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://, "
+             "rediss+cluster:// (default: $REDIS_URL, else %(default)s)",
     )
     parser.add_argument(
         "--channel-prefix", default=os.environ.get("CHANNEL_PREFIX") or DEFAULT_CHANNEL_PREFIX,
@@ -83,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     kick.add_argument("user", help="the user's id")
     online = commands.add_parser("online", help="is the user connected? prints true or false")
     online.add_argument("user", help="the user's id")
-    commands.add_parser("count", help="how many distinct users are connected")
+    commands.add_parser("count", help="how many users the live replicas hold (one on two replicas counts twice)")
     return parser
 
 
@@ -107,11 +111,11 @@ def _run(args: argparse.Namespace, pub: Publisher) -> str:
             return pub.emit(args.event, data, room=args.room, strict=strict)
         return pub.emit(args.event, data, user=args.user, strict=strict)
     if args.command == "join":
-        return pub.join(args.user, args.rooms)
+        return orjson.dumps(pub.join(args.user, args.rooms)).decode()
     if args.command == "leave":
-        return pub.leave(args.user, args.rooms)
+        return orjson.dumps(pub.leave(args.user, args.rooms)).decode()
     if args.command == "kick":
-        return pub.disconnect_user(args.user)
+        return str(pub.disconnect_user(args.user))
     if args.command == "online":
         return "true" if pub.is_online(args.user) else "false"
     return str(pub.online_count())

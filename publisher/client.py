@@ -1,30 +1,35 @@
 """`Publisher` (sync: Django, Flask, Celery) and `AsyncPublisher` (asyncio): the producer API.
 
-    pub = Publisher("redis://localhost:6379/0")
+    pub = Publisher("redis://localhost:6379/0")      # or redis+cluster://host:6379,host:6380
     pub.emit("coins:earned", {"amount": 50, "reason": "quiz", "newBalance": 1250}, user=42)
     pub.coins_earned(42, amount=50, reason="quiz", new_balance=1250)   # the same, typed
 
 Every method checks its arguments first (a `ValueError` naming the problem, nothing sent),
-then runs the bus's Lua scripts in one round trip and returns what the bus says: the offset of
-the message for emits and control messages. Failures reaching Redis are retried a few times,
-then raised as `PublishError`; see `publisher.script_runner` for the exact policy.
+then runs the bus's Lua scripts and returns what the bus says: an emit returns the message's
+position in its room (`"<ms>-<seq>"`, the ID of its entry in the room's history stream:
+ordered within the room, unrelated across rooms). Failures reaching Redis are retried a few
+times, then raised as `PublishError`; see `publisher.script_runner` (one Redis) and
+`publisher.cluster` (a Redis Cluster) for the exact policy.
 
-A publisher built from a URL owns its Redis client and closes it in `close()`; one given a
-`client=` leaves it open. Either is safe to share between threads (sync) or tasks (async),
-and costs one connection per concurrent call.
+The URL may be any REDIS_URL form (`publisher.transports`): `redis://`, `rediss://`,
+`unix://`, `redis+sentinel://`, and `redis+cluster://` / `rediss+cluster://` for a Redis
+Cluster, where the calls of one `emit_many` or batch go in one round trip per primary. A
+plain URL that leads to a cluster node is refused (`ClusterModeError`, naming the
+`redis+cluster://` URL to write) at the first call.
+
+A publisher built from a URL owns its Redis clients and closes them in `close()`; one given a
+`client=` (a single Redis only) leaves it open. Either is safe to share between threads (sync)
+or tasks (async), and costs one connection per concurrent call (per node, on a cluster).
 """
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import redis
 import redis.asyncio
-import redis.asyncio.retry
-import redis.retry
-from redis.backoff import NoBackoff
 
 from publisher.commands import Call, Commands, Message
 from publisher.envelope import (
@@ -33,19 +38,39 @@ from publisher.envelope import (
     KIND_JOIN,
     KIND_LEAVE,
     BusNames,
+    Position,
+    parse_position,
 )
 from publisher.events import MAX_PAYLOAD_BYTES
 from publisher.helpers import TypedEmitters
-from publisher.redis_url import async_client, redact, sentinel_clients, sync_client
-from publisher.script_runner import AsyncTransport, SyncTransport, describe
+from publisher.transports import (
+    AsyncRunner,
+    AsyncStandaloneTransport,
+    StandaloneTransport,
+    SyncRunner,
+    async_transport,
+    async_transport_for,
+    sync_transport,
+    sync_transport_for,
+)
 
 BATCH_SIZE = 500  # calls per round trip in emit_many: bounded memory, few round trips
 
+_ONE_SOURCE = "give either a Redis URL or client=, not both and not neither"
+_NO_CLIENT = (
+    "a redis+cluster:// publisher has no single Redis client (it keeps one per node: "
+    "publisher.cluster); `client` exists for redis://, rediss://, unix:// and redis+sentinel:// only"
+)
 
-def _offset(reply: Any) -> str:
-    """The offset from the publish script's reply {offset, receivers}."""
-    offset = reply[0]
-    return offset if isinstance(offset, str) else offset.decode("ascii")
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _position(reply: Any) -> str:
+    """The position from the publish script's reply {position, receivers}."""
+    position = reply[0]
+    return position if isinstance(position, str) else position.decode("ascii")
 
 
 def _chunks(calls: list[Call]) -> Iterator[list[Call]]:
@@ -53,24 +78,25 @@ def _chunks(calls: list[Call]) -> Iterator[list[Call]]:
         yield calls[start:start + BATCH_SIZE]
 
 
-_ONE_SOURCE = "give either a Redis URL or client=, not both and not neither"
+def _positions(rooms: Sequence[str], replies: Sequence[Any]) -> dict[str, Position]:
+    """Each room's position, from the replies of `Commands.positions`."""
+    return {room: parse_position(_text(reply)) for room, reply in zip(rooms, replies, strict=True)}
 
 
-def _client(url: str | None, client: Any, redis_options: dict[str, Any], make: Any, retry: Any) -> tuple[Any, str]:
-    """The redis-py client of a publisher (built from `url`, or given) and where it points."""
-    if url is not None and client is None:
-        # Retries are ours alone (bounded, documented): redis-py's would multiply them.
-        redis_options.setdefault("retry", retry)
-        return make(url, **redis_options), redact(url)
-    if client is not None and url is None:
-        return client, describe(client)
-    raise TypeError(_ONE_SOURCE)
+def _online(replies: Sequence[Any]) -> bool:
+    """From the replies of `Commands.is_online`: the user's replicas meet the live ones."""
+    where, live = replies
+    return not {_text(r) for r in where}.isdisjoint(_text(r) for r in live[::2])
 
 
-def _check_retries(retries: int) -> int:
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
-        raise ValueError(f"retries must be an integer from 0 to 10, got {retries!r}")
-    return retries
+def _count(reply: Sequence[Any]) -> int:
+    """From the reply of `Commands.online_count`: the live replicas' user counts, added."""
+    return sum(int(count) for count in reply[1::2])
+
+
+def _check_source(url: str | None, client: Any) -> None:
+    if (url is None) == (client is None):
+        raise TypeError(_ONE_SOURCE)
 
 
 class Publisher(TypedEmitters[str]):
@@ -83,8 +109,9 @@ class Publisher(TypedEmitters[str]):
     payload; `retries` counts attempts after the first. `strict=True` makes every `emit` of
     this publisher check the five contract events against their schema, as the typed helpers
     always do (off by default: `emit` takes any sanitised payload, see `emit`). Other keyword
-    arguments go to the redis-py client built from the URL (e.g. `socket_timeout=1.0`); a
-    `client=` of your own keeps its settings, including its own retries when connecting.
+    arguments go to the redis-py clients built from the URL (e.g. `socket_timeout=1.0`; on a
+    cluster, every node's); a `client=` of your own keeps its settings, including its own
+    retries when connecting.
     """
 
     def __init__(self, url: str | None = None, *, client: redis.Redis | None = None,
@@ -97,23 +124,34 @@ class Publisher(TypedEmitters[str]):
             recovery_window_s=recovery_window_s, max_payload_bytes=max_payload_bytes,
             strict=strict,
         )
-        retries = _check_retries(retries)
-        self._owns_client = client is None
-        client, where = _client(url, client, redis_options, sync_client, redis.retry.Retry(NoBackoff(), 0))
-        self._transport = SyncTransport(client, retries=retries, where=where)
+        _check_source(url, client)
+        self._transport: SyncRunner = (
+            sync_transport(url, retries=retries, **redis_options) if url is not None
+            else sync_transport_for(client, retries=retries)  # type: ignore[arg-type]
+        )
 
     @property
     def names(self) -> BusNames:
         return self._commands.names
 
     @property
+    def where(self) -> str:
+        """Where the publisher points, credentials masked."""
+        return self._transport.where
+
+    @property
     def client(self) -> redis.Redis:
-        return self._transport.client
+        """The redis-py client, for a single Redis (redis://, rediss://, unix://, Sentinel, or
+        `client=`). A `redis+cluster://` publisher has none: AttributeError."""
+        if isinstance(self._transport, StandaloneTransport):
+            return self._transport.client
+        raise AttributeError(_NO_CLIENT)
 
     def emit(self, event: str, data: Any, *, room: str | None = None,
              user: str | int | None = None, broadcast: bool = False,
              strict: bool | None = None) -> str:
-        """Emit `event` with payload `data` to one target; return the message's offset.
+        """Emit `event` with payload `data` to one target; return the message's position in
+        its room (`"<ms>-<seq>"`; broadcasts are in the room `*`).
 
         `room="classroom:7"` (any room name of the grammar in `publisher.rooms`, e.g.
         `quiz:9`), or `user=42` (the room `user:42`), or `broadcast=True` (every client).
@@ -124,54 +162,65 @@ class Publisher(TypedEmitters[str]):
         schema, as the typed helpers always do.
         """
         call = self._commands.event(event, data, room, user, broadcast, strict)
-        return _offset(self._transport.run((call,))[0])
+        return _position(self._transport.run((call,))[0])
 
     def emit_many(self, messages: Iterable[Message]) -> list[str]:
-        """Emit several events in as few round trips as possible; their offsets, in order.
+        """Emit several events in as few round trips as possible; their positions, in order.
 
-        All are checked before any is sent. Ordering on the bus follows the list.
+        All are checked before any is sent. Within each room the bus keeps the list's order.
         """
         calls = [self._commands.message(m) for m in messages]
-        offsets: list[str] = []
+        positions: list[str] = []
         for chunk in _chunks(calls):
-            offsets.extend(_offset(reply) for reply in self._transport.run(chunk))
-        return offsets
+            positions.extend(_position(reply) for reply in self._transport.run(chunk))
+        return positions
 
     def pipeline(self) -> PublishBatch:
         """A batch: queue emits (checked at once), send them together on exit or `execute()`."""
         return PublishBatch(self)
 
-    def join(self, user_id: str | int, rooms: str | Iterable[str]) -> str:
+    def _membership(self, kind: str, user_id: str | int, rooms: str | Iterable[str]) -> dict[str, str]:
+        uid, wanted = self._commands.rooms(kind, user_id, rooms)
+        at = _positions(wanted, self._transport.run(self._commands.positions(wanted)))
+        self._transport.run((self._commands.membership(kind, uid, at),))
+        return {room: str(position) for room, position in at.items()}
+
+    def join(self, user_id: str | int, rooms: str | Iterable[str]) -> dict[str, str]:
         """Put every socket of the user, on every replica, into `rooms`; also their saved
-        sessions, so a client away now comes back in them. Returns the control offset."""
-        replies = self._transport.run(self._commands.membership(KIND_JOIN, user_id, rooms))
-        return _offset(replies[-1])
+        sessions, so a client away now comes back in them.
 
-    def leave(self, user_id: str | int, rooms: str | Iterable[str]) -> str:
-        """Take every socket of the user out of `rooms` (never out of `user:<id>`)."""
-        replies = self._transport.run(self._commands.membership(KIND_LEAVE, user_id, rooms))
-        return _offset(replies[-1])
+        Two round trips: each room's position is read first (on the room's shard), then the
+        user's sessions are edited and the replicas told (on the user's shard); every event
+        of a room after its position reaches the joined sockets, so an emit after `join`
+        returns is not lost. Returns {room: its position at the join}.
+        """
+        return self._membership(KIND_JOIN, user_id, rooms)
 
-    def disconnect_user(self, user_id: str | int) -> str:
+    def leave(self, user_id: str | int, rooms: str | Iterable[str]) -> dict[str, str]:
+        """Take every socket of the user out of `rooms` (never out of `user:<id>`), and their
+        saved sessions. Two round trips, as `join`; returns {room: its position at the leave}."""
+        return self._membership(KIND_LEAVE, user_id, rooms)
+
+    def disconnect_user(self, user_id: str | int) -> int:
         """Disconnect every socket of the user for good: delete their recoverable sessions,
-        mark them revoked (for twice the recovery window), then kick them on every replica."""
-        return _offset(self._transport.run(self._commands.kick(user_id))[-1])
+        mark them revoked (for twice the recovery window), then kick them on every replica.
+        One round trip; returns how many recoverable sessions were deleted."""
+        return int(self._transport.run((self._commands.kick(user_id),))[0])
 
     def is_online(self, user_id: str | int) -> bool:
-        """Whether a live replica holds a socket of the user (replicas report every 5 s)."""
-        return bool(self._transport.run((self._commands.is_online(user_id),))[0])
+        """Whether a live replica holds a socket of the user: the user's set of replicas meets
+        the replicas heard from in the last 15 s (they report every 5 s). One round trip
+        (two calls; on a cluster, to the user's shard and the `{replicas}` slot's)."""
+        return _online(self._transport.run(self._commands.is_online(user_id)))
 
     def online_count(self) -> int:
-        """How many distinct users live replicas hold."""
-        return int(self._transport.run((self._commands.online_count(),))[0])
+        """The users the live replicas hold, added up: a user connected to two replicas counts
+        twice (each replica counts its own users)."""
+        return _count(self._transport.run((self._commands.online_count(),))[0])
 
     def close(self) -> None:
-        """Release the connections; close the Redis client if this publisher made it."""
+        """Release the connections; close the Redis clients if this publisher made them."""
         self._transport.close()
-        if self._owns_client:
-            self._transport.client.close()
-            for sentinel in sentinel_clients(self._transport.client):
-                sentinel.close()
 
     def __enter__(self) -> Self:
         return self
@@ -182,16 +231,17 @@ class Publisher(TypedEmitters[str]):
 
 
 class PublishBatch(TypedEmitters[None]):
-    """Emits queued by `Publisher.pipeline()`, sent in one round trip.
+    """Emits queued by `Publisher.pipeline()`, sent in one round trip (one per primary on a
+    cluster).
 
     Each emit is checked when queued. Leaving the `with` block without an exception sends
-    them; `offsets` then holds their offsets in order. With an exception nothing is sent.
+    them; `positions` then holds their positions in order. With an exception nothing is sent.
     """
 
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
         self._calls: list[Call] = []
-        self.offsets: list[str] = []
+        self.positions: list[str] = []
 
     def emit(self, event: str, data: Any, *, room: str | None = None,
              user: str | int | None = None, broadcast: bool = False,
@@ -202,12 +252,12 @@ class PublishBatch(TypedEmitters[None]):
         return len(self._calls)
 
     def execute(self) -> list[str]:
-        """Send the queued emits; return (and keep in `offsets`) their offsets."""
+        """Send the queued emits; return (and keep in `positions`) their positions."""
         calls, self._calls = self._calls, []
         transport = self._publisher._transport
         for chunk in _chunks(calls):
-            self.offsets.extend(_offset(reply) for reply in transport.run(chunk))
-        return self.offsets
+            self.positions.extend(_position(reply) for reply in transport.run(chunk))
+        return self.positions
 
     def __enter__(self) -> Self:
         return self
@@ -234,70 +284,76 @@ class AsyncPublisher(TypedEmitters[Coroutine[Any, Any, str]]):
             recovery_window_s=recovery_window_s, max_payload_bytes=max_payload_bytes,
             strict=strict,
         )
-        retries = _check_retries(retries)
-        self._owns_client = client is None
-        client, where = _client(url, client, redis_options, async_client,
-                                redis.asyncio.retry.Retry(NoBackoff(), 0))
-        self._transport = AsyncTransport(client, retries=retries, where=where)
+        _check_source(url, client)
+        self._transport: AsyncRunner = (
+            async_transport(url, retries=retries, **redis_options) if url is not None
+            else async_transport_for(client, retries=retries)  # type: ignore[arg-type]
+        )
 
     @property
     def names(self) -> BusNames:
         return self._commands.names
 
     @property
+    def where(self) -> str:
+        """See `Publisher.where`."""
+        return self._transport.where
+
+    @property
     def client(self) -> redis.asyncio.Redis:
-        return self._transport.client
+        """See `Publisher.client`."""
+        if isinstance(self._transport, AsyncStandaloneTransport):
+            return self._transport.client
+        raise AttributeError(_NO_CLIENT)
 
     async def emit(self, event: str, data: Any, *, room: str | None = None,
                    user: str | int | None = None, broadcast: bool = False,
                    strict: bool | None = None) -> str:
         """See `Publisher.emit`."""
         call = self._commands.event(event, data, room, user, broadcast, strict)
-        return _offset((await self._transport.run((call,)))[0])
+        return _position((await self._transport.run((call,)))[0])
 
     async def emit_many(self, messages: Iterable[Message]) -> list[str]:
         """See `Publisher.emit_many`."""
         calls = [self._commands.message(m) for m in messages]
-        offsets: list[str] = []
+        positions: list[str] = []
         for chunk in _chunks(calls):
-            offsets.extend(_offset(reply) for reply in await self._transport.run(chunk))
-        return offsets
+            positions.extend(_position(reply) for reply in await self._transport.run(chunk))
+        return positions
 
     def pipeline(self) -> AsyncPublishBatch:
         """See `Publisher.pipeline`; use `async with`."""
         return AsyncPublishBatch(self)
 
-    async def join(self, user_id: str | int, rooms: str | Iterable[str]) -> str:
-        """See `Publisher.join`."""
-        replies = await self._transport.run(
-            self._commands.membership(KIND_JOIN, user_id, rooms))
-        return _offset(replies[-1])
+    async def _membership(self, kind: str, user_id: str | int, rooms: str | Iterable[str]) -> dict[str, str]:
+        uid, wanted = self._commands.rooms(kind, user_id, rooms)
+        at = _positions(wanted, await self._transport.run(self._commands.positions(wanted)))
+        await self._transport.run((self._commands.membership(kind, uid, at),))
+        return {room: str(position) for room, position in at.items()}
 
-    async def leave(self, user_id: str | int, rooms: str | Iterable[str]) -> str:
-        """See `Publisher.leave`."""
-        replies = await self._transport.run(
-            self._commands.membership(KIND_LEAVE, user_id, rooms))
-        return _offset(replies[-1])
+    async def join(self, user_id: str | int, rooms: str | Iterable[str]) -> dict[str, str]:
+        """See `Publisher.join` (two round trips)."""
+        return await self._membership(KIND_JOIN, user_id, rooms)
 
-    async def disconnect_user(self, user_id: str | int) -> str:
+    async def leave(self, user_id: str | int, rooms: str | Iterable[str]) -> dict[str, str]:
+        """See `Publisher.leave` (two round trips)."""
+        return await self._membership(KIND_LEAVE, user_id, rooms)
+
+    async def disconnect_user(self, user_id: str | int) -> int:
         """See `Publisher.disconnect_user`."""
-        return _offset((await self._transport.run(self._commands.kick(user_id)))[-1])
+        return int((await self._transport.run((self._commands.kick(user_id),)))[0])
 
     async def is_online(self, user_id: str | int) -> bool:
         """See `Publisher.is_online`."""
-        return bool((await self._transport.run((self._commands.is_online(user_id),)))[0])
+        return _online(await self._transport.run(self._commands.is_online(user_id)))
 
     async def online_count(self) -> int:
-        """See `Publisher.online_count`."""
-        return int((await self._transport.run((self._commands.online_count(),)))[0])
+        """See `Publisher.online_count` (a user on two replicas counts twice)."""
+        return _count((await self._transport.run((self._commands.online_count(),)))[0])
 
     async def close(self) -> None:
-        """Release the connections; close the Redis client if this publisher made it."""
+        """Release the connections; close the Redis clients if this publisher made them."""
         await self._transport.close()
-        if self._owns_client:
-            await self._transport.client.aclose()
-            for sentinel in sentinel_clients(self._transport.client):
-                await sentinel.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -313,7 +369,7 @@ class AsyncPublishBatch(TypedEmitters[None]):
     def __init__(self, publisher: AsyncPublisher) -> None:
         self._publisher = publisher
         self._calls: list[Call] = []
-        self.offsets: list[str] = []
+        self.positions: list[str] = []
 
     def emit(self, event: str, data: Any, *, room: str | None = None,
              user: str | int | None = None, broadcast: bool = False,
@@ -324,12 +380,12 @@ class AsyncPublishBatch(TypedEmitters[None]):
         return len(self._calls)
 
     async def execute(self) -> list[str]:
-        """Send the queued emits; return (and keep in `offsets`) their offsets."""
+        """Send the queued emits; return (and keep in `positions`) their positions."""
         calls, self._calls = self._calls, []
         transport = self._publisher._transport
         for chunk in _chunks(calls):
-            self.offsets.extend(_offset(reply) for reply in await transport.run(chunk))
-        return self.offsets
+            self.positions.extend(_position(reply) for reply in await transport.run(chunk))
+        return self.positions
 
     async def __aenter__(self) -> Self:
         return self

@@ -2,30 +2,36 @@
 
 Shared by the sync and async publishers and their batches, so the two cannot drift apart.
 Every check runs here, before anything is sent: a bad argument costs no round trip and leaves
-nothing half-done. What can be computed once per publisher (key and channel heads, the string
-arguments) is computed in `__init__`; `event` is the producer's hot path.
+nothing half-done. What can be computed once per publisher (name heads, the string arguments,
+the packed head and tail of a publish) is computed in `__init__`; `event` is the producer's
+hot path.
+
+Every call names the keys of one slot (docs/wire-protocol.md, "Names"), its first key being
+the one a cluster transport routes by: an event goes to the room's shard, a join, leave or
+kick to the user's, each position read to its room's, presence to the user's and the
+`{replicas}` slot.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from publisher.envelope import (
+    EVERYONE,
     KIND_JOIN,
     KIND_KICK,
     KIND_LEAVE,
-    NAMESPACE,
     REPLICA_TTL_MS,
     BusNames,
+    Position,
     encode_control,
     encode_event,
 )
 from publisher.events import MAX_PAYLOAD_BYTES, check_event_name, sanitize, validate
 from publisher.rooms import check_room, normalize_user_id, parse_room, user_room
-from publisher.scripts import PRESENCE, PUBLISH, REVOKE, ROOMS, Script
+from publisher.scripts import ONLINE, POSITION, PUBLISH, REPLICAS, REVOKE, ROOMS, Script
 
 Arg = str | bytes | int
 
@@ -38,7 +44,7 @@ def pack(args: Iterable[Arg]) -> bytes:
     """A command in RESP, as a client sends it (an array of bulk strings).
 
     Ours rather than redis-py's packer, which costs several µs per command: a publish is
-    mostly constant parts, packed once per publisher (see `Commands._publish`).
+    mostly constant parts, packed once per publisher (see `Commands.event`).
     """
     parts = [
         _bulk(arg.encode() if isinstance(arg, str) else b"%d" % arg if isinstance(arg, int)
@@ -76,12 +82,6 @@ class Message(NamedTuple):
     strict: bool | None = None
 
 
-def _epoch_candidate() -> str:
-    # Fresh for every call, never reused: a publisher that kept one candidate could bring an
-    # old epoch back after a second data loss (and forked workers would share it).
-    return os.urandom(8).hex()
-
-
 def _now_ms() -> float:
     return time.time() * 1000
 
@@ -90,9 +90,8 @@ class Commands:
     """Builds the calls of one publisher, from its names and options."""
 
     __slots__ = (
-        "_broadcast", "_broadcast_history", "_channel_head", "_clock", "_history_head", "_max_payload", "_maxlen",
-        "_online_head", "_publish_head", "_publish_tail", "_replicas", "_revoke_px",
-        "_session_head", "_strict", "_window", "names",
+        "_channel_head", "_history_head", "_lifetime", "_max_payload", "_maxlen", "_publish_head",
+        "_publish_tail", "_revoke_px", "_strict", "names",
     )
 
     def __init__(self, names: BusNames, *, history_max_len: int = 1000,
@@ -116,39 +115,28 @@ class Commands:
         window_ms = round(recovery_window_s * 1000)
         self.names = names
         self._strict = strict
-        self._clock = names.clock_key()
-        self._channel_head = f"{names.channel_prefix}#{NAMESPACE}#"
-        self._broadcast = names.broadcast_channel()
-        self._history_head = names.history_key("")
-        self._broadcast_history = names.broadcast_history_key()
-        self._session_head = names.session_key("")
-        self._online_head = names.online_key("")
-        self._replicas = names.replicas_key()
-        self._maxlen = str(history_max_len)
-        self._window = str(window_ms)
+        # A room's names are these heads, the room, and "}:h" or "}#" (asserted equal to
+        # `BusNames` by the unit tests): cheaper than two method calls per publish.
+        self._history_head = names.history_key("")[:-len("}:h")]
+        self._channel_head = names.channel_head()
+        # With no recovery window there is nothing to recover: "0" keeps no history.
+        self._maxlen = str(history_max_len) if window_ms else "0"
         # A revocation outlives every session created before it: sessions live one window.
         self._revoke_px = str(max(2 * window_ms, 1000))
         self._max_payload = max_payload_bytes
-        # A publish is EVALSHA sha 2 clock history channel envelope epoch maxlen window: 10
-        # items, of which the first four and the last two never change.
-        self._publish_head = pack(("EVALSHA", PUBLISH.sha, 2, self._clock))
-        self._publish_head = b"*10" + self._publish_head[self._publish_head.index(b"\r\n"):]
-        self._publish_tail = _bulk(self._maxlen.encode()) + _bulk(self._window.encode())
+        # A publish is EVALSHA sha 1 history channel envelope maxlen lifetime: 8 items, of
+        # which the first three and the last two never change.
+        head = pack(("EVALSHA", PUBLISH.sha, 1))
+        self._publish_head = b"*8" + head[head.index(b"\r\n"):]
+        self._lifetime = str(2 * window_ms)
+        self._publish_tail = _bulk(self._maxlen.encode()) + _bulk(self._lifetime.encode())
 
-    def _publish(self, channel: str, history: str, envelope: bytes) -> Call:
-        epoch = _epoch_candidate()
-        packed = b"".join((
-            self._publish_head, _bulk(history.encode()), _bulk(channel.encode()),
-            _bulk(envelope), _bulk(epoch.encode()), self._publish_tail,
-        ))
-        return Call(PUBLISH, packed, (
-            2, self._clock, history, channel, envelope, epoch, self._maxlen, self._window,
-        ))
+    # -- events ----------------------------------------------------------------------------
 
     def event(self, event: str, data: Any, room: str | None = None,
               user: str | int | None = None, broadcast: bool = False,
               strict: bool | None = None) -> Call:
-        """An event for one target: a room, a user's room, or everyone.
+        """An event for one target: a room, a user's room, or everyone (the room `*`).
 
         Any sanitised payload goes (the contract: any JSON-serialisable payload under the size
         limit). With `strict` (None: the publisher's setting) a payload of one of the five
@@ -176,65 +164,94 @@ class Commands:
             validate(event, data)
         body = sanitize(data, self._max_payload)
         envelope = encode_event(event, body, room, _now_ms())
-        keep = self._window != "0"  # with no recovery window there is nothing to recover
-        if room is None:
-            return self._publish(self._broadcast, self._broadcast_history if keep else "", envelope)
-        history = self._history_head + room if keep else ""
-        return self._publish(self._channel_head + room + "#", history, envelope)
+        tag = EVERYONE if room is None else room
+        history = self._history_head + tag + "}:h"
+        channel = self._channel_head + tag + "}#"
+        packed = b"".join((
+            self._publish_head, _bulk(history.encode()), _bulk(channel.encode()), _bulk(envelope),
+            self._publish_tail,
+        ))
+        return Call(PUBLISH, packed, (1, history, channel, envelope, self._maxlen, self._lifetime))
 
     def message(self, message: Message) -> Call:
         return self.event(message.event, message.data, message.room, message.user,
                           message.broadcast, message.strict)
 
-    def _rooms(self, kind: str, user: str, rooms: str | Iterable[str]) -> tuple[str, ...]:
+    # -- join and leave: positions first, then the user's sessions and sockets -------------
+
+    def rooms(self, kind: str, user: str | int, rooms: str | Iterable[str]) -> tuple[str, tuple[str, ...]]:
+        """The user id and the rooms of a join or leave, checked, deduplicated, in order.
+
+        A producer may join a user to a room of any name, and to the user's own reserved rooms,
+        never to another user's (`user:`, `teacher:`); and may not take a user out of their
+        own `user:<id>` room.
+        """
+        if kind not in (KIND_JOIN, KIND_LEAVE):
+            raise ValueError(f"unknown membership change {kind!r}; expected join or leave")
+        uid = normalize_user_id(user)
+        user_room(uid)  # the id is in the grammar: every name of the user is built from it
         given = (rooms,) if isinstance(rooms, str) else tuple(rooms)
         if not given:
             raise ValueError(f"{kind} needs at least one room")
         out: dict[str, None] = {}
         for room in given:
             room_kind, room_id = parse_room(room)
-            if kind == KIND_JOIN and room_kind in {"user", "teacher"} and room_id != user:
+            if kind == KIND_JOIN and room_kind in {"user", "teacher"} and room_id != uid:
                 raise ValueError(
                     f"join: {room} belongs to another user; the gateway lets a user into "
                     "their own rooms, classroom rooms and rooms outside the reserved "
                     "prefixes (user:, teacher:, admin:) only"
                 )
-            if kind == KIND_LEAVE and room_kind == "user" and room_id == user:
+            if kind == KIND_LEAVE and room_kind == "user" and room_id == uid:
                 raise ValueError(f"leave: {room} is the user's own room and cannot be left")
             out[room] = None
-        return tuple(out)
+        return uid, tuple(out)
 
-    def membership(self, kind: str, user: str | int, rooms: str | Iterable[str]
-                   ) -> tuple[Call, Call]:
-        """join/leave: edit the user's saved sessions, then tell the replicas holding them."""
-        uid = normalize_user_id(user)
+    def positions(self, rooms: Iterable[str]) -> list[Call]:
+        """Phase 1 of a join or leave: each room's position now, read on the room's shard
+        (`position.lua`: the newest entry, or "empty at ms"). Rooms as `rooms` gave them."""
+        return [Call.of(POSITION, 1, self.names.history_key(room)) for room in rooms]
+
+    def membership(self, kind: str, user: str | int, positions: Mapping[str, Position]) -> Call:
+        """Phase 2: on the user's shard, edit every recoverable session of the user and tell the
+        replicas holding the user's sockets (`rooms.lua`); `positions` maps each room to its
+        position from phase 1."""
+        uid, rooms = self.rooms(kind, user, list(positions))
+        at = {room: positions[room] for room in rooms}
+        for room, position in at.items():
+            if not isinstance(position, Position):
+                raise TypeError(f"{kind}: the position of {room} must be a Position, got {position!r}")
         own = user_room(uid)
-        wanted = self._rooms(kind, uid, rooms)
-        sessions = Call.of(
-            ROOMS, 2, self.names.user_sessions_key(uid), self.names.clock_key(), self._session_head, kind,
-            own, *wanted,
-        )
-        envelope = encode_control(kind, uid, wanted, _now_ms())
-        return sessions, self._publish(self._channel_head + own + "#", "", envelope)
-
-    def kick(self, user: str | int) -> tuple[Call, Call]:
-        """Revoke first, then tell the replicas: a session saved in between is already void."""
-        uid = normalize_user_id(user)
-        own = user_room(uid)
-        revoke = Call.of(
-            REVOKE, 2, self.names.user_sessions_key(uid), self.names.revoked_key(uid),
-            self._session_head, self._revoke_px,
-        )
-        envelope = encode_control(KIND_KICK, uid, None, _now_ms())
-        return revoke, self._publish(self._channel_head + own + "#", "", envelope)
-
-    def is_online(self, user: str | int) -> Call:
-        uid = normalize_user_id(user)
+        envelope = encode_control(kind, uid, at, _now_ms())
+        pairs = [part for room, position in at.items() for part in (room, str(position))]
         return Call.of(
-            PRESENCE, 1, self._replicas, self._online_head, "online", uid, REPLICA_TTL_MS,
+            ROOMS, 1, self.names.user_sessions_key(uid), self.names.session_prefix(uid), kind, own,
+            self.names.room_channel(own), envelope, *pairs,
         )
+
+    # -- kick and presence -----------------------------------------------------------------
+
+    def kick(self, user: str | int) -> Call:
+        """On the user's shard: delete the user's sessions, mark the user revoked, then tell the
+        replicas holding the user's sockets (`revoke.lua`): a session saved after the mark is
+        already void."""
+        uid = normalize_user_id(user)
+        own = user_room(uid)
+        envelope = encode_control(KIND_KICK, uid, None, _now_ms())
+        return Call.of(
+            REVOKE, 2, self.names.user_sessions_key(uid), self.names.revoked_key(uid),
+            self.names.session_prefix(uid), self._revoke_px, self.names.room_channel(own), envelope,
+        )
+
+    def is_online(self, user: str | int) -> tuple[Call, Call]:
+        """The replicas where the user has a socket (on the user's shard), and the live
+        replicas (the `{replicas}` slot): online if the two meet. One `run`, both calls."""
+        uid = normalize_user_id(user)
+        user_room(uid)
+        return Call.of(ONLINE, 1, self.names.presence_key(uid)), self.online_count()
 
     def online_count(self) -> Call:
+        """The live replicas and how many users each holds (`replicas.lua`)."""
         return Call.of(
-            PRESENCE, 1, self._replicas, self._online_head, "count", "", REPLICA_TTL_MS,
+            REPLICAS, 2, self.names.replicas_key(), self.names.replica_users_key(), REPLICA_TTL_MS,
         )

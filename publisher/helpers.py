@@ -8,8 +8,8 @@ takes any sanitised payload. The
 target is the user's own room unless `room=` says otherwise. `extra=` adds keys that pass
 through to the client; it cannot override a contract field.
 
-`TypedEmitters[R]` is generic in what `emit` returns: the offset for `Publisher`, an awaitable
-of it for `AsyncPublisher`, nothing for a batch, which queues.
+`TypedEmitters[R]` is generic in what `emit` returns: the message's position in its room for
+`Publisher`, an awaitable of it for `AsyncPublisher`, nothing for a batch, which queues.
 """
 
 from __future__ import annotations

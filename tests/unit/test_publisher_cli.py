@@ -62,6 +62,21 @@ def test_bad_redis_url_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize(("url", "words"), [
+    ("redis+cluster://", "no node address"),
+    ("redis+cluster://a:6379/3", "database 0 only"),
+    ("redis+cluster://a:99999", "bad port"),
+    ("redis+cluster://:hunter2@a:1?ssl_ca_certs=x", "needs TLS: use rediss+cluster://"),
+])
+def test_bad_cluster_url_exits_2(capsys: pytest.CaptureFixture[str], url: str, words: str) -> None:
+    code = main(["--redis-url", url, "emit", "x", "{}", "--all"])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert words in err, err
+    assert "hunter2" not in err
+    assert err.count("\n") == 1
+
+
 def test_payload_from_stdin_is_read_before_connecting(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("[not json"))
@@ -88,6 +103,7 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("emit", "join", "leave", "kick", "online", "count"):
         assert command in out
+    assert "redis+cluster://" in out
 
 
 def test_runs_as_a_module() -> None:

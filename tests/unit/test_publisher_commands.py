@@ -8,10 +8,11 @@ import hiredis
 import orjson
 import pytest
 
+from publisher.cluster import key_slot
 from publisher.commands import Call, Commands, Message, pack
-from publisher.envelope import BusNames
+from publisher.envelope import BusNames, Position
 from publisher.errors import InvalidEvent, InvalidPayload, InvalidRoom
-from publisher.scripts import PRESENCE, PUBLISH, REVOKE, ROOMS
+from publisher.scripts import ONLINE, POSITION, PUBLISH, REPLICAS, REVOKE, ROOMS
 
 
 def unpack(packed: bytes) -> list[Any]:
@@ -25,11 +26,12 @@ def unpack(packed: bytes) -> list[Any]:
 
 def publish_args(call: Call) -> dict[str, Any]:
     command = unpack(call.packed)
-    assert command[:3] == [b"EVALSHA", PUBLISH.sha.encode(), b"2"]
-    clock, history, channel, envelope, epoch, maxlen, window = command[3:]
-    return {"clock": clock, "history": history, "channel": channel,
-            "envelope": orjson.loads(envelope), "raw": envelope, "epoch": epoch,
-            "maxlen": maxlen, "window": window}
+    assert command[:3] == [b"EVALSHA", PUBLISH.sha.encode(), b"1"]
+    history, channel, envelope, maxlen, lifetime = command[3:]
+    # what a cluster transport routes by, and what EVAL sends, are the same arguments
+    assert [str(a).encode() if isinstance(a, int | str) else a for a in call.args] == command[2:]
+    return {"history": history, "channel": channel, "envelope": orjson.loads(envelope),
+            "raw": envelope, "maxlen": maxlen, "lifetime": lifetime}
 
 
 @pytest.fixture
@@ -44,33 +46,39 @@ def test_pack_is_resp() -> None:
 
 def test_event_to_a_room(commands: Commands) -> None:
     data = {"amount": 50, "reason": "quiz", "newBalance": 1250}
-    args = publish_args(commands.event("coins:earned", data, room="user:42"))
-    assert args["clock"] == b"ngw:clock"
-    assert args["history"] == b"ngw:h:user:42"
-    assert args["channel"] == b"socket.io#/notifications#user:42#"
+    args = publish_args(commands.event("coins:earned", data, room="classroom:7"))
+    assert args["history"] == b"ngw:{classroom:7}:h"
+    assert args["channel"] == b"socket.io#/notifications#{classroom:7}#"
     assert args["raw"].endswith(b"}")
-    assert b'"o"' not in args["raw"]
+    assert b'"o"' not in args["raw"]  # only the script sets the position
     envelope = args["envelope"]
     assert {k: envelope[k] for k in ("v", "k", "ev", "d", "r")} == {
-        "v": 1, "k": "e", "ev": "coins:earned", "d": data, "r": "user:42"}
+        "v": 2, "k": "e", "ev": "coins:earned", "d": data, "r": "classroom:7"}
     assert isinstance(envelope["t"], float)
-    assert (args["maxlen"], args["window"]) == (b"1000", b"120000")
-    assert len(args["epoch"]) == 16
+    assert (args["maxlen"], args["lifetime"]) == (b"1000", b"240000")  # lifetime: 2 x the window
 
 
 def test_event_to_a_user_and_to_everyone(commands: Commands) -> None:
     to_user = publish_args(commands.event("x", {}, user=42))
-    assert to_user["channel"] == b"socket.io#/notifications#user:42#"
+    assert to_user["history"] == b"ngw:{user:42}:h"
+    assert to_user["channel"] == b"socket.io#/notifications#{user:42}#"
     assert to_user["envelope"]["r"] == "user:42"
     everyone = publish_args(commands.event("x", {}, broadcast=True))
-    assert everyone["channel"] == b"socket.io#/notifications#"
-    assert everyone["history"] == b"ngw:hb"  # broadcasts are replayed on recovery too
+    assert everyone["channel"] == b"socket.io#/notifications#{*}#"
+    assert everyone["history"] == b"ngw:{*}:h"  # broadcasts are replayed on recovery too
     assert everyone["envelope"]["r"] is None
 
 
-def test_every_call_gets_a_fresh_epoch_candidate(commands: Commands) -> None:
-    epochs = {publish_args(commands.event("x", {}, user=1))["epoch"] for _ in range(50)}
-    assert len(epochs) == 50
+@pytest.mark.parametrize("room", ["user:42", "classroom:7", "quiz:9", "*"])
+def test_the_pre_packed_names_are_the_bus_names(room: str) -> None:
+    """The hot path builds names from heads; they must be `BusNames`' own, in one slot."""
+    names = BusNames("cp", "kp")
+    commands = Commands(names)
+    call = commands.event("x", {}, broadcast=True) if room == "*" else commands.event("x", {}, room=room)
+    args = publish_args(call)
+    assert args["history"] == names.history_key(room).encode()
+    assert args["channel"] == names.room_channel(room).encode()
+    assert key_slot(args["history"]) == key_slot(args["channel"]) == key_slot("{" + room + "}")
 
 
 def test_eval_fallback_carries_the_same_arguments(commands: Commands) -> None:
@@ -97,6 +105,12 @@ def test_arguments_are_checked_before_anything_is_built(commands: Commands) -> N
         commands.event("x", {}, room="admin:everyone")
     with pytest.raises(InvalidRoom):
         commands.event("x", {}, room="quiz:9\n")
+    with pytest.raises(InvalidRoom, match="hash tags"):
+        commands.event("x", {}, room="quiz:{9}")
+    with pytest.raises(InvalidRoom, match="everyone"):
+        commands.event("x", {}, room="*")
+    with pytest.raises(InvalidRoom, match="hash tags"):
+        commands.event("x", {}, user="a}b")
     with pytest.raises(ValueError, match="user id"):
         commands.event("x", {}, user=4.2)  # type: ignore[arg-type]
     with pytest.raises(InvalidPayload, match=r"data\.a: a set"):
@@ -139,8 +153,8 @@ def test_strict_is_opt_in_per_publisher_or_per_emit() -> None:
 @pytest.mark.parametrize("room", ["quiz:9", "lobby", "School 12 / group #3", "q" * 300, "Admin:all"])
 def test_any_room_of_the_grammar_is_a_target(commands: Commands, room: str) -> None:
     args = publish_args(commands.event("x", {}, room=room))
-    assert args["channel"] == f"socket.io#/notifications#{room}#".encode()
-    assert args["history"] == f"ngw:h:{room}".encode()
+    assert args["channel"] == f"socket.io#/notifications#{{{room}}}#".encode()
+    assert args["history"] == f"ngw:{{{room}}}:h".encode()
     assert args["envelope"]["r"] == room
 
 
@@ -158,32 +172,66 @@ def test_message_is_emit_arguments(commands: Commands) -> None:
 
 def test_no_recovery_window_keeps_no_history() -> None:
     commands = Commands(BusNames(), recovery_window_s=0)
-    assert publish_args(commands.event("x", {}, user=1))["history"] == b""
+    args = publish_args(commands.event("x", {}, user=1))
+    assert (args["maxlen"], args["lifetime"]) == (b"0", b"0")
+    assert args["history"] == b"ngw:{user:1}:h"  # still the first key: the call's slot
 
 
 def test_prefixes_reach_every_name() -> None:
     commands = Commands(BusNames("cp", "kp"))
     args = publish_args(commands.event("x", {}, room="classroom:1"))
-    assert (args["clock"], args["history"], args["channel"]) == (
-        b"kp:clock", b"kp:h:classroom:1", b"cp#/notifications#classroom:1#")
-    sessions, publish = commands.membership("join", 5, "classroom:1")
-    assert unpack(sessions.packed)[3:6] == [b"kp:sessions:5", b"kp:clock", b"kp:s:"]
-    assert publish_args(publish)["channel"] == b"cp#/notifications#user:5#"
+    assert (args["history"], args["channel"]) == (b"kp:{classroom:1}:h", b"cp#/notifications#{classroom:1}#")
+    assert unpack(commands.positions(["classroom:1"])[0].packed)[3:] == [b"kp:{classroom:1}:h"]
+    rooms = unpack(commands.membership("join", 5, {"classroom:1": Position(1, 2)}).packed)
+    assert rooms[3:6] == [b"kp:{user:5}:sessions", b"kp:{user:5}:s:", b"join"]
+    assert rooms[7] == b"cp#/notifications#{user:5}#"
+    kick = unpack(commands.kick(5).packed)
+    assert kick[3:6] == [b"kp:{user:5}:sessions", b"kp:{user:5}:revoked", b"kp:{user:5}:s:"]
+    assert kick[7] == b"cp#/notifications#{user:5}#"
+    online, replicas = commands.is_online(5)
+    assert unpack(online.packed)[3:] == [b"kp:{user:5}:on"]
+    assert unpack(replicas.packed)[3:5] == [b"kp:{replicas}:live", b"kp:{replicas}:users"]
+
+
+def test_positions_read_each_room_on_its_own_shard(commands: Commands) -> None:
+    calls = commands.positions(["classroom:1", "quiz:9", "user:42"])
+    assert [unpack(call.packed) for call in calls] == [
+        [b"EVALSHA", POSITION.sha.encode(), b"1", f"ngw:{{{room}}}:h".encode()]
+        for room in ("classroom:1", "quiz:9", "user:42")]
+
+
+def test_rooms_are_checked_and_deduplicated_before_any_round_trip(commands: Commands) -> None:
+    assert commands.rooms("join", 42, ["classroom:1", "classroom:2", "classroom:1"]) == (
+        "42", ("classroom:1", "classroom:2"))
+    assert commands.rooms("leave", "42", "quiz:9") == ("42", ("quiz:9",))
+    with pytest.raises(ValueError, match="expected join or leave"):
+        commands.rooms("kick", 42, "classroom:1")
+    with pytest.raises(InvalidRoom, match="hash tags"):
+        commands.rooms("join", "4{2}", "classroom:1")
 
 
 def test_join_and_leave(commands: Commands) -> None:
-    sessions, publish = commands.membership("join", 42, ["classroom:1", "classroom:2",
-                                                         "classroom:1"])
-    assert unpack(sessions.packed) == [
-        b"EVALSHA", ROOMS.sha.encode(), b"2", b"ngw:sessions:42", b"ngw:clock", b"ngw:s:", b"join", b"user:42",
-        b"classroom:1", b"classroom:2"]
-    args = publish_args(publish)
-    assert args["history"] == b""
-    assert args["channel"] == b"socket.io#/notifications#user:42#"
-    assert {k: args["envelope"][k] for k in ("v", "k", "u", "rooms")} == {
-        "v": 1, "k": "join", "u": "42", "rooms": ["classroom:1", "classroom:2"]}
-    _, leave = commands.membership("leave", "42", "classroom:1")
-    assert publish_args(leave)["envelope"]["rooms"] == ["classroom:1"]
+    at = {"classroom:1": Position(1700000000000, 3), "classroom:2": Position(1700000000001, 18446744073709551615)}
+    command = unpack(commands.membership("join", 42, at).packed)
+    assert command[:9] == [
+        b"EVALSHA", ROOMS.sha.encode(), b"1", b"ngw:{user:42}:sessions", b"ngw:{user:42}:s:", b"join",
+        b"user:42", b"socket.io#/notifications#{user:42}#", command[8]]
+    assert command[9:] == [b"classroom:1", b"1700000000000-3", b"classroom:2", b"1700000000001-18446744073709551615"]
+    control = orjson.loads(command[8])
+    assert {k: control[k] for k in ("v", "k", "u", "rooms")} == {
+        "v": 2, "k": "join", "u": "42",
+        "rooms": {"classroom:1": "1700000000000-3", "classroom:2": "1700000000001-18446744073709551615"}}
+    assert "o" not in control  # control messages have no position
+    leave = unpack(commands.membership("leave", "42", {"classroom:1": Position(5, 0)}).packed)
+    assert leave[5] == b"leave"
+    assert orjson.loads(leave[8])["rooms"] == {"classroom:1": "5-0"}
+
+
+def test_membership_takes_positions_only(commands: Commands) -> None:
+    with pytest.raises(TypeError, match="must be a Position"):
+        commands.membership("join", 42, {"classroom:1": "1-2"})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="at least one room"):
+        commands.membership("join", 42, {})
 
 
 @pytest.mark.parametrize(("kind", "rooms", "words"), [
@@ -192,49 +240,54 @@ def test_join_and_leave(commands: Commands) -> None:
     ("join", ["quiz:9", "q" * 301], "the limit is 300"),
     ("join", ["user:43"], "belongs to another user"),
     ("join", ["teacher:43"], "belongs to another user"),
+    ("join", ["*"], "everyone"),
+    ("join", ["a{b}"], "hash tags"),
     ("leave", ["user:42"], "cannot be left"),
 ])
 def test_membership_refusals(commands: Commands, kind: str, rooms: Any, words: str) -> None:
     with pytest.raises(ValueError, match=words):
-        commands.membership(kind, 42, rooms)
+        commands.rooms(kind, 42, rooms)
+    if isinstance(rooms, list) and rooms:
+        with pytest.raises(ValueError, match=words):
+            commands.membership(kind, 42, dict.fromkeys(rooms, Position(1, 1)))
 
 
 def test_own_rooms_and_shared_rooms_may_be_joined(commands: Commands) -> None:
     rooms = ["user:42", "teacher:42", "admin:all", "classroom:x"]
-    sessions, publish = commands.membership("join", 42, rooms)
-    assert unpack(sessions.packed)[-len(rooms):] == [room.encode() for room in rooms]
-    args = publish_args(publish)
-    assert args["channel"] == b"socket.io#/notifications#user:42#"  # to the replicas holding the user
-    assert args["history"] == b""  # a control message: nothing to replay
-    assert {k: args["envelope"][k] for k in ("v", "k", "u", "rooms")} == {
-        "v": 1, "k": "join", "u": "42", "rooms": rooms}
+    assert commands.rooms("join", 42, rooms) == ("42", tuple(rooms))
+    command = unpack(commands.membership("join", 42, dict.fromkeys(rooms, Position(9, 1))).packed)
+    assert command[9::2] == [room.encode() for room in rooms]
+    assert command[7] == b"socket.io#/notifications#{user:42}#"  # to the replicas holding the user
+    assert list(orjson.loads(command[8])["rooms"]) == rooms
 
 
-def test_a_producer_may_join_a_user_to_any_other_room(commands: Commands) -> None:
-    sessions, publish = commands.membership("join", "3", "quiz:9")
-    assert unpack(sessions.packed)[-2:] == [b"user:3", b"quiz:9"]
-    assert publish_args(publish)["envelope"]["rooms"] == ["quiz:9"]
-    _, publish = commands.membership("leave", "3", ["quiz:9", "lobby"])
-    assert publish_args(publish)["envelope"]["rooms"] == ["quiz:9", "lobby"]
+def test_every_call_of_a_user_is_in_the_users_slot(commands: Commands) -> None:
+    """A join, a leave or a kick is one script on the user's shard: its keys and channel hash
+    to the slot of `{user:<id>}`, as Redis Cluster requires of one script."""
+    slot = key_slot("{user:auth0|5f7c}")
+    join = unpack(commands.membership("join", "auth0|5f7c", {"quiz:9": Position(1, 1)}).packed)
+    assert {key_slot(join[3]), key_slot(join[4] + b"pid"), key_slot(join[7])} == {slot}
+    kick = unpack(commands.kick("auth0|5f7c").packed)
+    assert {key_slot(kick[3]), key_slot(kick[4]), key_slot(kick[5] + b"pid"), key_slot(kick[7])} == {slot}
 
 
 def test_kick(commands: Commands) -> None:
-    revoke, publish = commands.kick(42)
-    assert unpack(revoke.packed) == [
-        b"EVALSHA", REVOKE.sha.encode(), b"2", b"ngw:sessions:42", b"ngw:revoked:42", b"ngw:s:",
-        b"240000"]
-    args = publish_args(publish)
-    assert args["history"] == b""
-    assert args["channel"] == b"socket.io#/notifications#user:42#"
-    assert args["envelope"]["k"] == "kick"
-    assert "rooms" not in args["envelope"]
+    command = unpack(commands.kick(42).packed)
+    assert command[:8] == [
+        b"EVALSHA", REVOKE.sha.encode(), b"2", b"ngw:{user:42}:sessions", b"ngw:{user:42}:revoked",
+        b"ngw:{user:42}:s:", b"240000", b"socket.io#/notifications#{user:42}#"]
+    control = orjson.loads(command[8])
+    assert (control["v"], control["k"], control["u"]) == (2, "kick", "42")
+    assert "rooms" not in control
+    assert len(command) == 9
 
 
 def test_presence(commands: Commands) -> None:
-    assert unpack(commands.is_online(7).packed) == [
-        b"EVALSHA", PRESENCE.sha.encode(), b"1", b"ngw:replicas", b"ngw:online:", b"online",
-        b"7", b"15000"]
-    assert unpack(commands.online_count().packed)[5] == b"count"
+    online, replicas = commands.is_online(7)
+    assert unpack(online.packed) == [b"EVALSHA", ONLINE.sha.encode(), b"1", b"ngw:{user:7}:on"]
+    assert unpack(replicas.packed) == [
+        b"EVALSHA", REPLICAS.sha.encode(), b"2", b"ngw:{replicas}:live", b"ngw:{replicas}:users", b"15000"]
+    assert commands.online_count() == replicas
 
 
 @pytest.mark.parametrize("options", [
