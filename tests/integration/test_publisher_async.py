@@ -10,11 +10,14 @@ import orjson
 import pytest
 import redis.asyncio
 
-from publisher import AsyncPublisher, Message, PublishError, parse_offset
-from publisher.envelope import Control, Event, decode
+from publisher import AsyncPublisher, Message, PublishError, parse_position
+from publisher.envelope import BusNames, Control, Event, decode
+from publisher.session import SessionRecord
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
+
+NAMES = BusNames()
 
 
 @pytest.fixture
@@ -33,41 +36,47 @@ async def r(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
 async def next_message(pubsub: redis.asyncio.client.PubSub, timeout: float = 2.0) -> bytes:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        # redis.asyncio reads sharded messages ("smessage") through get_message
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
         if message is not None:
+            assert message["type"] == "smessage", message
             return message["data"]  # type: ignore[no-any-return]
     raise AssertionError("nothing arrived")
+
+
+async def stream_ids(r: redis.asyncio.Redis, key: str) -> list[str]:
+    return [entry_id.decode() for entry_id, _ in await r.xrange(key)]
 
 
 async def test_emit_reaches_subscribers_and_history(pub: AsyncPublisher,
                                                     r: redis.asyncio.Redis) -> None:
     pubsub = r.pubsub()
-    await pubsub.subscribe("socket.io#/notifications#user:42#")
+    await pubsub.ssubscribe(NAMES.room_channel("user:42"))
     data = {"amount": 50, "reason": "quiz", "newBalance": 1250}
-    offset = await pub.emit("coins:earned", data, user=42)
+    position = await pub.emit("coins:earned", data, user=42)
     event = decode(await next_message(pubsub))
     assert isinstance(event, Event)
-    assert (event.ev, event.d, event.r, event.o) == ("coins:earned", data, "user:42", offset)
-    entries = await r.xrange("ngw:h:user:42")
-    assert [e[0].decode() for e in entries] == [parse_offset(offset).stream_id]
+    assert (event.name, event.data, event.room, event.position) == ("coins:earned", data, "user:42", position)
+    assert await stream_ids(r, "ngw:{user:42}:h") == [position]
     await pubsub.aclose()
 
 
-async def test_helpers_batches_and_order(pub: AsyncPublisher) -> None:
-    offsets = [
+async def test_helpers_batches_and_order(pub: AsyncPublisher, r: redis.asyncio.Redis) -> None:
+    positions = [
         await pub.coins_earned(1, amount=1, reason="r", new_balance=2),
         await pub.achievement_unlocked(1, achievement_id="a", name="n", description="d",
                                        icon="i", xp_reward=5),
         await pub.notification_read(1, notification_id="n1"),
-        *await pub.emit_many([Message("x", i, room="classroom:1") for i in range(5)]),
+        *await pub.emit_many([Message("x", i, user=1) for i in range(5)]),
     ]
     async with pub.pipeline() as batch:
-        batch.emit("y", 1, broadcast=True)
-        batch.rank_promoted(2, old_rank={"name": "a", "level": 1},
+        batch.emit("y", 1, user=1)
+        batch.rank_promoted(1, old_rank={"name": "a", "level": 1},
                             new_rank={"name": "b", "level": 2}, xp_required=3)
         assert len(batch) == 2
-    offsets += batch.offsets
-    assert [parse_offset(o).seq for o in offsets] == list(range(1, 11))
+    positions += batch.positions
+    assert await stream_ids(r, "ngw:{user:1}:h") == positions
+    assert [parse_position(p) for p in positions] == sorted(parse_position(p) for p in positions)
 
 
 async def test_validation_errors_are_raised_before_sending(pub: AsyncPublisher,
@@ -77,35 +86,44 @@ async def test_validation_errors_are_raised_before_sending(pub: AsyncPublisher,
     with pytest.raises(ValueError, match="reserved"):
         async with pub.pipeline() as batch:
             batch.emit("connect", {}, user=1)
-    assert not await r.exists("ngw:clock")
+    with pytest.raises(ValueError, match="cannot be left"):
+        await pub.leave(1, "user:1")
+    assert await r.keys("*") == []
 
 
 async def test_control_and_presence(pub: AsyncPublisher, r: redis.asyncio.Redis) -> None:
     pubsub = r.pubsub()
-    await pubsub.subscribe("socket.io#/notifications#user:7#")
-    await r.hset("ngw:s:p1", mapping={"user": "7", "rooms": orjson.dumps(["user:7"])})
-    await r.zadd("ngw:sessions:7", {"p1": 1})
+    await pubsub.ssubscribe(NAMES.room_channel("user:7"))
+    now = int(time.time() * 1000)
+    record = SessionRecord("sid", "7", ("user:7",), {"user:7": "1-1"}, now, now)
+    await r.hset(NAMES.session_key("7", "p1"), mapping=record.to_hash())  # type: ignore[arg-type]
+    await r.zadd(NAMES.user_sessions_key("7"), {"p1": now + 60_000})
 
-    await pub.join(7, "classroom:3")
-    assert orjson.loads(await r.hget("ngw:s:p1", "rooms")) == ["user:7", "classroom:3"]
+    joined = await pub.join(7, "classroom:3")
+    stored = SessionRecord.from_hash({k.decode(): v.decode() for k, v in
+                                      (await r.hgetall(NAMES.session_key("7", "p1"))).items()})
+    assert stored.rooms == ("user:7", "classroom:3")
+    assert stored.starts["classroom:3"] == joined["classroom:3"]
     await pub.leave(7, "classroom:3")
-    assert orjson.loads(await r.hget("ngw:s:p1", "rooms")) == ["user:7"]
-    await pub.disconnect_user(7)
-    assert not await r.exists("ngw:s:p1", "ngw:sessions:7")
-    assert await r.exists("ngw:revoked:7")
+    assert orjson.loads(await r.hget(NAMES.session_key("7", "p1"), "rooms")) == ["user:7"]
+    assert await pub.disconnect_user(7) == 1
+    assert not await r.exists(NAMES.session_key("7", "p1"), NAMES.user_sessions_key("7"))
+    assert await r.exists(NAMES.revoked_key("7"))
     kinds = []
     for _ in range(3):
         control = decode(await next_message(pubsub))
         assert isinstance(control, Control)
-        kinds.append(control.k)
+        kinds.append(control.kind)
     assert kinds == ["join", "leave", "kick"]
     await pubsub.aclose()
 
-    await r.zadd("ngw:replicas", {"a": int(time.time() * 1000)})
-    await r.sadd("ngw:online:a", "7", "8")
+    for replica in ("a", "b"):
+        await r.zadd(NAMES.replicas_key(), {replica: int(time.time() * 1000)})
+        await r.hset(NAMES.replica_users_key(), replica, 2)
+    await r.sadd(NAMES.presence_key("7"), "a", "b")
     assert await pub.is_online(7) is True
     assert await pub.is_online(9) is False
-    assert await pub.online_count() == 2
+    assert await pub.online_count() == 4  # each live replica's count: a user on two counts twice
 
 
 async def test_redis_down_then_back(redis_server: RedisServer, pub: AsyncPublisher) -> None:
@@ -115,19 +133,20 @@ async def test_redis_down_then_back(redis_server: RedisServer, pub: AsyncPublish
         await pub.emit("x", 2, user=1)
     assert isinstance(info.value, ConnectionError)
     await asyncio.to_thread(redis_server.start)
-    assert parse_offset(await pub.emit("x", 3, user=1)).seq == 1
+    parse_position(await pub.emit("x", 3, user=1))
 
 
-async def test_concurrent_emits(pub: AsyncPublisher) -> None:
-    offsets = await asyncio.gather(*(pub.emit("x", i, user=i % 3) for i in range(50)))
-    assert sorted(parse_offset(o).seq for o in offsets) == list(range(1, 51))
+async def test_concurrent_emits(pub: AsyncPublisher, r: redis.asyncio.Redis) -> None:
+    positions = await asyncio.gather(*(pub.emit("x", i, user=i % 3) for i in range(50)))
+    for user in range(3):  # positions are per room: rooms may share one, a room never
+        assert sorted(await stream_ids(r, f"ngw:{{user:{user}}}:h")) == sorted(positions[user::3])
 
 
 async def test_a_cancelled_emit_leaves_no_reply_behind(pub: AsyncPublisher,
                                                        r: redis.asyncio.Redis) -> None:
     """Cancelled while waiting for Redis, the emit's connection is dropped: its late reply
     must never be read as the answer to the next emit."""
-    before = parse_offset(await pub.emit("x", 0, user=1))
+    before = parse_position(await pub.emit("x", 0, user=1))
     await r.execute_command("CLIENT", "PAUSE", "400", "ALL")
     task = asyncio.ensure_future(pub.emit("x", "cancelled", user=1))
     await asyncio.sleep(0.1)
@@ -135,11 +154,11 @@ async def test_a_cancelled_emit_leaves_no_reply_behind(pub: AsyncPublisher,
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.sleep(0.5)  # the pause is over
-    after = parse_offset(await pub.emit("x", 2, user=1))
-    assert after.seq > before.seq
-    # The offset returned is this emit's own: the newest entry, holding its payload.
-    [(entry_id, fields)] = await r.xrevrange("ngw:h:user:1", count=1)
-    assert entry_id.decode() == after.stream_id
+    after = await pub.emit("x", 2, user=1)
+    assert parse_position(after) > before
+    # The position returned is this emit's own: the newest entry, holding its payload.
+    [(entry_id, fields)] = await r.xrevrange("ngw:{user:1}:h", count=1)
+    assert entry_id.decode() == after
     assert orjson.loads(fields[b"m"])["d"] == 2
 
 
@@ -147,5 +166,6 @@ async def test_a_given_client_is_left_open(redis_server: RedisServer) -> None:
     client = redis.asyncio.Redis(port=redis_server.port)
     async with AsyncPublisher(client=client, key_prefix="given") as pub:
         await pub.emit("x", 1, user=1)
-    assert await client.xlen("given:h:user:1") == 1
+        assert pub.client is client
+    assert await client.xlen("given:{user:1}:h") == 1
     await client.aclose()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from publisher import AsyncPublisher, Publisher, PublishError, parse_offset
+from publisher import AsyncPublisher, Publisher, PublishError
 from tests.support.ports import free_port, wait_port
 from tests.support.redis_server import RedisServer
 
@@ -25,9 +25,9 @@ def test_unix_socket() -> None:
     server = RedisServer(None, "--unixsocket", str(socket_path), "--unixsocketperm", "700").start()
     try:
         with Publisher(f"unix://{socket_path}?db=3") as pub:
-            offset = pub.emit("x", 1, user=1)
+            position = pub.emit("x", 1, user=1)
         client = redis.Redis(unix_socket_path=str(socket_path), db=3)
-        assert client.xrange("ngw:h:user:1")[0][0].decode() == parse_offset(offset).stream_id
+        assert client.xrange("ngw:{user:1}:h")[0][0].decode() == position
         client.close()
     finally:
         server.stop()
@@ -84,19 +84,20 @@ def sentinel(redis_server: RedisServer) -> Iterator[Sentinel]:
 def test_sentinel(redis_server: RedisServer, sentinel: Sentinel) -> None:
     url = f"redis+sentinel://:s3cret@127.0.0.1:{sentinel.port}/2/mymaster"
     with Publisher(url) as pub:
-        offset = pub.emit("x", 1, user=1)
+        position = pub.emit("x", 1, user=1)
         pub.join(1, "classroom:1")
+        assert pub.is_online(1) is False
     master = redis.Redis(port=redis_server.port, password="s3cret", db=2)
-    assert master.xrange("ngw:h:user:1")[0][0].decode() == parse_offset(offset).stream_id
+    assert master.xrange("ngw:{user:1}:h")[0][0].decode() == position
     master.close()
 
 
 async def test_sentinel_async(redis_server: RedisServer, sentinel: Sentinel) -> None:
     url = f"redis+sentinel://:s3cret@127.0.0.1:{sentinel.port}/0/mymaster"
     async with AsyncPublisher(url) as pub:
-        offset = await pub.emit("x", 1, user=1)
+        position = await pub.emit("x", 1, user=1)
     master = redis.asyncio.Redis(port=redis_server.port, password="s3cret")
-    assert (await master.xrange("ngw:h:user:1"))[0][0].decode() == parse_offset(offset).stream_id
+    assert (await master.xrange("ngw:{user:1}:h"))[0][0].decode() == position
     await master.aclose()
 
 

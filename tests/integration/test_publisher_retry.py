@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from publisher import Message, Publisher, PublishError, PublishTimeout, parse_offset
+from publisher import Message, Publisher, PublishError, PublishTimeout, parse_position
 from publisher.scripts import PUBLISH
 from tests.support.redis_server import RedisServer
 
@@ -40,8 +40,11 @@ def test_redis_down_raises_publish_error_then_works_after_restart(
 
     redis_server.start()
     after = pub.emit("x", 4, user=1)
-    assert parse_offset(after).epoch != parse_offset(before).epoch  # the data was lost
+    client = redis_server.client()
+    assert [entry_id.decode() for entry_id, _ in client.xrange("ngw:{user:1}:h")] == [after]  # the data was lost
+    assert after != before
     assert pub.is_online(1) is False
+    client.close()
 
 
 def test_retries_can_be_turned_off(redis_server: RedisServer) -> None:
@@ -89,11 +92,12 @@ def test_a_stalled_redis_raises_publish_timeout(redis_server: RedisServer) -> No
 
 def test_a_refused_command_is_not_retried(redis_server: RedisServer, pub: Publisher) -> None:
     client = redis_server.client()
-    client.set("ngw:clock", "not a hash")
+    client.set("ngw:{user:1}:h", "not a stream")
     with pytest.raises(PublishError, match="WRONGTYPE") as info:
         pub.emit("x", 1, user=1)
     assert "attempt" not in str(info.value)
-    client.delete("ngw:clock")
+    assert client.get("ngw:{user:1}:h") == b"not a stream"
+    client.delete("ngw:{user:1}:h")
     assert pub.emit("x", 1, user=1)
     client.close()
 
@@ -101,10 +105,10 @@ def test_a_refused_command_is_not_retried(redis_server: RedisServer, pub: Publis
 def test_a_given_client_is_used_and_left_open(redis_server: RedisServer) -> None:
     client = redis.Redis(port=redis_server.port)
     with Publisher(client=client, key_prefix="given") as pub:
-        offset = pub.emit("x", 1, user=1)
-    assert client.xlen("given:h:user:1") == 1
+        position = pub.emit("x", 1, user=1)
+        assert pub.client is client
+    assert client.xrange("given:{user:1}:h")[0][0].decode() == position
     assert client.ping()  # still usable
-    assert parse_offset(offset).seq == 1
     client.close()
 
 
@@ -117,22 +121,25 @@ def test_a_url_or_a_client_not_both(redis_server: RedisServer) -> None:
     client.close()
 
 
-def test_threads_share_one_publisher(pub: Publisher) -> None:
-    offsets: list[str] = []
-    lock = threading.Lock()
+def test_threads_share_one_publisher(redis_server: RedisServer, pub: Publisher) -> None:
+    positions: dict[int, list[str]] = {}
 
     def work(n: int) -> None:
-        mine = [pub.emit("x", i, user=n) for i in range(50)]
-        with lock:
-            offsets.extend(mine)
+        positions[n] = [pub.emit("x", i, room="classroom:shared" if n % 2 else f"user:{n}") for i in range(50)]
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    seqs = sorted(parse_offset(o).seq for o in offsets)
-    assert seqs == list(range(1, 401))
+    client = redis_server.client()
+    for n in (0, 2, 4, 6):  # each thread's own room: its emits, in its order
+        assert [entry_id.decode() for entry_id, _ in client.xrange(f"ngw:{{user:{n}}}:h")] == positions[n]
+    shared = [entry_id.decode() for entry_id, _ in client.xrange("ngw:{classroom:shared}:h")]
+    assert sorted(shared) == sorted(p for n in (1, 3, 5, 7) for p in positions[n])
+    for n in (1, 3, 5, 7):  # interleaved, each thread's in its order
+        assert [p for p in shared if p in set(positions[n])] == positions[n]
+    client.close()
 
 
 def _emit_in_child(pub: Publisher, results: multiprocessing.Queue[str]) -> None:
@@ -149,4 +156,6 @@ def test_a_forked_child_gets_its_own_connections(pub: Publisher) -> None:
     assert child.exitcode == 0
     from_child = results.get(timeout=5)
     last = pub.emit("x", 2, user=1)  # the parent's connection was not disturbed
-    assert [parse_offset(o).seq for o in (first, from_child, last)] == [1, 2, 3]
+    assert [parse_position(p) for p in (first, from_child, last)] == sorted(
+        parse_position(p) for p in (first, from_child, last))
+    assert len({first, from_child, last}) == 3
