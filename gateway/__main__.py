@@ -26,6 +26,7 @@ from aiohttp import web
 from gateway.app import GATEWAY, create_app
 from gateway.config import SETTINGS, ConfigError, Settings, load_settings
 from gateway.logs import configure
+from publisher.cluster import ClusterModeError
 from publisher.redis_url import redact
 
 log = logging.getLogger("gateway")
@@ -84,7 +85,11 @@ async def serve(settings: Settings) -> None:
     # after HANDSHAKE_TIMEOUT; aiohttp's default holds it for an hour.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=2.0,
                            keepalive_timeout=settings.handshake_timeout)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except ClusterModeError as exc:
+        sys.stderr.write(f"gateway: REDIS_URL: {exc}\n")
+        raise SystemExit(2) from None
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=4096)
     try:
         await site.start()

@@ -26,11 +26,12 @@ from redis.exceptions import RedisError
 from gateway.bus.contract import BusSink, BusUnavailable, Entries, Span
 from gateway.bus.endpoint import parse_endpoint
 from gateway.bus.shards import ShardedChannels
-from publisher.cluster import is_cluster_url, key_slot, parse_cluster_url
+from publisher.cluster import async_expect_standalone, is_cluster_url, key_slot, parse_cluster_url
 from publisher.commands import Call, Commands
 from publisher.envelope import EVERYONE, REPLICA_HEARTBEAT_MS, REPLICA_TTL_MS, BusNames, EnvelopeError, Position, \
     parse_position
 from publisher.errors import PublisherError
+from publisher.redis_url import async_client
 from publisher.scripts import POSITION, Script
 from publisher.session import FIELDS, SessionRecord
 from publisher.transports import AsyncRunner, async_transport
@@ -125,10 +126,23 @@ class RedisBackend:
     async def start(self, sink: BusSink) -> None:
         self._sink = sink
         self._sink_adapter.sink = sink
-        await self._transport.check()  # a plain URL at a cluster node is refused here, naming redis+cluster://
+        if not self._cluster:
+            await self._refuse_a_cluster_node()
         self.channels.start()
         self._spawn(self._subscribe_everyone())
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._beat(), name="bus-heartbeat")
+
+    async def _refuse_a_cluster_node(self) -> None:
+        """A plain URL that points at a Redis Cluster node would give a replica that is ready
+        and deaf (every publish refused with CROSSSLOT or MOVED): refuse it, naming
+        redis+cluster://. Redis not answering yet is not a refusal: the bus keeps trying."""
+        client = async_client(self._url, socket_connect_timeout=2.0, socket_timeout=2.0)
+        try:
+            await async_expect_standalone(client, self._url)
+        except (RedisError, OSError) as exc:
+            log.info("bus: Redis not answering yet (%s); the cluster-mode check is left to the bus", exc)
+        finally:
+            await client.aclose()
 
     async def _subscribe_everyone(self) -> None:
         await self.channels.subscribe(self.names.room_channel(EVERYONE).encode())

@@ -59,8 +59,10 @@ class Outgoing:
         return built
 
 
-def _by_room_and_key(out: Outgoing) -> tuple[str, int]:
-    return out.room, out.key
+def _by_key(out: Outgoing) -> int:
+    """Within a room, stream order; across rooms, publish time as the rooms' shards tell it (a
+    single Redis has one clock: publish order but for messages of the same millisecond)."""
+    return out.key
 
 
 class Conn:
@@ -134,7 +136,8 @@ class Conn:
 
     def release(self, history: list[Outgoing], metrics: Counters | None = None) -> int:
         """End one hold, adding what history brought; when it was the last, write everything
-        held, merged in order within each room, once each. Returns how many were written."""
+        held, merged in order within each room (across rooms, by publish time), once each.
+        Returns how many were written."""
         if self.pending is None:  # not held: deliver at once
             self.pending = []
             self.holds = 1
@@ -145,7 +148,7 @@ class Conn:
         self.holds = 0
         held, self.pending = self.pending, None
         written = 0
-        for out in sorted(held, key=_by_room_and_key):
+        for out in sorted(held, key=_by_key):
             if self.deliver(out):
                 written += 1
                 if metrics is not None:

@@ -171,7 +171,15 @@ def payload(n: int, room: str) -> dict[str, Any]:
 
 
 def numbers(events: list[Received]) -> list[int]:
-    return [e.payload["n"] for e in events]
+    """The events' numbers, sorted, once each room's events are checked to have come in
+    publish order within the room, which is what the bus promises (docs/wire-protocol.md:
+    positions are per room; across rooms, order is the shards' clocks', not a promise)."""
+    by_room: dict[str, list[int]] = {}
+    for e in events:
+        by_room.setdefault(str(e.payload.get("room")), []).append(e.payload["n"])
+    for room, ns in by_room.items():
+        assert ns == sorted(ns), f"events of {room} out of publish order: {ns}"
+    return sorted(e.payload["n"] for e in events)
 
 
 def connect(clients: NodeClients, name: str, url: str, tok: str, transport: str = "websocket",

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway.delivery.offsets import component
 from tests.e2e.recovery.support import (
     BUSES,
     EVENT,
@@ -94,7 +95,8 @@ def test_made_up_pids_start_a_fresh_session(
 def test_own_pid_with_a_forged_offset_is_not_recovered(
     node_clients: NodeClients, deployments: Deployments, nowhere: str, bus: str,
 ) -> None:
-    """An offset the bus never gave (bad syntax, another epoch) cannot be replayed from."""
+    """An offset the bus never gave (bad syntax, a position the room's stream never had) cannot
+    be replayed from."""
     dep = deployments.get(bus)
     user = uid()
     room = f"user:{user}"
@@ -104,8 +106,9 @@ def test_own_pid_with_a_forged_offset_is_not_recovered(
     node_clients.wait_events("a", EVENT, 1)
     go_away(node_clients, "a", nowhere)
     dep.emit(room, payload(1, room))
-    _, position = offset.split(":", 1)
-    for i, forged in enumerate(["garbage", f"ffffffff:{position}"]):
+    ms, seq = (int(part) for part in offset.split("-"))
+    never = component(room, ms - 1, 7).decode()  # well formed, but no such entry in the stream
+    for i, forged in enumerate(["garbage", never]):
         name = f"f{i}"
         node_clients.connect(name, dep.replica(0).ns_url, token=token(user),
                              auth={"pid": pid, "offset": forged}, **FAST)
