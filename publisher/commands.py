@@ -210,7 +210,7 @@ class Commands:
     def positions(self, rooms: Iterable[str]) -> list[Call]:
         """Phase 1 of a join or leave: each room's position now, read on the room's shard
         (`position.lua`: the newest entry, or "empty at ms"). Rooms as `rooms` gave them."""
-        return [Call.of(POSITION, 1, self.names.history_key(room)) for room in rooms]
+        return [Call.of(POSITION, 1, self.names.history_key(check_room(room))) for room in rooms]
 
     def membership(self, kind: str, user: str | int, positions: Mapping[str, Position]) -> Call:
         """Phase 2: on the user's shard, edit every recoverable session of the user and tell the

@@ -198,6 +198,8 @@ def test_positions_read_each_room_on_its_own_shard(commands: Commands) -> None:
     assert [unpack(call.packed) for call in calls] == [
         [b"EVALSHA", POSITION.sha.encode(), b"1", f"ngw:{{{room}}}:h".encode()]
         for room in ("classroom:1", "quiz:9", "user:42")]
+    with pytest.raises(InvalidRoom, match="hash tags"):
+        commands.positions(["quiz:{9}"])
 
 
 def test_rooms_are_checked_and_deduplicated_before_any_round_trip(commands: Commands) -> None:
