@@ -3,18 +3,21 @@ no socket and no Redis, driven one event-loop turn at a time.
 
 - `FakeSocket` (a `ports.SocketWriter`) and `FakeSocketLayer` (a `ports.SocketLayer`) record
   what the core writes and asks.
-- `FakeBus` is a `bus.contract.Backend` whose positions, history, epochs and availability the
-  test sets. `MemoryBackend` is the real in-process bus and the tests use it where they can; the
-  fake exists for what it cannot show: its clock is fixed (`ms` does not move, so a new epoch
-  really gives *smaller* positions and only the dedup reset lets them through), it delivers a
-  message only on channels subscribed when it is published (as Redis pub/sub does, so an event
-  reaches a replica that just joined a room only through history), its `subscribe` and `history`
-  can be held open (the attach window), it can stop delivering (the pub/sub connection lost) or
-  answering (`BusUnavailable`), trim a room's history (a hole), lose its data (a new epoch),
-  revoke a user, and it records `set_online`.
-- `Replica` builds a `DeliveryCore` on a bus, started as the subscriber does at its first
-  connection (`on_bus_up`, then `on_bus_resubscribed`), and connects sockets as
-  `ConnectSequence` does, or through a real `ConnectSequence` (`handshake`).
+- `FakeBus` is a `bus.contract.Backend` keeping one stream per room with Redis's position rules
+  (`gateway/bus/lua/history.lua`), whose clock, channels and availability the test sets.
+  `MemoryBackend` is the real in-process bus and the tests use it where they can; the fake
+  exists for what it cannot show: its clock moves only when the test says (`tick`), so several
+  entries share a millisecond and their `seq` orders them; it delivers a message only on
+  channels subscribed when it is published (as Redis pub/sub does, so an event reaches a replica
+  that just joined a room only through history); its `subscribe` and `history` can be held open
+  (the attach window); a room's channel can go down (`down`: its messages are not delivered, as
+  when the connection to the room's shard is lost) while the others go on; it can stop
+  answering (`BusUnavailable`), trim a room's stream (`trim`), lose a room's newest writes (a
+  failover whose replica had not received them: `lose_writes`) or the whole stream (a flush:
+  `lose_stream`), let a stream expire after a quiet spell (`expire`), revoke a user, and it
+  records `set_online`. Sessions are kept by (user, pid), as Redis keys them.
+- `Replica` builds a `DeliveryCore` on a bus, as `sio.server.GatewayServer` wires it, and
+  connects sockets as `ConnectSequence` does, or through a real `ConnectSequence` (`handshake`).
 """
 
 from __future__ import annotations
@@ -30,19 +33,25 @@ from typing import Any
 
 import orjson
 
-from gateway.bus.contract import EVERYONE, Backend, BusSink, BusUnavailable, Position, Span
+from gateway.bus.contract import Backend, BusSink, BusUnavailable, Entries, Span
 from gateway.delivery.connect import Accepted, ConnectSequence, Refused
 from gateway.delivery.core import DeliveryCore
+from gateway.delivery.offsets import EMPTY_SEQ
 from gateway.delivery.recovery import Recovery
 from gateway.delivery.registry import Conn
 from gateway.policy.auth import TOKEN_INVALID, AuthError
 from gateway.policy.rooms import Identity, rooms_for
-from publisher.envelope import NAMESPACE, encode_control, encode_event
+from publisher.envelope import EVERYONE, NAMESPACE, Position, encode_control, encode_event
 from publisher.rooms import user_room
 from publisher.session import SessionRecord
 
 PACKET_PREFIX = b"2" + NAMESPACE.encode() + b","
 EVENT = "notification:new"
+
+
+def with_position(envelope: bytes, at: Position) -> bytes:
+    """An envelope as subscribers receive it: with its position `o`, as publish.lua adds it."""
+    return envelope[:-1] + b',"o":"' + str(at).encode() + b'"}'
 
 
 # -- the Socket.IO side ------------------------------------------------------------------------
@@ -142,27 +151,34 @@ class FakeCounters:
 # -- the bus -------------------------------------------------------------------------------------
 
 
+@dataclass
+class FakeStream:
+    """A room's history stream: its entries, and `entries-added` (XINFO STREAM)."""
+
+    entries: list[tuple[Position, bytes]] = field(default_factory=list)
+    added: int = 0
+    last: Position = field(default_factory=lambda: Position(0, 0))  # the last ID generated: XADD * never goes below it
+
+
 class FakeBus:
     """A `Backend` with the contract's promises and a test's hands on every dial (module doc)."""
 
     name = "fake"
 
-    def __init__(self, *, epoch: str = "e1", ms: int = 1_000) -> None:
-        self.epoch = epoch
-        self.ms = ms
-        self.seq = 0
-        self.history_of: dict[str, list[tuple[Position, bytes]]] = {}
-        self.trimmed: dict[str, Position] = {}
-        self.channels: set[str] = set()  # rooms whose channel is confirmed; everyone's always is
+    def __init__(self, *, ms: int = 1_000, lifetime_ms: int = 120_000) -> None:
+        self.ms = ms  # the clock of its shards: moves only by `tick`
+        self.lifetime_ms = lifetime_ms  # a stream's lifetime after its last write (2 x the window)
+        self.streams: dict[str, FakeStream] = {}
+        self.channels: set[str] = {EVERYONE}  # rooms whose channel is confirmed; everyone's always is
+        self.down: set[str] = set()  # rooms whose channel is lost: their messages do not arrive
         self.unsubscribed: list[str] = []
-        self.listening = True  # the pub/sub connection is up: published messages reach the sink
         self.available = True  # commands answer; False: BusUnavailable
         self.history_available = True  # False: history reads alone raise BusUnavailable
         self.subscribe_gate: asyncio.Event | None = None  # set: SUBSCRIBE confirmations wait for it
         self.history_gate: asyncio.Event | None = None  # set: history reads wait for it
         self.history_gates: deque[asyncio.Event] = deque()  # the next reads wait, each for its own
         self.history_reads: list[list[Span]] = []
-        self.sessions: dict[str, SessionRecord] = {}
+        self.sessions: dict[tuple[str, str], SessionRecord] = {}  # (user, pid) -> record
         self.revoked: dict[str, int] = {}  # user -> ms of the revocation (a kick)
         self.online: list[tuple[str, bool]] = []
         self.last_message = b""  # the last message published, as subscribers receive it
@@ -170,49 +186,77 @@ class FakeBus:
 
     # -- what a test does to it
 
-    def emit(self, room: str | None, data: Any, event: str = EVENT) -> Position:
-        """A producer publishes an event (to everyone when `room` is None)."""
-        envelope = encode_event(event, data, room, time.time() * 1000)
-        target = room if room is not None else EVERYONE
-        return self._publish(envelope, target, keep=True)
+    def tick(self, ms: int = 1) -> None:
+        self.ms += ms
 
-    def control(self, kind: str, user: str, rooms: Sequence[str] | None = None) -> Position:
-        """A producer's join / leave / kick: on the channel of `user:<u>`, with no history."""
-        envelope = encode_control(kind, user, list(rooms) if rooms is not None else None, time.time() * 1000)
-        return self._publish(envelope, user_room(user), keep=False)
+    def emit(self, room: str | None, data: Any, event: str = EVENT) -> Position:
+        """A producer publishes an event (to everyone when `room` is None): its position."""
+        envelope = encode_event(event, data, room, time.time() * 1000)
+        stream_room = room if room is not None else EVERYONE
+        stream = self.streams.get(stream_room)
+        if stream is None:
+            stream = self.streams[stream_room] = FakeStream()
+        last = stream.last
+        at = Position(last.ms, last.seq + 1) if last.ms >= self.ms else Position(self.ms, 0)
+        stream.entries.append((at, envelope))
+        stream.added += 1
+        stream.last = at
+        self._deliver(with_position(envelope, at), stream_room)
+        return at
+
+    def control(self, kind: str, user: str, rooms: Sequence[str] | None = None) -> dict[str, Position] | None:
+        """A producer's join / leave / kick: each room's position read first (position.lua), then
+        the message on the channel of `user:<u>`, with no history. The positions it carries."""
+        at = {room: self.position_now(room) for room in rooms} if rooms is not None else None
+        self._deliver(encode_control(kind, user, at, time.time() * 1000), user_room(user))
+        return at
+
+    def position_now(self, room: str) -> Position:
+        """What position.lua answers: the stream's newest entry, or "empty at now"."""
+        stream = self.streams.get(room)
+        if stream is not None and stream.entries:
+            return stream.entries[-1][0]
+        return Position(self.ms - 1, EMPTY_SEQ)
 
     def trim(self, room: str, n: int) -> None:
-        """Drop the `n` oldest entries of a room's history, as MAXLEN/MINID trimming does."""
-        entries = self.history_of.get(room, [])
-        dropped, self.history_of[room] = entries[:n], entries[n:]
-        if dropped:
-            self.trimmed[room] = dropped[-1][0]
+        """Drop the `n` oldest entries of a room's stream, as MAXLEN trimming does."""
+        stream = self.streams[room]
+        del stream.entries[:n]
 
-    def lose_data(self, epoch: str) -> None:
-        """Redis restarted empty: a new epoch, positions from 1 again, no history, no session."""
-        self.epoch = epoch
-        self.seq = 0
-        self.history_of.clear()
-        self.trimmed.clear()
-        self.sessions.clear()
+    def lose_writes(self, room: str, n: int) -> None:
+        """A failover: the promoted replica never received the room's `n` newest entries (they
+        were delivered live). Time moves on: the next entries get new IDs."""
+        stream = self.streams[room]
+        del stream.entries[len(stream.entries) - n:]
+        stream.added -= n
+        stream.last = stream.entries[-1][0] if stream.entries else Position(0, 0)
+        self.tick()
 
-    def _publish(self, envelope: bytes, channel: str, *, keep: bool) -> Position:
-        self.seq += 1
-        pos = Position(self.epoch, self.ms, self.seq)
-        message = envelope[:-1] + b',"o":"' + pos.offset.encode() + b'"}'
+    def lose_stream(self, room: str) -> None:
+        """The room's stream is gone within its lifetime (a flush, a restart without persistence)."""
+        self.streams.pop(room, None)
+        self.tick()
+
+    def expire(self, room: str) -> None:
+        """The stream expires after a quiet spell longer than its lifetime."""
+        self.tick(self.lifetime_ms + 1)
+        self.streams.pop(room, None)
+
+    def _deliver(self, message: bytes, channel: str) -> None:
         self.last_message = message
-        if keep:
-            self.history_of.setdefault(channel, []).append((pos, message))
         sink = self._sink
-        if sink is not None and self.listening and (channel == EVERYONE or channel in self.channels):
+        if sink is not None and channel in self.channels and channel not in self.down:
             asyncio.get_running_loop().call_soon(sink.on_message, message)  # as a subscriber reads it
-        return pos
+
+    def _check(self) -> None:
+        if not self.available:
+            raise BusUnavailable("fake bus down")
 
     # -- the Backend
 
     @property
     def connected(self) -> bool:
-        return self.listening
+        return self.available
 
     async def start(self, sink: BusSink) -> None:
         self._sink = sink
@@ -231,67 +275,70 @@ class FakeBus:
         self.unsubscribed.append(room)
 
     async def publish_event(self, event: str, data: Any, room: str | None) -> str:
-        if not self.available:
-            raise BusUnavailable("fake bus down")
-        return self.emit(room, data, event).offset
+        self._check()
+        return str(self.emit(room, data, event))
 
-    async def position(self) -> Position:
-        if not self.available:
-            raise BusUnavailable("fake bus down")
-        return Position(self.epoch, self.ms, self.seq)
+    async def positions(self, rooms: Sequence[str]) -> dict[str, Position]:
+        self._check()
+        return {room: self.position_now(room) for room in rooms}
 
-    async def history(self, spans: Sequence[Span]) -> list[bytes] | None:
+    async def history(self, spans: Sequence[Span]) -> dict[str, Entries | None]:
         self.history_reads.append(list(spans))
         gate = self.history_gates.popleft() if self.history_gates else self.history_gate
         if gate is not None:
             await gate.wait()
         if not (self.available and self.history_available):
             raise BusUnavailable("fake bus down")
-        out: list[tuple[int, bytes]] = []
-        for room, after, until in spans:
-            if after.epoch != self.epoch:
+        return {room: self._replay(room, after, until) for room, after, until in spans}
+
+    def _replay(self, room: str, after: Position, until: Position | None) -> Entries | None:
+        """history.lua's rules: exact, or None."""
+        stream = self.streams.get(room)
+        empty_at_start = after.seq == EMPTY_SEQ
+        if stream is None:
+            return [] if empty_at_start or after.ms < self.ms - self.lifetime_ms else None
+        if empty_at_start:
+            if stream.added != len(stream.entries):
                 return None
-            trimmed = self.trimmed.get(room)
-            if trimmed is not None and trimmed.key > after.key:
-                return None
-            out.extend((pos.key, message) for pos, message in self.history_of.get(room, ())
-                       if pos.key > after.key and (until is None or pos.key <= until.key))
-        out.sort(key=lambda item: item[0])
-        return [message for _, message in out]
+        elif not any(at == after for at, _ in stream.entries):
+            return None
+        return [(at, raw) for at, raw in stream.entries if at > after and (until is None or at <= until)]
 
     def save_session(self, pid: str, record: SessionRecord) -> None:
-        left = self.sessions[pid].left if pid in self.sessions else {}
-        self.sessions[pid] = dataclasses.replace(record, left=left)
+        self.sessions[(record.user, pid)] = record
 
-    async def load_session(self, pid: str) -> tuple[SessionRecord, int] | None:
-        if not self.available:
-            raise BusUnavailable("fake bus down")
-        record = self.sessions.get(pid)
+    async def load_session(self, user: str, pid: str) -> tuple[SessionRecord, int] | None:
+        self._check()
+        record = self.sessions.get((user, pid))
         if record is None:
             return None
-        return record, self.revoked.get(record.user, 0)
+        return record, self.revoked.get(user, 0)
 
     def end_session(self, pid: str, user: str, t_ms: int) -> None:
-        record = self.sessions.get(pid)
+        record = self.sessions.get((user, pid))
         if record is not None:
-            self.sessions[pid] = dataclasses.replace(record, alive_ms=t_ms)
+            self.sessions[(user, pid)] = dataclasses.replace(record, alive_ms=t_ms)
 
     def drop_session(self, pid: str, user: str) -> None:
-        self.sessions.pop(pid, None)
+        self.sessions.pop((user, pid), None)
 
-    def session_rooms(self, pid: str, rooms: Sequence[str], room: str, change: str, at: str) -> None:
-        record = self.sessions.get(pid)
+    def session_rooms(self, pid: str, user: str, rooms: Sequence[str], room: str, change: str, at: str) -> None:
+        """As writes.lua's `R`: a join sets the room's start and marks it entered outside the
+        token (`extra`); a leave records where."""
+        record = self.sessions.get((user, pid))
         if record is None:
             return
-        joined, left = dict(record.joined), dict(record.left)
+        starts, left = dict(record.starts), dict(record.left)
+        extra = [r for r in record.extra if r != room]
         if change == "j":
             left.pop(room, None)
-            joined[room] = at or "0-0"
-        else:
-            joined.pop(room, None)
             if at:
-                left[room] = at
-        self.sessions[pid] = dataclasses.replace(record, rooms=tuple(rooms), joined=joined, left=left)
+                starts[room] = at
+            extra.append(room)
+        elif at:
+            left[room] = at
+        self.sessions[(user, pid)] = dataclasses.replace(
+            record, rooms=tuple(rooms), starts=starts, left=left, extra=tuple(extra))
 
     def set_online(self, user: str, online: bool) -> None:
         self.online.append((user, online))
@@ -368,13 +415,10 @@ class Replica:
         """As the server's: the session record follows a connected socket's rooms."""
         self.room_changes.append((conn.sid, room, change, at))
         if conn.pid is not None:
-            self.recovery.rooms_changed(conn.pid, list(conn.rooms), room, change, at)
+            self.recovery.rooms_changed(conn.pid, conn.identity.user_id, list(conn.rooms), room, change, at)
 
     async def start(self) -> Replica:
-        """As the bus's subscriber does at its first connection."""
         await self.bus.start(self.core)
-        await self.core.on_bus_up()
-        await self.core.on_bus_resubscribed()
         return self
 
     async def connect(self, user: str = "1", *, role: str = "student", classrooms: tuple[str, ...] = (),
@@ -384,7 +428,7 @@ class Replica:
         identity = Identity(user, role, classrooms)
         sock = FakeSocket()
         sid = self._new_sid()
-        conn = Conn(sid, "e" + sid, identity, sock, None, 0)
+        conn = Conn(sid, "e" + sid, identity, sock, None)
         self.core.register(conn, None)
         await self.core.attach_rooms(conn, rooms_for(identity))
         self.core.accepted(conn)
@@ -411,6 +455,23 @@ class Replica:
         gone = self.core.forget(conn.sid)
         if gone is not None and gone.pid is not None:
             self.recovery.ended(gone.pid, gone.identity.user_id, may_return=True)
+
+    # -- a shard's channels going away and coming back, as the bus's subscriber reports it
+
+    def channels_lost(self, rooms: Sequence[str]) -> None:
+        """The connection to the shard of `rooms` dropped: their messages no longer arrive."""
+        assert isinstance(self.bus, FakeBus)
+        self.bus.down.update(rooms)
+        self.core.channels_lost(rooms)
+
+    def channels_restoring(self, rooms: Sequence[str]) -> None:
+        """Connected again, SUBSCRIBE sent: messages arrive as each channel is confirmed."""
+        assert isinstance(self.bus, FakeBus)
+        self.bus.down.difference_update(rooms)
+        self.core.channels_restoring(rooms)
+
+    async def channels_restored(self, rooms: Sequence[str]) -> None:
+        await self.core.channels_restored(rooms)
 
 
 async def turns(n: int = 5) -> None:

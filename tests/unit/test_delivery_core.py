@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from gateway.bus.contract import BusUnavailable
 from gateway.delivery.connect import Accepted
+from gateway.delivery.offsets import component
 from gateway.delivery.registry import Conn
 from gateway.policy.rooms import Identity
 from publisher.envelope import KIND_JOIN, KIND_KICK, KIND_LEAVE
@@ -40,6 +44,7 @@ async def test_a_producers_join_puts_every_socket_of_the_user_in_the_room_with_i
     _, other = await rep.connect("2")
     bus.emit("quiz:9", "before")
     join = bus.control(KIND_JOIN, "1", ["quiz:9"])
+    assert join is not None
     bus.emit("quiz:9", "right after")  # before this replica follows quiz:9: from history
     await turns()
     bus.emit("quiz:9", "live")
@@ -47,7 +52,7 @@ async def test_a_producers_join_puts_every_socket_of_the_user_in_the_room_with_i
     assert one.data == two.data == ["right after", "live"]
     assert other.data == []
     assert sorted(rep.room_changes, key=str) == sorted(
-        [(tab1.sid, "quiz:9", "j", join), (tab2.sid, "quiz:9", "j", join)], key=str)
+        [(tab1.sid, "quiz:9", "j", join["quiz:9"]), (tab2.sid, "quiz:9", "j", join["quiz:9"])], key=str)
 
 
 async def test_a_producers_join_enters_only_the_rooms_the_policy_allows() -> None:
@@ -76,15 +81,18 @@ async def test_admin_all_is_joined_for_an_admin() -> None:
 async def test_a_producers_leave_takes_the_sockets_out_of_the_room_but_never_out_of_their_own() -> None:
     bus, rep = await started()
     conn, sock = await rep.connect("1", classrooms=("7",))
+    bus.emit("classroom:7", "before")
     leave = bus.control(KIND_LEAVE, "1", ["classroom:7", "user:1"])
+    assert leave is not None
     await turns()
     assert list(conn.rooms) == ["user:1"]
-    assert rep.room_changes == [(conn.sid, "classroom:7", "l", leave)]  # where: for a recovery's replay
+    # where in the room's stream: a recovery replays the room up to there
+    assert rep.room_changes == [(conn.sid, "classroom:7", "l", leave["classroom:7"])]
     assert bus.unsubscribed == ["classroom:7"]
     bus.emit("classroom:7", "gone")
     bus.emit("user:1", "mine")
     await turns()
-    assert sock.data == ["mine"]
+    assert sock.data == ["before", "mine"]
 
 
 async def test_a_kick_disconnects_each_socket_of_the_user_as_kicked_and_clears_its_session() -> None:
@@ -97,6 +105,37 @@ async def test_a_kick_disconnects_each_socket_of_the_user_as_kicked_and_clears_i
     assert sorted(rep.sockets.kicks) == sorted([(tab1.sid, "kicked"), (tab2.sid, "kicked")])
     assert (tab1.pid, tab2.pid) == (None, None)  # its sessions are deleted: never saved again
     assert other.pid is not None
+
+
+async def test_a_producers_join_and_leave_are_written_to_the_session_for_a_recovery() -> None:
+    bus, rep = await started()
+    conn, _ = await with_session(rep, "1")
+    bus.emit("quiz:9", "q0")
+    join = bus.control(KIND_JOIN, "1", ["quiz:9"])
+    await turns()
+    assert join is not None
+    assert conn.pid is not None
+    record = bus.sessions[("1", conn.pid)]
+    assert record.rooms == ("user:1", "quiz:9")
+    assert record.starts["quiz:9"] == str(join["quiz:9"])  # replayed after the join
+    assert record.extra == ("quiz:9",)  # entered through a producer: the policy is asked again
+    bus.emit("quiz:9", "q1")
+    leave = bus.control(KIND_LEAVE, "1", ["quiz:9"])
+    await turns()
+    assert leave is not None
+    record = bus.sessions[("1", conn.pid)]
+    assert record.rooms == ("user:1",)
+    assert record.left == {"quiz:9": str(leave["quiz:9"])}  # replayed up to the leave
+
+
+async def test_a_producers_leave_of_a_room_the_socket_is_not_in_changes_nothing() -> None:
+    bus, rep = await started()
+    conn, _ = await rep.connect("1")
+    bus.control(KIND_LEAVE, "1", ["quiz:9"])
+    await turns()
+    assert rep.room_changes == []
+    assert list(conn.rooms) == ["user:1"]
+    assert bus.unsubscribed == []
 
 
 async def test_a_control_message_for_a_user_with_no_socket_here_does_nothing() -> None:
@@ -161,11 +200,11 @@ async def test_a_recovery_that_replaces_a_stale_socket_leaves_the_user_online() 
     conn, first = await with_session(rep, "1")
     bus.emit("user:1", 0)
     await turns()
+    bus.online.clear()
     outcome, _ = await rep.handshake(Identity("1"), pid=conn.pid, offset=first.last_offset)
     assert isinstance(outcome, Accepted)
     assert outcome.recovered
-    assert bus.online[0] == ("1", True)
-    assert bus.online[-1] == ("1", True)
+    assert bus.online[-1] == ("1", True)  # the stale socket's going and the new one's coming, in one turn
     assert rep.core.user_sockets("1") == 1
 
 
@@ -191,13 +230,21 @@ async def test_local_delivery_writes_to_attached_sockets_of_the_room_without_an_
     assert two.events == [[EVENT, "all"]]
 
 
-async def test_publish_goes_through_the_bus_and_comes_back_with_its_offset() -> None:
+async def test_publish_goes_through_the_bus_and_returns_the_events_position_in_its_room() -> None:
     bus, rep = await started()
     _, sock = await rep.connect("1")
-    offset = await rep.core.publish(EVENT, {"a": 1}, "user:1")
+    at = await rep.core.publish(EVENT, {"a": 1}, "user:1")
     await turns()
-    assert sock.events == [[EVENT, {"a": 1}, offset]]
-    assert offset == (await bus.position()).offset
+    assert at == str(bus.position_now("user:1"))
+    ms, _, seq = at.partition("-")
+    assert sock.events == [[EVENT, {"a": 1}, component("user:1", int(ms), int(seq)).decode()]]
+
+
+async def test_publish_raises_bus_unavailable_when_the_bus_is_down() -> None:
+    bus, rep = await started()
+    bus.available = False
+    with pytest.raises(BusUnavailable):
+        await rep.core.publish(EVENT, "x", "user:1")
 
 
 async def test_each_bus_read_is_one_batch_of_writes_on_the_socket_layer() -> None:
