@@ -1,4 +1,9 @@
-"""The replica's one pub/sub connection to Redis, with RESP parsed in C by hiredis.
+"""Pub/sub connections to Redis, with RESP parsed in C by hiredis.
+
+`RespProtocol` (the reading side of a connection), `pack` and `FailureLog` serve both
+listeners: `shards.ShardedChannels` (wire version 2: one connection per shard, SSUBSCRIBE) and
+`Subscriber` below (version 1: one connection, SUBSCRIBE), which goes once the bus is wired to
+the former. What follows describes `Subscriber`; the same holds per shard in `shards.py`.
 
 One connection, not one per room: Redis sends a subscriber its messages in the order it
 executed the PUBLISHes, across all channels, and the recovery design rests on that order
@@ -28,7 +33,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 
@@ -56,8 +61,25 @@ def pack(*args: bytes) -> bytes:
     return b"".join(out)
 
 
-class _Protocol(asyncio.Protocol):
-    def __init__(self, owner: Subscriber) -> None:
+class Reader(Protocol):
+    """What a `RespProtocol` hands its replies to: `Subscriber`, or one shard's connection
+    (`shards.py`)."""
+
+    def on_reply(self, reply: Any) -> None: ...
+
+    def batch_begin(self) -> None: ...
+
+    def batch_end(self) -> None: ...
+
+    def failed(self, where: str) -> None: ...
+
+
+class RespProtocol(asyncio.Protocol):
+    """The reading side of a pub/sub connection: RESP parsed by hiredis, each reply handed to
+    the owner, the replies of one read between `batch_begin` and `batch_end`. Only a stream
+    that does not parse closes the connection; an exception raised by the owner is `failed`."""
+
+    def __init__(self, owner: Reader) -> None:
         self.owner = owner
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
@@ -93,9 +115,39 @@ class _Protocol(asyncio.Protocol):
             except Exception:  # noqa: BLE001 - same
                 owner.failed("batch_end")
 
+    def write(self, data: bytes) -> bool:
+        """Send `data`; False when the connection is closing or gone."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(data)
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(None)
+
+
+class FailureLog:
+    """Handling one message raised: count it, log it (a traceback at most every
+    FAILURE_LOG_EVERY seconds, so a stream of bad messages cannot flood the log), go on.
+    `failed` is called from inside the `except` block, so the traceback is the handler's."""
+
+    def __init__(self, counters: Callable[[str], None]) -> None:
+        self.count = counters
+        self._next_log = 0.0
+        self._unlogged = 0
+
+    def failed(self, where: str, **extra: Any) -> None:
+        self.count("message_failed")
+        now = time.monotonic()
+        if now < self._next_log:
+            self._unlogged += 1
+            return
+        self._next_log = now + FAILURE_LOG_EVERY
+        unlogged, self._unlogged = self._unlogged, 0
+        log.exception("bus message could not be handled; dropped, the connection is kept",
+                      extra={"where": where, "unlogged_before": unlogged, **extra})
 
 
 class Subscriber:
@@ -128,14 +180,13 @@ class Subscriber:
         self._waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._batch: list[bytes] = []
         self._replies: list[asyncio.Future[Any]] = []  # PING and AUTH, in order
-        self._proto: _Protocol | None = None
+        self._proto: RespProtocol | None = None
         self._ready = False  # every desired channel confirmed on this connection: the bus is up
         self._writable = False  # connected and authenticated: SUBSCRIBEs may be sent
         self._announced = False  # on_connected was called for this connection
         self._task: asyncio.Task[None] | None = None
         self._probe_seen = asyncio.Event()
-        self._next_failure_log = 0.0
-        self._failures_unlogged = 0
+        self._failures = FailureLog(counters)
 
     @property
     def connected(self) -> bool:
@@ -200,18 +251,7 @@ class Subscriber:
     # -- replies ----------------------------------------------------------------------------
 
     def failed(self, where: str) -> None:
-        """Handling one message raised: count it, log it (a traceback at most every
-        FAILURE_LOG_EVERY seconds, so a stream of bad messages cannot flood the log), go on.
-        Called from inside the `except` block, so the traceback is the handler's."""
-        self.count("message_failed")
-        now = time.monotonic()
-        if now < self._next_failure_log:
-            self._failures_unlogged += 1
-            return
-        self._next_failure_log = now + FAILURE_LOG_EVERY
-        unlogged, self._failures_unlogged = self._failures_unlogged, 0
-        log.exception("bus message could not be handled; dropped, the connection is kept",
-                      extra={"where": where, "unlogged_before": unlogged})
+        self._failures.failed(where)
 
     def on_reply(self, reply: Any) -> None:
         if type(reply) is list:
@@ -281,11 +321,11 @@ class Subscriber:
         ep = self.endpoint
         if ep.scheme == "unix":
             _, proto = await asyncio.wait_for(
-                loop.create_unix_connection(lambda: _Protocol(self), ep.path), REPLY_TIMEOUT)
+                loop.create_unix_connection(lambda: RespProtocol(self), ep.path), REPLY_TIMEOUT)
         else:
             host, port = await resolve(ep)
             _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(self), host, port, ssl=tls_context(ep),
+                loop.create_connection(lambda: RespProtocol(self), host, port, ssl=tls_context(ep),
                                        server_hostname=host if ep.tls else None),
                 REPLY_TIMEOUT)
         self._proto = proto
