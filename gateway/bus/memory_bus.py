@@ -25,6 +25,7 @@ SWEEP_AFTER_ENDED = 256
 @dataclasses.dataclass
 class _Stream:
     entries: deque[tuple[Position, bytes]] = dataclasses.field(default_factory=deque)
+    last: Position | None = None  # the newest position given, kept or not
     added: int = 0
     last_write_ms: int = 0
 
@@ -65,7 +66,7 @@ class MemoryBackend:
 
     def _stream(self, room: str) -> _Stream | None:
         stream = self._streams.get(room)
-        if stream is not None and stream.last_write_ms < _now_ms() - self._lifetime_ms:
+        if stream is not None and stream.last_write_ms < _now_ms() - max(self._lifetime_ms, 1000):
             del self._streams[room]  # expired, as PEXPIRE would have it
             return None
         return stream
@@ -77,15 +78,16 @@ class MemoryBackend:
         if stream is None:
             stream = self._streams[stream_room] = _Stream()
         now = _now_ms()
-        last = stream.entries[-1][0] if stream.entries else None
+        last = stream.last
         if last is not None and last.ms >= now:
             at = Position(last.ms, last.seq + 1)
         else:
             at = Position(now, 0)
+        stream.last = at
+        stream.last_write_ms = now
         if self._window_ms > 0:
             stream.entries.append((at, envelope))
             stream.added += 1
-            stream.last_write_ms = now
             while len(stream.entries) > self._max_len:
                 stream.entries.popleft()
         message = envelope[:-1] + b',"o":"' + str(at).encode() + b'"}'

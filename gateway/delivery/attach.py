@@ -63,7 +63,7 @@ class Attacher:
             if key is None:
                 raise BusUnavailable(f"the position of {room} is unknown")
             starts[room] = position_of(key)
-            if key > conn.positions.get(room, -1):
+            if room not in conn.positions:  # a restored socket keeps its replay's positions
                 conn.positions[room] = key
         return starts
 
@@ -124,6 +124,9 @@ class Attacher:
                 if since:
                     replies = await self._backend.history([(room, at, None) for room, at in since.items()])
                     for room, entries in replies.items():
+                        if entries is None:  # never short: its client reconnects and is told
+                            self._counters.bus_event("join_gap")
+                            conn.eio.close_transport()
                         history.extend(self._replay(room, entries or ()))
                 for room in fresh:
                     at = rooms[room]

@@ -188,8 +188,9 @@ class ConnectSequence:
         fresh = [room for room in granted if room not in conn.rooms and room not in left]
         starts_now: dict[str, Position] = {}
         if fresh:  # the new token grants rooms the session did not have: from now on
-            starts_now = await self._core.attach_rooms(conn, fresh) or {}
+            started = await self._core.attach_rooms(conn, fresh) or {}
+            starts_now = {room: at for room, at in started.items() if room in fresh}
         if not self._still_there(conn):
             return None
-        self._recovery.save_restored(restorable, conn.sid, identity, list(conn.rooms), starts_now)
+        self._recovery.save_restored(restorable, conn, identity, starts_now)
         return conn

@@ -72,15 +72,15 @@ class Fanout:
         room = event.room if event.room is not None else EVERYONE
         key = key_of(event.ms, event.seq)
         cursor = self._registry.cursor
-        if key > cursor.get(room, -1):
-            cursor[room] = key
         if event.room is None:
             targets: Iterable[Conn] = self._registry.by_sid.values()
         else:
             members = self._registry.rooms.get(room)
-            if not members:
+            if not members:  # a message still in flight after the room's last socket left
                 return
             targets = members.values()
+        if key > cursor.get(room, -1):
+            cursor[room] = key
         out = outgoing(event, self._with_offset)
         written = 0
         for conn in targets:

@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.bus.contract import Backend, BusUnavailable, Span
-from gateway.delivery.offsets import OffsetError, decode, key_of
-from gateway.policy.rooms import Identity
+from gateway.delivery.offsets import OffsetError, decode, key_of, position_of
+from gateway.delivery.registry import Conn
+from gateway.policy.rooms import Identity, rooms_for
 from publisher.envelope import EVERYONE, EnvelopeError, Position, parse_position
 from publisher.session import SessionError, SessionRecord
 
@@ -151,17 +152,23 @@ class Recovery:
             extra=extra,
         ))
 
-    def save_restored(self, restorable: Restorable, sid: str, identity: Identity, rooms: list[str],
+    def save_restored(self, restorable: Restorable, conn: Conn, identity: Identity,
                       starts_now: Mapping[str, Position] | None = None) -> None:
-        """Rewrite a restored session: its creation and its rooms' starts stay (a client that
-        drops again before receiving anything is replayed from the same place), and so do the
-        rooms it entered through a producer or the API, and its leaves."""
+        """Rewrite a restored session from the socket as it is now: its creation and its rooms'
+        starts stay (a client that drops again before receiving anything is replayed from the
+        same place); a room entered meanwhile (a producer's join during the restore) starts
+        where the socket entered it; rooms not from the token stay marked so."""
         record = restorable.record
+        rooms = list(conn.rooms)
         starts = {room: at for room, text in record.starts.items() if (at := _position(text)) is not None}
         starts.update(starts_now or {})
-        self.save(restorable.pid, sid, identity, rooms, starts, created_ms=record.created_ms,
+        for room in (*rooms, EVERYONE):
+            if room not in starts and (key := conn.positions.get(room)) is not None:
+                starts[room] = position_of(key)
+        token_rooms = set(rooms_for(identity))
+        self.save(restorable.pid, conn.sid, identity, rooms, starts, created_ms=record.created_ms,
                   left={room: at for room, at in record.left.items() if room not in rooms},
-                  extra=tuple(room for room in record.extra if room in rooms))
+                  extra=tuple(room for room in rooms if room not in token_rooms))
 
     def rooms_changed(self, pid: str, user: str, rooms: list[str], room: str, change: str,
                       at: Position | None) -> None:

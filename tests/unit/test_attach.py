@@ -197,13 +197,6 @@ async def test_a_join_while_a_recovering_socket_reads_its_history_costs_it_no_re
     assert of(sock, "q") == ["q after the join"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ConnectSequence._restore ends with Recovery.save_restored, which rewrites the whole session "
-    "from the record loaded before the restore (restorable.record): a producer's join carried out "
-    "meanwhile (Attacher.enter -> rooms_changed -> session_rooms set starts['quiz:9'] and "
-    "extra=['quiz:9']) is overwritten, leaving 'quiz:9' in rooms with no start and not in extra; "
-    "the next recovery then drops the room (connect._restore keeps a room not granted by the token "
-    "only if it is in extra) or refuses the session (no_start)"))
 async def test_a_join_carried_out_during_a_recovery_is_kept_in_the_restored_session() -> None:
     bus, rep = await started()
     outcome, first = await rep.handshake(Identity("1"))
@@ -233,14 +226,6 @@ async def test_a_join_carried_out_during_a_recovery_is_kept_in_the_restored_sess
     assert sock.data == ["q1"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Fanout.deliver moves the cursor of the message's room even when no local socket is in it: a "
-    "message still in flight when the room's last socket left (Subscriptions.leave popped the "
-    "cursor and unsubscribed) puts a stale cursor back, so the next socket entering the room "
-    "starts there instead of at the position read after its subscription (Subscriptions.join "
-    "reads positions only for rooms without a cursor); events published while the room was not "
-    "followed then fall after the socket's start without ever reaching it live, and a recovery "
-    "replays them (Subscriptions.read_positions has the guard fanout lacks)"))
 async def test_a_room_entered_again_after_its_last_socket_left_starts_at_its_position_then() -> None:
     bus, rep = await started()
     conn, _ = await rep.handshake(Identity("1"))

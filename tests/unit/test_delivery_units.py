@@ -284,10 +284,6 @@ async def test_memory_bus_answers_each_span_of_a_history_read(monkeypatch: pytes
     assert found["b"] is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "MemoryBackend.publish_event with recovery off (window_s=0) keeps no entry, so every event "
-    "of a millisecond gets the same position <now>-0 (it derives the next ID from the last entry "
-    "kept); Conn.deliver then drops all but the first as already written"))
 async def test_memory_bus_without_recovery_still_gives_each_event_its_own_position(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(memory_bus, "_now_ms", lambda: 1_000_000)

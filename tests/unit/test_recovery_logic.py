@@ -298,12 +298,6 @@ async def test_a_downgraded_token_loses_the_rooms_it_no_longer_grants() -> None:
     assert list(outcome.conn.rooms) == ["user:1"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ConnectSequence._restore attaches the rooms the new token grants that the session lacked "
-    "with DeliveryCore.attach_rooms, whose Attacher._starts also moves the socket's position in "
-    "EVERYONE to the replica's cursor (it always includes EVERYONE): the broadcasts the recovery "
-    "has just queued for replay are at or before that cursor, so Conn.release drops them "
-    "(and save_restored records EVERYONE's start as now)"))
 async def test_a_token_granting_a_new_room_on_recovery_still_gets_the_missed_broadcasts() -> None:
     _, rep = await memory_replica()
     conn, first = await connected(rep, Identity("1", classrooms=("7",)))
