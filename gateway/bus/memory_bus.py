@@ -79,10 +79,7 @@ class MemoryBackend:
             stream = self._streams[stream_room] = _Stream()
         now = _now_ms()
         last = stream.last
-        if last is not None and last.ms >= now:
-            at = Position(last.ms, last.seq + 1)
-        else:
-            at = Position(now, 0)
+        at = Position(last.ms, last.seq + 1) if last is not None and last.ms >= now else Position(now, 0)
         stream.last = at
         stream.last_write_ms = now
         if self._window_ms > 0:

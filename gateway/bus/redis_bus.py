@@ -28,8 +28,15 @@ from gateway.bus.endpoint import parse_endpoint
 from gateway.bus.shards import ShardedChannels
 from publisher.cluster import async_expect_standalone, is_cluster_url, key_slot, parse_cluster_url
 from publisher.commands import Call, Commands
-from publisher.envelope import EVERYONE, REPLICA_HEARTBEAT_MS, REPLICA_TTL_MS, BusNames, EnvelopeError, Position, \
-    parse_position
+from publisher.envelope import (
+    EVERYONE,
+    REPLICA_HEARTBEAT_MS,
+    REPLICA_TTL_MS,
+    BusNames,
+    EnvelopeError,
+    Position,
+    parse_position,
+)
 from publisher.errors import PublisherError
 from publisher.redis_url import async_client
 from publisher.scripts import POSITION, Script

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway import errors
-from publisher.envelope import EVERYONE, Position
 from gateway.delivery.attach import HistoryLost
 from gateway.delivery.core import DeliveryCore
 from gateway.delivery.ports import Counters, SocketWriter
@@ -26,6 +25,7 @@ from gateway.delivery.registry import Conn
 from gateway.errors import ClientCode
 from gateway.policy.auth import Authenticator, AuthError, extract_token
 from gateway.policy.rooms import Identity, may_join, rooms_for
+from publisher.envelope import EVERYONE, Position
 
 log = logging.getLogger("gateway.delivery.connect")
 

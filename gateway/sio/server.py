@@ -24,7 +24,6 @@ from socketio import packet as sio_packet
 
 from gateway import errors
 from gateway.bus.contract import Backend
-from publisher.envelope import Position
 from gateway.config import Settings
 from gateway.delivery.connect import Accepted, ConnectSequence
 from gateway.delivery.core import DeliveryCore
@@ -38,7 +37,7 @@ from gateway.sio.engine import GatewayEngineIO
 from gateway.sio.managers import NotificationManager
 from gateway.sio.packets import FastPacket
 from gateway.sio.socket import FastSocket
-from publisher.envelope import NAMESPACE
+from publisher.envelope import NAMESPACE, Position
 
 log = logging.getLogger("gateway.socket")
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from gateway.delivery.connect import Accepted
 from gateway.delivery.offsets import EMPTY_SEQ, key_of
 from gateway.delivery.registry import Conn
