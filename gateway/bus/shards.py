@@ -848,8 +848,21 @@ class ShardedChannels:
     # -- the topology -----------------------------------------------------------------------
 
     def _want_refresh(self) -> None:
-        if self._refresh_wanted is not None and self._single is None:
+        """Refresh the slot map soon (one refresh for a burst), then put every channel where
+        it belongs. A single Redis has no map: its channels are subscribed again at once."""
+        if self._closed or self._refresh_wanted is None:
+            return
+        if self._single is None:
             self._refresh_wanted.set()
+        elif not self._refresh_wanted.is_set():
+            self._refresh_wanted.set()
+            asyncio.get_running_loop().call_soon(self._resync)
+
+    def _resync(self) -> None:
+        assert self._refresh_wanted is not None
+        self._refresh_wanted.clear()
+        if not self._closed:
+            self._reconcile()
 
     async def _refresh_loop(self) -> None:
         wanted = self._refresh_wanted
