@@ -382,3 +382,31 @@ async def test_close_leaves_no_connection_and_no_task(fast: None) -> None:
     assert not await channels.subscribe(channel("room:late"))
     assert [t for t in asyncio.all_tasks() if t.get_name().startswith("bus-")] == []
     await cluster.stop()
+
+
+async def test_a_periodic_refresh_moves_channels_whose_slot_moved_without_a_push(
+        fast: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No sunsubscribe came (redis/redis#12558 is one such case): the periodic refresh finds
+    the slot served by another node, and moves exactly that slot's channels there."""
+    monkeypatch.setattr(shards_module, "REFRESH_EVERY", 0.1)
+    cluster = await FakeCluster().start(2)
+    a, b = cluster.nodes
+    sink, counted = Sink(), list[str]()
+    channels = ShardedChannels(parse_cluster_url(cluster.url()), sink, counted.append, "r1")
+    channels.start()
+    try:
+        await until(lambda: channels.connected, "ready")
+        on_a = [c for i in range(200) if cluster.owner(c := channel(f"room:{i}")) is a][:5]
+        assert all(await asyncio.gather(*(channels.subscribe(ch) for ch in on_a)))
+        moving = on_a[0]
+        cluster.table[key_slot(moving)] = b
+        await until(lambda: sink.of(moving)[-1:] == ["restored"] and channels.connected, "moved to B")
+        assert sink.of(moving) == ["lost", "restoring", "restored"]
+        assert {c for _, chans in sink.calls for c in chans} == {moving}
+        assert b.subscribers(moving)
+        await until(lambda: not a.subscribers(moving), "unsubscribed on A")
+        assert all(a.subscribers(ch) for ch in on_a[1:])
+        assert "slot_moved" not in counted
+    finally:
+        await channels.close()
+        await cluster.stop()
