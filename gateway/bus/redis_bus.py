@@ -116,7 +116,7 @@ class RedisBackend:
         self._sink_adapter = _Channels(names)
         source = parse_cluster_url(url) if is_cluster_url(url) else parse_endpoint(url)
         self.channels = ShardedChannels(source, self._sink_adapter, counters=metrics.bus_event,
-                                        replica_id=replica_id)
+                                        replica_id=replica_id, names=names)
         self._cluster = is_cluster_url(url)
         self._sink: BusSink | None = None
         self._writes: dict[int, list[str]] = {}  # slot (0 on a single node) -> queued operations
