@@ -1,4 +1,4 @@
-"""Event names and payloads: what may travel to a browser, and the five events of the contract.
+"""Payload sanitising: what any event's payload must be to travel to a browser.
 
 A payload is *sanitised* (what `sanitize` checks, in this order) when:
 
@@ -18,60 +18,31 @@ A payload is *sanitised* (what `sanitize` checks, in this order) when:
 Any failure raises `InvalidPayload` whose message starts with the path of the offending value,
 e.g. `data.oldRank.level: ...` or `data.items[3]: ...`.
 
-`EVENT_SCHEMAS` describes the payloads of the five contract events as data, so that the
-runtime check (`validate`) and the TypeScript declarations for the frontend
-(`typescript_declarations`) come from one description and cannot drift apart.
+Apart from the contract's schemas (`schemas`): every payload of every event is sanitised on
+every emit, and this walk is tuned for that; a schema is checked for five events, on request.
 """
 
-# No `from __future__ import annotations` here: TypedDict needs its annotations evaluated to
-# tell NotRequired keys from required ones at run time (`__required_keys__`).
+from __future__ import annotations
+
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from types import MappingProxyType
-from typing import Any, Final, Literal, NotRequired, TypedDict
+from typing import Any, Final
 
 import orjson
+
+__all__ = ["MAX_DEPTH", "MAX_PAYLOAD_BYTES", "MAX_SAFE_INTEGER", "InvalidPayload", "sanitize"]
 
 MAX_PAYLOAD_BYTES: Final = 65_536
 MAX_DEPTH: Final = 32
 MAX_SAFE_INTEGER: Final = 2**53 - 1
-
-EVENT_NAME_RE: Final = re.compile(r"[A-Za-z0-9_:.\-]{1,64}")
-RESERVED_EVENTS: Final = frozenset(
-    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
-)
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
 
 
-class InvalidEvent(ValueError):
-    """An event name outside the grammar, or one Socket.IO reserves."""
-
-
 class InvalidPayload(ValueError):
     """A payload that is not sanitised (see the module doc); the message names the field."""
-
-
-def check_event_name(name: object) -> str:
-    """Return `name` if it may be emitted to clients, else raise InvalidEvent saying why."""
-    if not isinstance(name, str):
-        raise InvalidEvent(f"an event name is a string, got {type(name).__name__}")
-    if name in RESERVED_EVENTS:
-        raise InvalidEvent(f"{name!r} is reserved by Socket.IO and cannot be emitted")
-    if EVENT_NAME_RE.fullmatch(name) is None:
-        raise InvalidEvent(
-            f"{name[:80]!r} is not an event name: 1 to 64 characters among A-Z a-z 0-9 _ : . -"
-        )
-    return name
-
-
-# ---------------------------------------------------------------------------------------------
-# sanitize
 
 
 class _Bad(Exception):
@@ -205,247 +176,3 @@ def sanitize(data: Any, max_bytes: int = MAX_PAYLOAD_BYTES) -> bytes:
             f"data: the encoded payload is {len(body)} bytes, over the limit of {max_bytes}"
         )
     return body
-
-
-# ---------------------------------------------------------------------------------------------
-# the five events of the contract: typed payloads, their schemas, validation, TypeScript
-
-
-class AchievementUnlocked(TypedDict):
-    achievementId: str
-    name: str
-    description: str
-    icon: str
-    xpReward: int
-
-
-class Rank(TypedDict):
-    name: str
-    level: int
-
-
-class RankPromoted(TypedDict):
-    oldRank: Rank
-    newRank: Rank
-    xpRequired: int
-
-
-class CoinsEarned(TypedDict):
-    amount: int
-    reason: str
-    newBalance: int
-
-
-class NotificationNew(TypedDict):
-    id: str
-    userId: str
-    type: str
-    title: str
-    message: str
-    data: NotRequired[dict[str, Any]]
-    read: bool
-    createdAt: str
-
-
-class NotificationRead(TypedDict):
-    notificationId: str
-    readAt: str
-
-
-FieldType = Literal["string", "integer", "boolean", "datetime", "object"]
-
-
-@dataclass(frozen=True, slots=True)
-class FieldSpec:
-    """One payload field. `object` with `nested` is a known shape, without it any JSON object.
-
-    `datetime` is an ISO 8601 string (JavaScript's `toISOString()`), not a Date.
-    """
-
-    name: str
-    type: FieldType
-    optional: bool = False
-    nested: "ObjectSchema | None" = None
-    doc: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectSchema:
-    interface: str  # the TypeScript interface's name
-    fields: tuple[FieldSpec, ...]
-    doc: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class EventSchema:
-    event: str
-    payload: ObjectSchema
-
-    @property
-    def fields(self) -> tuple[FieldSpec, ...]:
-        return self.payload.fields
-
-
-_RANK = ObjectSchema("Rank", (FieldSpec("name", "string"), FieldSpec("level", "integer")))
-
-EVENT_SCHEMAS: Final[Mapping[str, EventSchema]] = MappingProxyType({
-    schema.event: schema
-    for schema in (
-        EventSchema("achievement:unlocked", ObjectSchema("AchievementUnlocked", (
-            FieldSpec("achievementId", "string"),
-            FieldSpec("name", "string"),
-            FieldSpec("description", "string"),
-            FieldSpec("icon", "string"),
-            FieldSpec("xpReward", "integer"),
-        ), "The user unlocked an achievement.")),
-        EventSchema("rank:promoted", ObjectSchema("RankPromoted", (
-            FieldSpec("oldRank", "object", nested=_RANK),
-            FieldSpec("newRank", "object", nested=_RANK),
-            FieldSpec("xpRequired", "integer"),
-        ), "The user moved up a rank.")),
-        EventSchema("coins:earned", ObjectSchema("CoinsEarned", (
-            FieldSpec("amount", "integer"),
-            FieldSpec("reason", "string"),
-            FieldSpec("newBalance", "integer"),
-        ), "Coins were credited to the user.")),
-        EventSchema("notification:new", ObjectSchema("NotificationNew", (
-            FieldSpec("id", "string"),
-            FieldSpec("userId", "string"),
-            FieldSpec("type", "string"),
-            FieldSpec("title", "string"),
-            FieldSpec("message", "string"),
-            FieldSpec("data", "object", optional=True, doc="Free-form details."),
-            FieldSpec("read", "boolean"),
-            FieldSpec("createdAt", "datetime"),
-        ), "A new notification for the user.")),
-        EventSchema("notification:read", ObjectSchema("NotificationRead", (
-            FieldSpec("notificationId", "string"),
-            FieldSpec("readAt", "datetime"),
-        ), "A notification was marked read (e.g. on another device).")),
-    )
-})
-
-_TYPE_WORDS: Final = {
-    "string": "a string", "integer": "an integer", "boolean": "true or false",
-    "datetime": "an ISO 8601 date-time string", "object": "an object",
-}
-
-
-def _field_problem(spec: FieldSpec, value: Any, where: str) -> str | None:
-    kind = spec.type
-    if kind == "string":
-        ok = isinstance(value, str)
-    elif kind == "integer":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "boolean":
-        ok = isinstance(value, bool)
-    elif kind == "datetime":
-        ok = isinstance(value, str) and _is_iso_datetime(value)
-    elif not isinstance(value, dict):
-        ok = False
-    elif spec.nested is None:
-        return None
-    else:
-        return _object_problem(spec.nested, value, f"{where}.")
-    if ok:
-        return None
-    return f"{where} must be {_TYPE_WORDS[kind]}, got {_show(value)}"
-
-
-def _is_iso_datetime(text: str) -> bool:
-    try:
-        datetime.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _object_problem(schema: ObjectSchema, value: Mapping[str, Any], prefix: str) -> str | None:
-    for spec in schema.fields:
-        where = prefix + spec.name
-        if spec.name not in value:
-            if spec.optional:
-                continue
-            return f"{where} is required"
-        problem = _field_problem(spec, value[spec.name], where)
-        if problem:
-            return problem
-    return None
-
-
-def validate(event: str, data: Any) -> None:
-    """Check a payload against its event's schema; events without one pass unchecked.
-
-    Raises InvalidPayload (a ValueError) naming the event and the field, e.g.
-    `coins:earned: newBalance must be an integer, got '12'`. Extra keys are allowed: they pass
-    through to the client.
-    """
-    schema = EVENT_SCHEMAS.get(event)
-    if schema is None:
-        return
-    if not isinstance(data, dict):
-        raise InvalidPayload(f"{event}: the payload must be an object, got {_show(data)}")
-    problem = _object_problem(schema.payload, data, "")
-    if problem:
-        raise InvalidPayload(f"{event}: {problem}")
-
-
-_TS_TYPES: Final = {
-    "string": "string", "integer": "number", "boolean": "boolean", "datetime": "string",
-    "object": "Record<string, unknown>",
-}
-
-
-def _ts_interface(schema: ObjectSchema) -> list[str]:
-    lines = [f"/** {schema.doc} */"] if schema.doc else []
-    lines.append(f"export interface {schema.interface} {{")
-    for spec in schema.fields:
-        doc = spec.doc or ("ISO 8601 date-time, e.g. 2024-05-01T12:00:00.000Z"
-                           if spec.type == "datetime" else "")
-        if doc:
-            lines.append(f"  /** {doc} */")
-        ts_type = spec.nested.interface if spec.nested else _TS_TYPES[spec.type]
-        lines.append(f"  {spec.name}{'?' if spec.optional else ''}: {ts_type};")
-    lines.append("}")
-    return lines
-
-
-def typescript_declarations(schemas: Mapping[str, EventSchema] = EVENT_SCHEMAS) -> str:
-    """A `.d.ts` with an interface per payload and socket.io-client's `ServerToClientEvents`.
-
-    The optional second listener argument is the connection-state-recovery offset that the
-    server appends to each event (socket.io-client passes it on).
-    """
-    seen: dict[str, ObjectSchema] = {}
-    order: list[ObjectSchema] = []
-
-    def collect(schema: ObjectSchema) -> None:
-        known = seen.get(schema.interface)
-        if known is not None:
-            if known != schema:
-                raise ValueError(f"two different shapes are both named {schema.interface}")
-            return
-        seen[schema.interface] = schema
-        order.append(schema)
-        for spec in schema.fields:
-            if spec.nested is not None:
-                collect(spec.nested)
-
-    for event_schema in schemas.values():
-        collect(event_schema.payload)
-    lines = [
-        "// Generated by publisher.events.typescript_declarations() from EVENT_SCHEMAS.",
-        "// Do not edit: change the schemas and generate again.",
-        "// Payloads may carry extra keys that producers added.",
-        "",
-    ]
-    for schema in order:
-        lines.extend(_ts_interface(schema))
-        lines.append("")
-    lines.append("/** Events the server emits on the /notifications namespace. */")
-    lines.append("export interface ServerToClientEvents {")
-    for event, event_schema in schemas.items():
-        interface = event_schema.payload.interface
-        lines.append(f'  "{event}": (data: {interface}, offset?: string) => void;')
-    lines.append("}")
-    return "\n".join(lines) + "\n"
