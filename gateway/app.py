@@ -119,7 +119,7 @@ def create_app(settings: Settings) -> web.Application:
     if settings.dev:
         from gateway.http import console
 
-        console.add_routes(app)
+        console.add_routes(app, gateway.settings)
     app.cleanup_ctx.append(jwks_lifecycle(gateway.auth))  # keys first: a replica listens able to verify
     app.cleanup_ctx.append(_lifecycle)
     return app

@@ -39,7 +39,6 @@ import jwt
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.app import GATEWAY
 from gateway.config import Settings
 from gateway.policy.keys import HMAC_ALGORITHMS
 from gateway.policy.rooms import ROLES
@@ -65,9 +64,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
-def add_routes(app: web.Application) -> None:
-    gateway = app[GATEWAY]
-    console = Console(gateway.settings, TEMPLATE.read_text(encoding="utf-8"))
+def add_routes(app: web.Application, settings: Settings) -> None:
+    """Serve the console on `app`, for the replica configured by `settings`.
+
+    The settings come as an argument, not from the app's `Gateway`, so that this module never
+    imports `gateway.app` (which imports it): no import cycle.
+    """
+    console = Console(settings, TEMPLATE.read_text(encoding="utf-8"))
     app.middlewares.append(same_origin_sockets)
     app.router.add_get("/", console.index)
     app.router.add_post("/console/token", console.token)

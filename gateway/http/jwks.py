@@ -9,7 +9,7 @@ is retried with a growing delay. `file://` documents are read in a thread the sa
 Kubernetes Secret mounted as a file rotates without a restart.
 
 https:// is verified against the system's CAs (SSL_CERT_FILE adds a private one); plain http://
-is only accepted to a loopback address (a sidecar), see `config._jwks_url`.
+is only accepted to a loopback address (a sidecar), see `config_parsers.jwks_url`.
 """
 
 from __future__ import annotations

@@ -368,7 +368,7 @@ class FakeTransport(SyncClusterTransport):
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     slept: list[float] = []
-    monkeypatch.setattr("publisher.cluster.time.sleep", slept.append)
+    monkeypatch.setattr("publisher.cluster.transports.time.sleep", slept.append)
     return slept
 
 

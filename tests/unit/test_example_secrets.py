@@ -1,4 +1,4 @@
-"""Every credential the repository's examples show is in `config.EXAMPLE_SECRETS`, so that a
+"""Every credential the repository's examples show is in `config_credentials.EXAMPLE_SECRETS`, so that a
 replica started with one of them, outside --dev, refuses to start (issue 12, item 5).
 
 The scan reads what an operator copies from: docker-compose.yml, deploy/ (Kubernetes, nginx),
@@ -73,7 +73,7 @@ def test_the_scan_sees_the_examples_it_must() -> None:
 def test_every_example_credential_is_refused(path: Path) -> None:
     missing = credentials_in(path.read_text("utf-8")) - EXAMPLE_SECRETS
     assert not missing, (
-        f"{path.relative_to(ROOT)} shows credentials that gateway/config.py EXAMPLE_SECRETS does not "
+        f"{path.relative_to(ROOT)} shows credentials that gateway/config_credentials.py EXAMPLE_SECRETS does not "
         f"list, so a replica would start with them: {sorted(missing)}"
     )
 

@@ -106,7 +106,7 @@ def test_own_pid_with_a_forged_offset_is_not_recovered(
     node_clients.wait_events("a", EVENT, 1)
     go_away(node_clients, "a", nowhere)
     dep.emit(room, payload(1, room))
-    ms, seq = (int(part) for part in offset.split("-"))
+    ms, _ = (int(part) for part in offset.split("-"))
     never = component(room, ms - 1, 7).decode()  # well formed, but no such entry in the stream
     for i, forged in enumerate(["garbage", never]):
         name = f"f{i}"
