@@ -1,15 +1,16 @@
-"""Pub/sub connections to Redis, with RESP parsed in C by hiredis.
+"""Pub/sub version 1: one connection to Redis, SUBSCRIBE per room (`Subscriber`).
 
-`RespProtocol` (the reading side of a connection), `pack` and `FailureLog` serve both
-listeners: `shards.ShardedChannels` (wire version 2: one connection per shard, SSUBSCRIBE) and
-`Subscriber` below (version 1: one connection, SUBSCRIBE), which goes once the bus is wired to
-the former. What follows describes `Subscriber`; the same holds per shard in `shards.py`.
+The gateway's bus no longer uses it: `redis_bus` listens through `shards.ShardedChannels`
+(wire version 2: one connection per shard, SSUBSCRIBE). It stays while tests still drive it
+(tests/integration/test_bus_bad_messages.py), and goes with them. The reading side both
+listeners share (`RespProtocol`, `pack`, `FailureLog`) is in `resp.py`, so that removing this
+module takes nothing `shards` needs. What follows describes `Subscriber`; the same holds per
+shard in `shards/`.
 
 One connection, not one per room: Redis sends a subscriber its messages in the order it
 executed the PUBLISHes, across all channels, and the recovery design rests on that order
 (see `recovery.py`). The listener is an `asyncio.Protocol` fed by the event loop: no task
-reads it, so there is no task to die silently (the python-socketio failure that left a worker
-deaf for a day), and a burst of messages is parsed in one `data_received` call.
+reads it (see `resp.py`).
 
 Channels are subscribed per room, on the first local socket, and unsubscribed on the last:
 a replica receives only what concerns it. `subscribe` returns once Redis has confirmed.
@@ -31,13 +32,13 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import hiredis
 
 from gateway.bus.endpoint import Endpoint, resolve, tls_context
+from gateway.bus.resp import FailureLog, RespProtocol, pack
 
 log = logging.getLogger("gateway.bus")
 
@@ -46,108 +47,10 @@ BACKOFF_CAP = 5.0
 PING_EVERY = 5.0
 REPLY_TIMEOUT = 3.0
 SUBSCRIBE_TIMEOUT = 5.0
-FAILURE_LOG_EVERY = 10.0  # seconds between two tracebacks of failed messages (each is counted)
 
 
 def _nothing() -> None:
     return None
-
-
-def pack(*args: bytes) -> bytes:
-    """A RESP command."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(out)
-
-
-class Reader(Protocol):
-    """What a `RespProtocol` hands its replies to: `Subscriber`, or one shard's connection
-    (`shards.py`)."""
-
-    def on_reply(self, reply: Any) -> None: ...
-
-    def batch_begin(self) -> None: ...
-
-    def batch_end(self) -> None: ...
-
-    def failed(self, where: str) -> None: ...
-
-
-class RespProtocol(asyncio.Protocol):
-    """The reading side of a pub/sub connection: RESP parsed by hiredis, each reply handed to
-    the owner, the replies of one read between `batch_begin` and `batch_end`. Only a stream
-    that does not parse closes the connection; an exception raised by the owner is `failed`."""
-
-    def __init__(self, owner: Reader) -> None:
-        self.owner = owner
-        self.reader = hiredis.Reader()
-        self.transport: asyncio.Transport | None = None
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not an asyncio.Transport subclass
-
-    def data_received(self, data: bytes) -> None:
-        reader = self.reader
-        reader.feed(data)
-        owner = self.owner
-        on_reply = owner.on_reply
-        try:
-            owner.batch_begin()
-        except Exception:  # noqa: BLE001 - see the module docstring: never out of data_received
-            owner.failed("batch_begin")
-        try:
-            reply = reader.gets()
-            while reply is not False:
-                try:
-                    on_reply(reply)
-                except Exception:  # noqa: BLE001 - one message's failure is not the connection's
-                    owner.failed("message")
-                reply = reader.gets()
-        except hiredis.ProtocolError:
-            log.exception("redis pub/sub stream does not parse; reconnecting")
-            if self.transport is not None:
-                self.transport.abort()
-        finally:
-            try:
-                owner.batch_end()
-            except Exception:  # noqa: BLE001 - same
-                owner.failed("batch_end")
-
-    def write(self, data: bytes) -> bool:
-        """Send `data`; False when the connection is closing or gone."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return False
-        transport.write(data)
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-
-class FailureLog:
-    """Handling one message raised: count it, log it (a traceback at most every
-    FAILURE_LOG_EVERY seconds, so a stream of bad messages cannot flood the log), go on.
-    `failed` is called from inside the `except` block, so the traceback is the handler's."""
-
-    def __init__(self, counters: Callable[[str], None]) -> None:
-        self.count = counters
-        self._next_log = 0.0
-        self._unlogged = 0
-
-    def failed(self, where: str, **extra: Any) -> None:
-        self.count("message_failed")
-        now = time.monotonic()
-        if now < self._next_log:
-            self._unlogged += 1
-            return
-        self._next_log = now + FAILURE_LOG_EVERY
-        unlogged, self._unlogged = self._unlogged, 0
-        log.exception("bus message could not be handled; dropped, the connection is kept",
-                      extra={"where": where, "unlogged_before": unlogged, **extra})
 
 
 class Subscriber:
