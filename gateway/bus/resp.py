@@ -1,9 +1,10 @@
-"""The reading side of a Redis pub/sub connection, shared by the bus's listeners.
+"""The reading side of a Redis pub/sub connection: RESP parsed in C by hiredis.
 
-`RespProtocol` (RESP parsed in C by hiredis), `pack` (a RESP command) and `FailureLog` serve
-both listeners: `shards.ShardedChannels` (wire version 2: one connection per shard, SSUBSCRIBE)
-and `subscriber.Subscriber` (version 1: one connection, SUBSCRIBE). They live apart from either
-so that the one that goes (`Subscriber`, once nothing uses it) takes nothing the other needs.
+`RespProtocol` reads each of `shards`' connections (one per shard, SSUBSCRIBE); `pack` makes a
+RESP command, `FailureLog` counts and logs the messages a handler could not take. They were
+shared with the v1 listener (`subscriber.Subscriber`, one connection, SUBSCRIBE), removed once
+nothing used it; they stay apart from `shards` as the protocol layer under it, with no
+knowledge of shards, slots or channels.
 
 The listener is an `asyncio.Protocol` fed by the event loop: no task reads it, so there is no
 task to die silently (the python-socketio failure that left a worker deaf for a day), and a
@@ -40,8 +41,8 @@ def pack(*args: bytes) -> bytes:
 
 
 class Reader(Protocol):
-    """What a `RespProtocol` hands its replies to: `subscriber.Subscriber`, or one shard's
-    connection (`shards/connection.py`)."""
+    """What a `RespProtocol` hands its replies to: one shard's connection
+    (`shards/connection.py`)."""
 
     def on_reply(self, reply: Any) -> None: ...
 
