@@ -16,7 +16,10 @@ the folder that holds them (see README.md). Added here: the paths of this checko
 (bench/.venv, bench/.venv-project, bench/.peers), the `recovery` scenario (Redis memory and
 commands per session and per event of history), a verdict on what limited each phase
 (`bottleneck`, `bottleneck_connect`), the foreign load on the gateway's core (`cpu0_foreign`),
-the project producer's batching (`--producer-batch`) and a py-spy summary with `--profile`.
+the project producer's batching (`--producer-batch`), a py-spy summary with `--profile`, and
+`--redis cluster`: a 3-primary Redis Cluster instead of the one redis-server (REDIS_URL=
+redis+cluster://... for the gateways and the producer), each redis-server's CPU sampled apart and
+reported per shard (`redis_shards`: CPU µs per event, the events it took and their share).
 """
 import argparse
 import contextlib
@@ -42,6 +45,7 @@ BENCH_PY = os.path.join(HERE, ".venv", "bin", "python")
 RESULTS = os.path.join(HERE, "results")
 CLK = os.sysconf("SC_CLK_TCK")
 GATEWAY_CPU, DRIVER_CPU = 0, 1
+CLUSTER_PRIMARIES = 3  # --redis cluster
 RUN_BUDGET_S = 85.0  # every run must end well under 90 s
 SETUP_HINT = "run bench/setup.sh"
 # Settings given to the project's gateways on top of its defaults. Every client of a run comes
@@ -208,8 +212,8 @@ class Procs:
 
     def stop_all(self):
         """SIGTERM, a bounded wait, SIGKILL; redis last, so that no gateway sees its bus vanish."""
-        first = [(n, p) for n, p in reversed(self.items) if n != "redis"]
-        last = [(n, p) for n, p in self.items if n == "redis"]
+        first = [(n, p) for n, p in reversed(self.items) if not n.startswith("redis")]
+        last = [(n, p) for n, p in self.items if n.startswith("redis")]
         for group in (first, last):
             for _, p in group:
                 if p.poll() is None:
@@ -384,6 +388,73 @@ def redis_subscribers(port):
         if any(int(kv.get(k, "0") or 0) > 0 for k in ("sub", "psub", "ssub")):
             n += 1
     return n
+
+
+def cluster_ports(base):
+    """--redis cluster: the 3 primaries on BASE, BASE+1, BASE+2 and their cluster bus ports on
+    BASE+3..BASE+5 (given with --cluster-port: the default, port + 10000, may be another's)."""
+    nodes = [base + k for k in range(CLUSTER_PRIMARIES)]
+    return nodes, [base + CLUSTER_PRIMARIES + k for k in range(CLUSTER_PRIMARIES)]
+
+
+def start_cluster(procs, a, logdir, left):
+    """3 redis-server --cluster-enabled yes (no persistence, pinned like the single redis),
+    `redis-cli --cluster create ... --cluster-replicas 0`, until every node says cluster_state:ok.
+    -> [(port, Popen)]."""
+    nodes, buses = cluster_ports(a.redis_port)
+    out = []
+    for port, bus in zip(nodes, buses, strict=True):
+        cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--protected-mode", "no", "--cluster-enabled", "yes", "--cluster-port", str(bus),
+               "--cluster-config-file", os.path.join(logdir, f"nodes-{port}.conf"), "--dir", logdir]
+        out.append((port, procs.start(f"redis:{port}", cmd, DRIVER_CPU, log=os.path.join(logdir, f"redis-{port}.log"))))
+    for port, proc in out:
+        wait_port(port, proc, 10, f"redis-server :{port}")
+    create = ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in nodes),
+              "--cluster-replicas", "0", "--cluster-yes"]
+    try:
+        done = subprocess.run(create, capture_output=True, text=True, timeout=left(30), check=False)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{' '.join(create)} did not finish") from None
+    if done.returncode != 0 or "All 16384 slots covered" not in done.stdout:
+        raise BenchError(f"redis-cli --cluster create failed ({done.returncode}): "
+                         f"{done.stdout[-400:]} {done.stderr[-400:]}")
+    end = time.time() + left(20)
+    while True:
+        states = {p: redis_cmd(p, "CLUSTER", "INFO").split("cluster_state:", 1)[1].split()[0] for p in nodes}
+        if all(v == "ok" for v in states.values()):
+            return out
+        if time.time() > end:
+            raise BenchError(f"the cluster is not ok: {states}")
+        time.sleep(0.1)
+
+
+def shard_events(ports):
+    """{port: XADD calls} from INFO commandstats (commands run by scripts included): one XADD per
+    event (publish.lua), so the events each shard took."""
+    return {p: commandstats(p).get("xadd", (0, 0))[0] for p in ports}
+
+
+def redis_shards(phase, shards, events, total_events, span):
+    """--redis cluster, per shard over the delivery phase: its redis-server's CPU (/proc), per
+    event of the run (the shards' figures add up to redis_cpu_us_per_event) and per event it took
+    itself, the events it took (XADD calls) and their share, its core use over first send -> last
+    receipt."""
+    out = []
+    n = sum(events.values())
+    for port, _ in shards:
+        cpu = phase["other_cpu_s"].get(f"redis:{port}")
+        mine = events.get(port, 0)
+        out.append({
+            "port": port,
+            "cpu_s": cpu,
+            "cpu_us_per_event": round(cpu * 1e6 / total_events, 1) if cpu is not None and total_events else None,
+            "events": mine,
+            "events_share": round(mine / n, 3) if n else None,
+            "cpu_us_per_own_event": round(cpu * 1e6 / mine, 1) if cpu is not None and mine else None,
+            "core_util_during": round(cpu / span, 3) if cpu is not None and span else None,
+        })
+    return out
 
 
 def expected_deliveries(a):
@@ -584,11 +655,13 @@ def verdict(gw_util, cpu0_busy, cpu1_busy, driver_util, driver_what):
 
 
 def driver_util(phase, procs=("loadgen", "producer", "redis", "py-spy")):
-    """CPU share of CPU 1 taken by our own driver processes over the phase."""
+    """CPU share of CPU 1 taken by our own driver processes over the phase (every redis-server of
+    a cluster, `redis:PORT`, counts as redis)."""
     wall = phase.get("wall_s")
     if not wall:
         return None
-    return round(sum(v for k, v in phase.get("other_cpu_s", {}).items() if k in procs and v) / wall, 3)
+    return round(sum(v for k, v in phase.get("other_cpu_s", {}).items()
+                     if (k in procs or k.split(":")[0] in procs) and v) / wall, 3)
 
 
 def busy(phase, cpu):
@@ -683,12 +756,23 @@ def run(a):
         pass
     os.sched_setaffinity(0, {DRIVER_CPU})
     ports = [a.base_port + k for k in range(a.replicas)]
-    for p in [a.redis_port, *ports]:
+    cluster = a.redis == "cluster"
+    redis_ports = [a.redis_port]
+    if cluster:
+        if a.target != "project" or a.scenario not in ("targeted", "fanout"):
+            raise BenchError("--redis cluster: only --target project, scenarios targeted and fanout")
+        nodes, buses = cluster_ports(a.redis_port)
+        redis_ports = nodes + buses
+    if 6379 in redis_ports:
+        raise BenchError("port 6379 is the machine's own Redis: choose another --redis-port")
+    for p in [*redis_ports, *ports]:
         if not port_free(p):
             raise BenchError(f"port {p} is in use (choose --redis-port / --base-port)")
     logdir = a.logdir
     secret = secrets.token_hex(32)
     redis_url = f"redis://127.0.0.1:{a.redis_port}/0"
+    if cluster:
+        redis_url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in nodes)
     procs = Procs()
     prod_env = dict(os.environ, REDIS_URL=redis_url, **spec.get("producer_env", {}))
     gw_env = dict(spec["env"])
@@ -705,17 +789,25 @@ def run(a):
         result["profiled"] = True
     if gw_env:
         result["gateway_env"] = [f"{k}={v}" for k, v in gw_env.items()]
+    if cluster:
+        result["redis"] = "cluster"
+        result["redis_url"] = redis_url
 
     def warn(msg):
         result["warning"] = (result["warning"] + "; " + msg) if result.get("warning") else msg
     try:
-        redis = procs.start("redis", ["redis-server", "--port", str(a.redis_port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--protected-mode", "no"],
-                            DRIVER_CPU, log=os.path.join(logdir, "redis.log"))
-        wait_port(a.redis_port, redis, 10, "redis-server")
-        end = time.time() + 5
-        while redis_cmd(a.redis_port, "PING") != "PONG" and time.time() < end:
-            time.sleep(0.05)
+        if cluster:
+            shards = start_cluster(procs, a, logdir, left)
+            redis = None
+        else:
+            shards = []
+            redis = procs.start("redis", ["redis-server", "--port", str(a.redis_port), "--bind", "127.0.0.1",
+                                          "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+                                DRIVER_CPU, log=os.path.join(logdir, "redis.log"))
+            wait_port(a.redis_port, redis, 10, "redis-server")
+            end = time.time() + 5
+            while redis_cmd(a.redis_port, "PING") != "PONG" and time.time() < end:
+                time.sleep(0.05)
 
         gateways = []
         for k, port in enumerate(ports):
@@ -741,7 +833,7 @@ def run(a):
                   "--deadline", str(min(45.0, RUN_BUDGET_S - 25)), "--connect-deadline", "35"]
         if a.scenario == "fanout":
             lg_cmd += ["--classrooms", "1"]
-        others = {"redis": redis}
+        others = {f"redis:{p}": proc for p, proc in shards} if cluster else {"redis": redis}
         spy = None
         if a.profile and a.scenario == "idle":
             spy = start_pyspy(a, procs, gateways[0], "connect")
@@ -805,18 +897,23 @@ def run(a):
             result["idle_gw_core_util"] = hd["gw_core_util"]
         else:
             # every replica must be on the bus before the producer starts
+            # (a cluster: on every shard, since the clients' rooms hash to all of them)
             end = time.time() + left(10)
-            subs = redis_subscribers(a.redis_port)
+
+            def subscribed():
+                return min(redis_subscribers(p) for p, _ in shards) if cluster else redis_subscribers(a.redis_port)
+            subs = subscribed()
             while subs < a.replicas and time.time() < end:
                 time.sleep(0.1)
-                subs = redis_subscribers(a.redis_port)
+                subs = subscribed()
             if subs < a.replicas:
-                warn(f"only {subs}/{a.replicas} gateways subscribed to redis")
+                warn(f"only {subs}/{a.replicas} gateways subscribed to redis" + (" on every shard" if cluster else ""))
             expected = expected_deliveries(a)
             if a.profile:
                 spy = start_pyspy(a, procs, gateways[0], "delivery")
             if rs0 is not None:
                 rs3 = RedisSample(a.redis_port, redis)
+            ev0 = shard_events([p for p, _ in shards]) if cluster else None
             s1 = Sample(gateways, others)
             send(lg, f"go {expected} {max(2.0, left(50) - 8):.1f}")
             args = ["--bench", str(a.users), str(a.events), str(a.rate)]
@@ -857,6 +954,13 @@ def run(a):
             if result["producer_cpu_s"] is not None and a.events:
                 result["producer_cpu_us_per_event"] = round(result["producer_cpu_s"] * 1e6 / a.events, 1)
             rcpu = dd["other_cpu_s"].get("redis")
+            if cluster:
+                ev = shard_events([p for p, _ in shards])
+                ev = {p: ev[p] - ev0[p] for p in ev}
+                rcpu = sum(dd["other_cpu_s"].get(f"redis:{p}") or 0.0 for p, _ in shards)
+                result["redis_shards"] = redis_shards(dd, shards, ev, a.events, span)
+                result["redis_cpu_s"] = round(rcpu, 3)
+                result["redis_shard_events"] = sum(ev.values())
             if rcpu is not None and a.events:
                 result["redis_cpu_us_per_event"] = round(rcpu * 1e6 / a.events, 1)
             lgc = done.get("loadgen_cpu_s")
@@ -932,7 +1036,13 @@ def main(argv=None):
     p.add_argument("--rate", type=float, default=0, help="producer events/s (0: as fast as it can)")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--concurrency", type=int, default=64, help="handshakes in flight")
-    p.add_argument("--redis-port", type=int, default=6381)
+    p.add_argument("--redis-port", type=int, default=6381,
+                   help="the redis-server's port; --redis cluster: the 3 primaries on PORT..PORT+2, their "
+                        "cluster bus ports on PORT+3..PORT+5")
+    p.add_argument("--redis", default="single", choices=["single", "cluster"],
+                   help="cluster (--target project): a 3-primary Redis Cluster, no replicas, all on CPU 1; "
+                        "REDIS_URL=redis+cluster://... for the gateways and the producer; Redis CPU and "
+                        "events per shard in `redis_shards`")
     p.add_argument("--base-port", type=int, default=3101, help="replica k listens on BASE_PORT+k")
     p.add_argument("--idle-timeout", type=float, default=3.0, help="end delivery this long after the last event")
     p.add_argument("--settle", type=float, default=1.0, help="pause after start and after connecting")

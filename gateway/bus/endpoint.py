@@ -1,6 +1,6 @@
 """Where the bus's pub/sub connection goes: a REDIS_URL turned into an address to dial.
 
-The pub/sub listener speaks RESP itself (see `subscriber.py`), so it needs the address, TLS and
+The pub/sub listener speaks RESP itself (see `resp.py`, `shards/connection.py`), so it needs the address, TLS and
 credentials rather than a redis-py client. With Sentinel, the primary is asked of the sentinels
 at every (re)connection, which is how a failover is followed.
 """

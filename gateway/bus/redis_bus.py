@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from gateway.bus.contract import BusSink, BusUnavailable, Entries, Span
 from gateway.bus.endpoint import parse_endpoint
 from gateway.bus.shards import ShardedChannels
-from publisher.cluster import async_expect_standalone, is_cluster_url, key_slot, parse_cluster_url
+from publisher.cluster import ClusterModeError, async_expect_standalone, is_cluster_url, key_slot, parse_cluster_url
 from publisher.commands import Call, Commands
 from publisher.envelope import (
     EVERYONE,
@@ -146,6 +146,8 @@ class RedisBackend:
         client = async_client(self._url, socket_connect_timeout=2.0, socket_timeout=2.0)
         try:
             await async_expect_standalone(client, self._url)
+        except ClusterModeError:
+            raise  # a ConnectionError too, but not one to wait out: the URL must change
         except (RedisError, OSError) as exc:
             log.info("bus: Redis not answering yet (%s); the cluster-mode check is left to the bus", exc)
         finally:
@@ -284,11 +286,13 @@ class RedisBackend:
     # -- heartbeat ------------------------------------------------------------------------------
 
     async def _beat(self) -> None:
+        """A beat at once (a new replica's users count as online from its first seconds), then
+        every REPLICA_HEARTBEAT_MS."""
         beats = 0
         while True:
+            await self._beat_once(full=beats % FULL_BEAT_EVERY == 0)
             await asyncio.sleep(REPLICA_HEARTBEAT_MS / 1000)
             beats += 1
-            await self._beat_once(full=beats % FULL_BEAT_EVERY == 0)
 
     async def _beat_once(self, *, full: bool) -> None:
         """The replica is alive (every 5 s); every 30 s its sessions and presence are written

@@ -3,10 +3,12 @@
 Every replica that holds a channel receives what is published on it: a message that made the
 listener's `data_received` raise closed the pub/sub connection of every replica at once, and
 they all reconnected (and would again at each resend). Against real replicas and a real
-redis-server: bad control messages published straight onto subscribed channels are refused
-at decoding, counted in `ws_errors_total{kind="bus_bad_envelope"}`, and the replica stays
-ready, does not reconnect, and delivers the next event. In process: whatever a message's
-handler raises, the subscriber counts it and handles the next message on the same connection.
+redis-server: bad v2 control messages published straight onto the sharded channels (SPUBLISH,
+docs/wire-protocol.md) are refused at decoding, counted in
+`ws_errors_total{kind="bus_bad_envelope"}`, and the replica stays ready, does not reconnect,
+and delivers the next event. In process: whatever the sink of the sharded listener
+(`ShardedChannels`) raises for a message or a batch, it is counted and the next message is
+handled on the same connection.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import pytest
 import redis.asyncio
 
 from gateway.bus.endpoint import parse_endpoint
-from gateway.bus.subscriber import Subscriber
+from gateway.bus.shards import ShardedChannels
 from publisher import Publisher
+from publisher.envelope import EVERYONE, BusNames
 from tests.support.checks import scrape, wait_until
 from tests.support.gateway_proc import GatewayCluster, GatewayProcess, make_token
 from tests.support.redis_server import RedisServer
@@ -46,13 +49,18 @@ def metric(gw: GatewayProcess, name: str, **labels: str) -> float:
 
 
 def channel_of(room: str | None) -> str:
-    return "socket.io#/notifications#" + (f"{room}#" if room is not None else "")
+    """The room's sharded channel (docs/wire-protocol.md, "Names"); None: everyone's."""
+    return f"socket.io#/notifications#{{{EVERYONE if room is None else room}}}#"
 
 
-def control(kind: str, user: str, rooms: Any = None, seq: int = 1) -> bytes:
-    """A control envelope as the publish script leaves it (with `o`), of any content."""
-    message: dict[str, Any] = {"v": 1, "k": kind, "t": time.time() * 1000, "u": user,
-                               "o": f"badmsgs:{int(time.time() * 1000)}-{seq}"}
+def at(offset: int = 0) -> str:
+    """A stream position, `<ms>-<seq>`."""
+    return f"{int(time.time() * 1000)}-{offset}"
+
+
+def control(kind: str, user: str, rooms: Any = None) -> bytes:
+    """A v2 control envelope (`rooms`: room -> position), of any content."""
+    message: dict[str, Any] = {"v": 2, "k": kind, "t": time.time() * 1000, "u": user}
     if rooms is not None:
         message["rooms"] = rooms
     return json.dumps(message).encode()
@@ -83,12 +91,16 @@ def pub(shared_redis: RedisServer) -> Iterator[Publisher]:
 def bad_controls(user: str) -> dict[str, bytes]:
     return {
         "user_id_over_256": control("kick", "x" * 300),
-        "user_id_control_char": control("leave", "a\nb", ["classroom:1"]),
-        "join_room_over_300": control("join", user, ["quiz:" + "9" * 300]),
-        "join_user_room_id_over_256": control("join", user, ["user:" + "x" * 257]),
-        "join_admin_other": control("join", user, ["admin:root"]),
-        "leave_room_control_char": control("leave", user, ["classroom:\x07"]),
-        "join_no_rooms": control("join", user, []),
+        "user_id_control_char": control("leave", "a\nb", {"classroom:1": at()}),
+        "join_room_over_300": control("join", user, {"quiz:" + "9" * 300: at()}),
+        "join_user_room_id_over_256": control("join", user, {"user:" + "x" * 257: at()}),
+        "join_admin_other": control("join", user, {"admin:root": at()}),
+        "join_room_with_a_brace": control("join", user, {"quiz:{9}": at()}),
+        "leave_room_control_char": control("leave", user, {"classroom:\x07": at()}),
+        "join_no_rooms": control("join", user, {}),
+        "join_rooms_as_a_list": control("join", user, ["classroom:1"]),
+        "join_position_not_a_stream_id": control("join", user, {"classroom:1": "e:1-1"}),
+        "v1_control": json.dumps({"v": 1, "k": "kick", "t": 1.0, "u": user, "o": "e:1-1"}).encode(),
     }
 
 
@@ -109,7 +121,7 @@ def test_a_bad_control_message_is_refused_and_the_connection_kept(
     client = shared_redis.client()
     try:
         for message in messages.values():
-            assert client.publish(target, message) == 2, \
+            assert client.spublish(target, message) == 2, \
                 "both replicas still listen (a bad message before this one cost one its bus connection)"
     finally:
         client.close()
@@ -132,87 +144,96 @@ def test_a_bad_control_message_is_refused_and_the_connection_kept(
     assert [r["type"] for r in clients.log("c0")].count("disconnect") == 0
 
 
-# -- the subscriber itself ---------------------------------------------------------------------
+# -- the sharded listener itself -----------------------------------------------------------------
 
 
-async def _noop() -> None:
-    return None
+class Sink:
+    """A `ChannelSink` whose message handler raises on messages starting with "boom", and whose
+    batch end raises when told to."""
+
+    def __init__(self, *, failing_batches: bool = False) -> None:
+        self.received: list[bytes] = []
+        self.failing_batches = failing_batches
+
+    def on_message(self, raw: bytes) -> None:
+        if raw.startswith(b"boom"):
+            raise RuntimeError(f"handler failed on {raw!r}")
+        self.received.append(raw)
+
+    def begin_batch(self) -> None:
+        return None
+
+    def end_batch(self) -> None:
+        if self.failing_batches:
+            raise RuntimeError("a write failed while flushing the batch")
+
+    def channels_lost(self, channels: list[bytes]) -> None:
+        return None
+
+    def channels_restoring(self, channels: list[bytes]) -> None:
+        return None
+
+    async def channels_restored(self, channels: list[bytes]) -> None:
+        return None
+
+
+async def _until(predicate: Any, what: str) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _transports(channels: ShardedChannels) -> list[object]:
+    return [shard.proto.transport if shard.proto is not None else None for shard in channels._shards.values()]
 
 
 async def test_a_handler_that_raises_costs_one_message_not_the_connection(redis_server: RedisServer) -> None:
-    received: list[bytes] = []
-    counted: list[str] = []
-
-    def on_message(message: bytes) -> None:
-        if message.startswith(b"boom"):
-            raise RuntimeError(f"handler failed on {message!r}")
-        received.append(message)
-
-    subscriber = Subscriber(parse_endpoint(redis_server.url), on_message, probe_channel=b"probe",
-                            on_connected=_noop, on_resubscribed=_noop, on_disconnected=lambda: None,
-                            publish_probe=_noop, counters=counted.append)
+    sink, counted = Sink(), []
+    channel = BusNames().room_channel("user:42").encode()
+    listener = ShardedChannels(parse_endpoint(redis_server.url), sink, counted.append, "bad-msgs")
     publisher = redis.asyncio.Redis(port=redis_server.port)
-    subscriber.start()
+    listener.start()
     try:
-        for _ in range(500):
-            if subscriber.connected:
-                break
-            await asyncio.sleep(0.01)
-        assert await subscriber.subscribe(b"chan")
-        transport = subscriber._proto.transport if subscriber._proto is not None else None
+        await _until(lambda: listener.connected, "the listener connected")
+        assert await listener.subscribe(channel)
+        transports = _transports(listener)
         async with publisher.pipeline(transaction=False) as pipe:  # one read may bring them all
             for message in (b"one", b"boom-1", b"two", b"boom-2", b"boom-3", b"three"):
-                pipe.publish(b"chan", message)
+                pipe.spublish(channel, message)
             await pipe.execute()
-        for _ in range(500):
-            if len(received) == 3:
-                break
-            await asyncio.sleep(0.01)
-        assert received == [b"one", b"two", b"three"]
+        await _until(lambda: len(sink.received) == 3, "three good messages")
+        assert sink.received == [b"one", b"two", b"three"]
         assert counted == ["message_failed"] * 3, counted
-        assert subscriber.connected
-        assert subscriber._proto is not None
-        assert subscriber._proto.transport is transport, "the subscriber reconnected"
-        await publisher.publish(b"chan", b"four")
-        for _ in range(500):
-            if len(received) == 4:
-                break
-            await asyncio.sleep(0.01)
-        assert received[-1] == b"four"
+        assert listener.connected
+        assert _transports(listener) == transports, "the listener reconnected"
+        await publisher.spublish(channel, b"four")
+        await _until(lambda: len(sink.received) == 4, "the next message")
+        assert sink.received[-1] == b"four"
         assert "reconnect" not in counted
     finally:
-        await subscriber.close()
+        await listener.close()
         await publisher.aclose()
 
 
 async def test_a_batch_hook_that_raises_does_not_cost_the_connection(redis_server: RedisServer) -> None:
-    received: list[bytes] = []
-    counted: list[str] = []
-    subscriber = Subscriber(parse_endpoint(redis_server.url), received.append, probe_channel=b"probe",
-                            on_connected=_noop, on_resubscribed=_noop, on_disconnected=lambda: None,
-                            publish_probe=_noop, counters=counted.append)
-
-    def flush() -> None:
-        raise RuntimeError("a write failed while flushing the batch")
-
-    subscriber.batch_end = flush
+    sink, counted = Sink(failing_batches=True), []
+    channel = BusNames().room_channel("user:42").encode()
+    listener = ShardedChannels(parse_endpoint(redis_server.url), sink, counted.append, "bad-batch")
     publisher = redis.asyncio.Redis(port=redis_server.port)
-    subscriber.start()
+    listener.start()
     try:
-        for _ in range(500):
-            if subscriber.connected:
-                break
-            await asyncio.sleep(0.01)
-        assert await subscriber.subscribe(b"chan")
+        await _until(lambda: listener.connected, "the listener connected")
+        assert await listener.subscribe(channel)
+        transports = _transports(listener)
         for message in (b"one", b"two"):
-            await publisher.publish(b"chan", message)
-        for _ in range(500):
-            if len(received) == 2:
-                break
-            await asyncio.sleep(0.01)
-        assert received == [b"one", b"two"]
+            await publisher.spublish(channel, message)
+        await _until(lambda: len(sink.received) == 2, "both messages")
+        assert sink.received == [b"one", b"two"]
         assert "reconnect" not in counted
-        assert subscriber.connected
+        assert listener.connected
+        assert _transports(listener) == transports, "the listener reconnected"
     finally:
-        await subscriber.close()
+        await listener.close()
         await publisher.aclose()

@@ -1,11 +1,17 @@
-"""The Redis bus, for real: gateway replicas as processes, a redis-server of the test's own, the
-real socket.io-client, and Redis itself inspected (`PUBSUB NUMSUB`) or written to directly.
+"""The Redis bus (wire version 2, docs/wire-protocol.md), for real: gateway replicas as
+processes, a redis-server of the test's own, the real socket.io-client, and Redis itself
+inspected (`PUBSUB SHARDNUMSUB`) or written to directly.
 
-- a replica listens to a room's channel only while it holds a socket in that room;
-- a producer written from docs/wire-protocol.md alone (no `publisher` import) reaches clients;
-- what is not a v1 envelope is counted and dropped, and the listener keeps working;
+- a replica listens to a room's sharded channel only while it holds a socket in that room;
+- a producer written from docs/wire-protocol.md alone (plain redis-py calls, no `publisher`
+  import) reaches clients;
+- what is not a v2 envelope is counted and dropped, and the listener keeps working;
 - Redis killed and restarted under live replicas: readiness goes 503 and comes back by itself,
-  producers are told (never a silent drop), and events published afterwards arrive.
+  producers are told (never a silent drop), and events published afterwards arrive;
+- whenever a replica's channels come back (Redis restarted, the subscriber dropped, writes
+  lost): a room that can be caught up exactly is caught up once, in order; one that cannot has
+  its sockets' transports closed, and their clients come back with `recovered: false`, never
+  with a short replay.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from gateway.delivery.offsets import room_hash
 from publisher import Publisher, PublisherError
 from tests.support.checks import scrape, wait_until
 from tests.support.gateway_proc import GatewayCluster, GatewayProcess, make_token
@@ -42,6 +49,10 @@ ENV = {"JWT_SECRET": SECRET, "PUBLISH_API_KEY": API_KEY, "DRAIN_SECONDS": "0",
        "HANDSHAKE_RATE_PER_IP": "10000"}
 # Redis back after an outage: the replicas retry with a backoff capped at a few seconds.
 RECOVERY = 30.0
+# socket.io-client reconnects after 1 to 5 s (its default randomized backoff)
+CLIENT_BACK = 15.0
+LIFETIME_MS = 2 * 120_000  # a history stream's lifetime: 2 x RECOVERY_WINDOW (default 120 s)
+EMPTY_SEQ = "18446744073709551615"
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -89,16 +100,59 @@ def connect(clients: NodeClients, name: str, gw: GatewayProcess, tok: str,
 
 
 def channel_of(room: str | None) -> str:
-    return "socket.io#/notifications#" + (f"{room}#" if room is not None else "")
+    """A room's sharded channel; None: the channel of events for everyone (`{*}`)."""
+    return f"socket.io#/notifications#{{{'*' if room is None else room}}}#"
+
+
+def history_of(room: str | None) -> str:
+    return f"ngw:{{{'*' if room is None else room}}}:h"
 
 
 def numsub(redis: RedisServer, room: str | None) -> int:
     client = redis.client()
     try:
-        [(_, count)] = client.pubsub_numsub(channel_of(room))
+        _, count = client.execute_command("PUBSUB", "SHARDNUMSUB", channel_of(room))
     finally:
         client.close()
     return int(count)
+
+
+def b36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out
+
+
+def position_in(offset: str | None, room: str) -> str | None:
+    """The `<ms>-<seq>` an event's offset (the socket's vector) gives for `room`."""
+    assert offset is not None
+    for part in offset.split(","):
+        h, _, rest = part.partition(":")
+        if h == room_hash(room).decode():
+            ms, _, seq = rest.partition(".")
+            return f"{int(ms, 36)}-{int(seq, 36)}"
+    return None
+
+
+def wait_back_unrecovered(clients: NodeClients, name: str) -> dict[str, Any]:
+    """The replica closed the socket's transport (its room could not be caught up exactly):
+    the client reconnects by itself and is told `recovered: false`."""
+    dropped = clients.wait_disconnected(name, timeout=CLIENT_BACK)
+    # WebSocket: "transport close"; long-polling: the next poll finds no session, "transport
+    # error". Either way the client reconnects by itself (unlike "io server disconnect").
+    assert dropped["reason"] in ("transport close", "transport error"), dropped
+    back = clients.wait_connected(name, timeout=CLIENT_BACK)
+    assert back["type"] == "connect", back
+    assert back["recovered"] is False, f"{name} was recovered: a short replay, or lost events unsaid"
+    return back
+
+
+def transport_drops(clients: NodeClients, name: str) -> int:
+    return [r["type"] for r in clients.log(name)].count("disconnect")
 
 
 def show_logs(*replicas: GatewayProcess) -> None:
@@ -173,18 +227,17 @@ def test_a_replica_listens_to_a_room_only_while_it_holds_a_socket_in_it(
 
 
 def _publish_as_documented(redis: RedisServer, room: str | None, envelope: dict[str, Any]) -> tuple[str, int]:
-    """docs/wire-protocol.md, "Publishing: the script", by hand: EVAL of the documented
-    script with the documented keys and arguments, and the envelope as plain JSON."""
+    """docs/wire-protocol.md, "Publishing an event", by hand: EVAL of the documented script
+    with KEYS[1] the room's history stream and ARGV channel, envelope (plain JSON, no "o"),
+    history max length and lifetime (2 x RECOVERY_WINDOW)."""
     script = (ROOT / "publisher" / "lua" / "publish.lua").read_text(encoding="utf-8")
     body = json.dumps(envelope, separators=(",", ":"))
     client = redis.client()
     try:
-        offset, receivers = client.eval(
-            script, 2, "ngw:clock", f"ngw:h:{room}" if room is not None else "",
-            channel_of(room), body, secrets.token_hex(8), 1000, 120_000)
+        position, receivers = client.eval(script, 1, history_of(room), channel_of(room), body, 1000, LIFETIME_MS)
     finally:
         client.close()
-    return offset.decode(), int(receivers)
+    return position.decode(), int(receivers)
 
 
 def test_a_producer_written_from_the_wire_protocol_document(
@@ -194,16 +247,24 @@ def test_a_producer_written_from_the_wire_protocol_document(
     user = uid()
     connect(clients, "a", r1, token(user))
     connect(clients, "b", r0, token(uid()))
-    envelope = {"v": 1, "k": "e", "t": time.time() * 1000, "ev": "coins:earned", "d": COINS,
+    envelope = {"v": 2, "k": "e", "t": time.time() * 1000, "ev": "coins:earned", "d": COINS,
                 "r": f"user:{user}", "trace": "unknown keys are ignored"}
-    offset, receivers = _publish_as_documented(shared_redis, f"user:{user}", envelope)
+    position, receivers = _publish_as_documented(shared_redis, f"user:{user}", envelope)
     assert receivers == 1, "exactly one replica listens to the user's channel"
     [event] = clients.wait_events("a", "coins:earned", 1)
     assert event.payload == COINS
-    assert event.offset == offset, "the client gets the position the script assigned"
+    assert position_in(event.offset, f"user:{user}") == position, \
+        "the client's offset carries the position the script assigned, for that room"
     clients.assert_no_event("b", within=QUIET)
+    client = shared_redis.client()
+    try:
+        [(entry, fields)] = client.xrange(history_of(f"user:{user}"))
+    finally:
+        client.close()
+    assert entry.decode() == position
+    assert json.loads(fields[b"m"]) == envelope, "the history keeps the envelope as published, without o"
 
-    everyone = {"v": 1, "k": "e", "t": time.time() * 1000, "ev": "system:notice", "d": {"x": 1},
+    everyone = {"v": 2, "k": "e", "t": time.time() * 1000, "ev": "system:notice", "d": {"x": 1},
                 "r": None}
     _, receivers = _publish_as_documented(shared_redis, None, everyone)
     assert receivers == 2
@@ -212,17 +273,21 @@ def test_a_producer_written_from_the_wire_protocol_document(
 
 
 BAD_MESSAGES: dict[str, Callable[[str], bytes]] = {
-    "unknown_version": lambda room: json.dumps({"v": 2, "k": "e", "t": 1.0, "ev": "coins:earned",
-                                                "d": {}, "r": room, "o": "e:1-1"}).encode(),
+    "version_1": lambda room: json.dumps({"v": 1, "k": "e", "t": 1.0, "ev": "coins:earned",
+                                          "d": {}, "r": room, "o": "e:1-1"}).encode(),
+    "unknown_version": lambda room: json.dumps({"v": 3, "k": "e", "t": 1.0, "ev": "coins:earned",
+                                                "d": {}, "r": room, "o": "1-1"}).encode(),
     "msgpack_from_redis_emitter": lambda room: b"\x93\xa6emitter\x83\xa4type\x02",
     "not_json": lambda room: b"{this is not json",
-    "no_offset": lambda room: json.dumps({"v": 1, "k": "e", "t": 1.0, "ev": "coins:earned",
-                                          "d": {}, "r": room}).encode(),
+    "no_position": lambda room: json.dumps({"v": 2, "k": "e", "t": 1.0, "ev": "coins:earned",
+                                            "d": {}, "r": room}).encode(),
+    "position_not_a_stream_id": lambda room: json.dumps({"v": 2, "k": "e", "t": 1.0, "ev": "coins:earned",
+                                                         "d": {}, "r": room, "o": "e:1-1"}).encode(),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_MESSAGES))
-def test_what_is_not_a_v1_envelope_is_counted_and_dropped(
+def test_what_is_not_a_v2_envelope_is_counted_and_dropped(
     clients: NodeClients, pair: GatewayCluster, pub: Publisher, shared_redis: RedisServer,
     case: str,
 ) -> None:
@@ -232,7 +297,7 @@ def test_what_is_not_a_v1_envelope_is_counted_and_dropped(
     before = metric(r0, "ws_errors_total", kind="bus_bad_envelope")
     client = shared_redis.client()
     try:
-        assert client.publish(channel_of(f"user:{user}"), BAD_MESSAGES[case](f"user:{user}")) == 1
+        assert client.spublish(channel_of(f"user:{user}"), BAD_MESSAGES[case](f"user:{user}")) == 1
     finally:
         client.close()
     wait_until(lambda: metric(r0, "ws_errors_total", kind="bus_bad_envelope") == before + 1, 3,
@@ -370,13 +435,16 @@ def _outage_scenario(clients: NodeClients, cluster: GatewayCluster, redis: Redis
     assert http_emit(r0, {"event": "coins:earned", "user": alice, "data": COINS}) >= 500, \
         "the HTTP endpoint must not answer 200 for an event it could not put on the bus"
     for name in ("alice", "bob"):
-        assert [r["type"] for r in clients.log(name)].count("disconnect") == 0, \
-            "clients stay connected through a bus outage"
+        assert transport_drops(clients, name) == 0, "clients stay connected through a bus outage"
 
-    redis.restart()
+    redis.restart()  # empty: the classroom's history, with the event both were given, is gone
     for replica in cluster:
         wait_until(lambda replica=replica: status_of(replica, "/readyz") == 200, RECOVERY,
                    f"{replica.name} ready again by itself", every=0.1)
+    # The classroom cannot be caught up exactly (its stream, holding both clients' position, was
+    # lost within its lifetime): the replicas close their transports, the clients come back told.
+    for name in ("alice", "bob"):
+        wait_back_unrecovered(clients, name)
 
     # published after readiness came back: every one arrives, where it should
     publisher.emit("coins:earned", {**COINS, "n": 1}, user=alice)
@@ -397,7 +465,7 @@ def _outage_scenario(clients: NodeClients, cluster: GatewayCluster, redis: Redis
     for replica, before in zip(cluster, reconnects, strict=True):
         assert metric(replica, "bus_reconnects_total") > before, f"{replica.name} counts its reconnection"
 
-    # Redis lost everything: presence is rebuilt by the replicas' heartbeats (every 5 s)
+    # Redis lost everything: presence is rebuilt by the replicas (connections, heartbeats)
     wait_until(lambda: publisher.is_online(alice) and publisher.is_online(bob), 15,
                "presence rebuilt after Redis lost its data", every=0.2)
     # and control messages reach the sockets again
@@ -410,12 +478,17 @@ def _outage_scenario(clients: NodeClients, cluster: GatewayCluster, redis: Redis
     assert dropped["reason"] == "io server disconnect"
 
 
-def test_events_published_before_the_replicas_are_back_are_not_lost(
+def test_events_published_before_the_replicas_are_back(
     clients: NodeClients, redis_server: RedisServer,
 ) -> None:
-    """Redis is back, a producer publishes at once (it succeeds: Redis takes it), the replicas
-    are still in their reconnection backoff. The events are in Redis's history; once the
-    replicas are back, the connected clients get them.
+    """Redis is back (empty), a producer publishes at once (it succeeds: Redis takes it), the
+    replicas are still in their reconnection backoff. The events are in Redis's history; once
+    the replicas are back, each room is caught up exactly or not at all:
+
+    - bob's room had no event before: its position is "empty at" a time, and the new stream was
+      never trimmed, so the catch-up is exact: bob gets the event, once, still connected;
+    - alice's room held her last event in the stream Redis lost: the new stream cannot say what
+      came between, so her transport is closed and she comes back with `recovered: false`.
 
     The replicas are suspended (SIGSTOP) from the moment they noticed the outage until the
     events are published, so none can reconnect first, whatever its backoff's jitter."""
@@ -443,10 +516,30 @@ def test_events_published_before_the_replicas_are_back_are_not_lost(
             for replica in cluster:
                 wait_until(lambda replica=replica: status_of(replica, "/readyz") == 200, RECOVERY,
                            f"{replica.name} ready again", every=0.1)
-            assert [e.payload["n"] for e in clients.wait_events("alice", "coins:earned", 2)] == [0, 1]
             assert [e.payload["n"] for e in clients.wait_events("bob", "coins:earned", 1)] == [2]
+            clients.assert_no_event("bob", "coins:earned", within=QUIET, allowed=1)
+            assert transport_drops(clients, "bob") == 0, "bob's room was caught up: no reason to drop him"
+            wait_back_unrecovered(clients, "alice")
+            assert [e.payload["n"] for e in clients.events("alice", "coins:earned")] == [0], \
+                "never a short replay: n=1 alone, after a position Redis lost, is not given"
+            publisher.emit("coins:earned", {**COINS, "n": 3}, user=alice)
+            assert [e.payload["n"] for e in clients.wait_events("alice", "coins:earned", 2)] == [0, 3]
         finally:
             show_logs(*cluster)
+
+
+def _publish_while_dropping_subscribers(redis: RedisServer, room: str, envelope: dict[str, Any]) -> tuple[int, int]:
+    """`CLIENT KILL TYPE pubsub` and a publish (docs: "Publishing an event") in one transaction."""
+    script = (ROOT / "publisher" / "lua" / "publish.lua").read_text(encoding="utf-8")
+    client = redis.client()
+    try:
+        pipe = client.pipeline(transaction=True)
+        pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        pipe.eval(script, 1, history_of(room), channel_of(room), json.dumps(envelope), 1000, LIFETIME_MS)
+        killed, (_, receivers) = pipe.execute()
+    finally:
+        client.close()
+    return int(killed), int(receivers)
 
 
 @pytest.mark.parametrize("received_before", [
@@ -459,7 +552,8 @@ def test_events_published_while_redis_drops_the_subscriber_are_caught_up(
     """Redis closes the replicas' pub/sub connections (as `client-output-buffer-limit pubsub`
     does to a slow subscriber) and, in the same transaction, an event is published: no replica
     is listening when it is published, but Redis keeps it (no data is lost). The replicas
-    reconnect within their first backoff step and catch up from history."""
+    reconnect within their first backoff step and catch the room up from its history: exactly,
+    once, in order, and the client stays connected."""
     cluster = GatewayCluster(2, redis_server.url, ENV)
     with cluster, Publisher(redis_server.url) as publisher:
         try:
@@ -469,52 +563,73 @@ def test_events_published_while_redis_drops_the_subscriber_are_caught_up(
                 publisher.emit("coins:earned", {**COINS, "n": 0}, user=alice)
                 clients.wait_events("alice", "coins:earned", 1)
             reconnects = metric(cluster[0], "bus_reconnects_total")
-            script = (ROOT / "publisher" / "lua" / "publish.lua").read_text(encoding="utf-8")
-            envelope = json.dumps({"v": 1, "k": "e", "t": time.time() * 1000, "ev": "coins:earned",
-                                   "d": {**COINS, "n": 1}, "r": f"user:{alice}"})
-            client = redis_server.client()
-            try:
-                pipe = client.pipeline(transaction=True)
-                pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-                pipe.eval(script, 2, "ngw:clock", f"ngw:h:user:{alice}", channel_of(f"user:{alice}"),
-                          envelope, secrets.token_hex(8), 1000, 120_000)
-                killed, (_, receivers) = pipe.execute()
-            finally:
-                client.close()
-            assert int(killed) >= 2, "every replica's pub/sub connection was closed"
-            assert int(receivers) == 0, "nobody was listening when the event was published"
+            envelope = {"v": 2, "k": "e", "t": time.time() * 1000, "ev": "coins:earned",
+                        "d": {**COINS, "n": 1}, "r": f"user:{alice}"}
+            killed, receivers = _publish_while_dropping_subscribers(redis_server, f"user:{alice}", envelope)
+            assert killed >= 2, "every replica's pub/sub connection was closed"
+            assert receivers == 0, "nobody was listening when the event was published"
             wait_until(lambda: metric(cluster[0], "bus_reconnects_total") > reconnects, 10, "reconnected")
             expected = [0, 1] if received_before else [1]
             events = clients.wait_events("alice", "coins:earned", len(expected), timeout=10)
             assert [e.payload["n"] for e in events] == expected
+            clients.assert_no_event("alice", "coins:earned", within=QUIET, allowed=len(expected))
+            publisher.emit("coins:earned", {**COINS, "n": 2}, user=alice)
+            events = clients.wait_events("alice", "coins:earned", len(expected) + 1, timeout=10)
+            assert [e.payload["n"] for e in events] == [*expected, 2], "live again, after the catch-up"
+            assert transport_drops(clients, "alice") == 0, "an exact catch-up keeps the socket"
         finally:
             show_logs(*cluster)
 
 
-def test_events_after_redis_lost_its_last_writes_still_arrive(
-    clients: NodeClients, redis_server: RedisServer,
+@pytest.mark.parametrize("noticed", [
+    pytest.param("bus_stays", id="the_bus_connection_stays"),
+    pytest.param("bus_reconnects", id="the_bus_connection_comes_back"),
+    pytest.param("client_drops", id="the_client_drops_later"),
+])
+def test_after_redis_lost_its_last_writes(
+    clients: NodeClients, redis_server: RedisServer, noticed: str,
 ) -> None:
     """What a failover leaves when the replica had not yet received the primary's last writes
-    (Redis replication is asynchronous): the clock is there, same epoch, but its `seq` is behind
-    what clients have already been sent. Simulated by moving the clock back by those writes."""
+    (Redis replication is asynchronous, docs: "What a failover can lose"): the room's stream is
+    as it was before them, though the clients were sent them. Simulated by restoring the stream
+    as it was (DUMP before, RESTORE after: its last ID and entries-added too).
+
+    - the bus connection stays: events published afterwards still arrive (positions are stream
+      IDs, given by time: the new ones come after what the client has);
+    - the replica's bus connection comes back (as in a real failover): the room cannot be caught
+      up exactly, so the socket's transport is closed and the client is told `recovered: false`;
+    - the client drops later: its position no longer exists, it is told `recovered: false`."""
     cluster = GatewayCluster(1, redis_server.url, ENV)
     with cluster, Publisher(redis_server.url) as publisher:
         try:
             alice = uid()
+            room = f"user:{alice}"
             connect(clients, "alice", cluster[0], token(alice))
             client = redis_server.client()
             try:
                 publisher.emit("coins:earned", {**COINS, "n": 0}, user=alice)
-                kept = int(client.hget("ngw:clock", "seq"))
+                kept = client.dump(history_of(room))
                 publisher.emit("coins:earned", {**COINS, "n": 1}, user=alice)  # delivered, then lost
                 publisher.emit("coins:earned", {**COINS, "n": 2}, user=alice)  # delivered, then lost
                 clients.wait_events("alice", "coins:earned", 3)
-                client.hset("ngw:clock", "seq", kept)  # the primary's last two writes are gone
+                client.restore(history_of(room), LIFETIME_MS, kept, replace=True)  # the last two are gone
+                assert len(client.xrange(history_of(room))) == 1
+                if noticed == "bus_reconnects":
+                    assert int(client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")) >= 1
             finally:
                 client.close()
+            if noticed == "bus_reconnects":
+                wait_back_unrecovered(clients, "alice")
+            elif noticed == "client_drops":
+                clients.close_transport("alice")
+                back = clients.wait_connected("alice", timeout=CLIENT_BACK)
+                assert back["recovered"] is False, "its position was lost: never a short replay"
             publisher.emit("coins:earned", {**COINS, "n": 3}, user=alice)
             publisher.emit("coins:earned", {**COINS, "n": 4}, user=alice)
             events = clients.wait_events("alice", "coins:earned", 5)
             assert [e.payload["n"] for e in events] == [0, 1, 2, 3, 4]
+            clients.assert_no_event("alice", "coins:earned", within=QUIET, allowed=5)
+            if noticed == "bus_stays":
+                assert transport_drops(clients, "alice") == 0
         finally:
             show_logs(*cluster)

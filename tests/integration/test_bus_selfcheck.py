@@ -35,6 +35,7 @@ class FreezingProxy:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.ready = threading.Event()
+        self.writers: list[asyncio.StreamWriter] = []
 
     def start(self) -> FreezingProxy:
         self.thread.start()
@@ -45,7 +46,9 @@ class FreezingProxy:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers.append(up_writer)
 
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             while data := await src.read(65536):
@@ -56,10 +59,25 @@ class FreezingProxy:
 
         await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer), return_exceptions=True)
 
+    async def _shutdown(self) -> None:
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in self.writers), return_exceptions=True)
+        await self.server.wait_closed()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        """Close every connection and the loop itself (its self-pipe is a socket pair)."""
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(5)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
 
 
 @pytest.fixture

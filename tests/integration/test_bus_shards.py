@@ -33,9 +33,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from gateway.bus import shards as shards_module
 from gateway.bus.endpoint import parse_endpoint
 from gateway.bus.shards import ShardedChannels
+from gateway.bus.shards import tuning as shards_module  # the delays, read at each use
 from publisher.cluster import key_slot, parse_cluster_url
 from publisher.envelope import EVERYONE, BusNames
 from tests.support.redis_cluster import RedisCluster

@@ -18,9 +18,9 @@ from typing import Any
 import hiredis
 import pytest
 
-from gateway.bus import shards as shards_module
 from gateway.bus.endpoint import parse_endpoint
 from gateway.bus.shards import ShardedChannels
+from gateway.bus.shards import tuning as shards_module  # the delays, read at each use
 from publisher.cluster import SLOTS, key_slot, parse_cluster_url
 from publisher.envelope import EVERYONE, BusNames
 
