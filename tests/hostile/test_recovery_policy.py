@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-import pytest
 
 from publisher import Publisher
 from tests.hostile.rawws import RawWS
@@ -70,14 +69,6 @@ def test_a_recovery_drops_rooms_the_new_token_no_longer_grants(start_gateway, jw
         assert _events(back, 1.0) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bus v2 product bug: when the transport drops within ~0.3 s of a producer's join taking "
-    "effect (the socket is in the room live), the recovery (same sid, recovered) comes back "
-    "without the joined room, although the session record in Redis lists it in rooms and "
-    "extra when the client reconnects; the record is rewritten with rooms [] or [user:<id>] "
-    "after. A 0.3 s pause between the live join and the drop: kept (4 runs in 4); a 0.3 s "
-    "pause between the drop and the reconnect: still lost. Passes on main (v1). About 2 "
-    "attempts in 3 fail, so the test tries 5 users"))
 def test_a_room_the_policy_forbids_is_granted_neither_live_nor_after_a_recovery(
         start_gateway, jwt_secret, shared_redis) -> None:  # type: ignore[no-untyped-def]
     prefix = uid("k")
