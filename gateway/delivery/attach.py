@@ -135,7 +135,11 @@ class Attacher:
                         conn.positions[room] = key
                     starts[room] = position_of(key) if key is not None else None
             except BusUnavailable:
-                pass  # joined all the same: live events from now on; the session knows no start
+                # Joined all the same, but what came between the join and the subscription
+                # cannot be read: never short, its client reconnects and is told.
+                if any(rooms[room] is not None for room in fresh):
+                    self._counters.bus_event("join_gap")
+                    conn.eio.close_transport()
             finally:
                 conn.release(history, self._counters)
             for room in fresh:

@@ -35,26 +35,43 @@ class CatchUp:
         self._backend = backend
         self._counters = counters
         self._replay = replay
-        self._noted: dict[str, int | None] = {}  # room -> its cursor when its channel was lost
+        # room -> its cursor when its channel was lost (or when a first subscription that was not
+        # confirmed in time began restoring): kept until a catch-up from it is delivered
+        self._noted: dict[str, int | None] = {}
         self._held: dict[str, list[Conn]] = {}  # room -> the sockets held for its catch-up
+        self._turn: dict[str, int] = {}  # room -> bumped at every lost/restoring/gone: a restore in flight is stale
 
     def _members(self, room: str) -> list[Conn]:
         if room == EVERYONE:
             return list(self._registry.by_sid.values())
         return list(self._registry.rooms.get(room, {}).values())
 
+    def _bump(self, room: str) -> None:
+        self._turn[room] = self._turn.get(room, 0) + 1
+
     def lost(self, rooms: Sequence[str]) -> None:
-        """Their channels are down: note where each room stood (the first time only), and let
-        go any socket held for a catch-up that will not come now."""
+        """Their channels are down: note where each room stood (the first time only). Sockets
+        held for a catch-up that will not come now are let go with their transports closed:
+        what they missed cannot be delivered live any more, their clients reconnect and recover
+        (exactly, or told)."""
         for room in rooms:
+            self._bump(room)
             if room not in self._noted:
                 self._noted[room] = self._registry.cursor.get(room)
-            for conn in self._held.pop(room, ()):
+            held = self._held.pop(room, ())
+            if held:
+                self._counters.bus_event("catchup_gap")
+            for conn in held:
                 conn.release([], self._counters)
+                conn.eio.close_transport()
 
     def restoring(self, rooms: Sequence[str]) -> None:
         """Their channels are being subscribed again: hold their sockets' live events."""
         for room in rooms:
+            self._bump(room)
+            # a first subscription not confirmed in time was never `lost`: start from the cursor
+            # read when it began (nothing can have been received since)
+            self._noted.setdefault(room, self._registry.cursor.get(room))
             if room in self._held:
                 continue
             members = self._members(room)
@@ -62,11 +79,20 @@ class CatchUp:
                 conn.hold()
             self._held[room] = members
 
+    def gone(self, room: str) -> None:
+        """The room has no local socket left and its channel is unsubscribed: no restore will
+        come for it. Let its held sockets go, and forget where it stood."""
+        self._bump(room)
+        self._noted.pop(room, None)
+        for conn in self._held.pop(room, ()):
+            conn.release([], self._counters)
+
     async def restored(self, rooms: Sequence[str]) -> None:
         """Confirmed again: each room's events after its noted cursor, then live ones."""
+        turns = {room: self._turn.get(room, 0) for room in rooms}
         spans = []
         for room in rooms:
-            noted = self._noted.pop(room, None)
+            noted = self._noted.get(room)
             if noted is not None:
                 spans.append((room, position_of(noted), None))
         replies: dict[str, list[Outgoing] | None] = {}
@@ -80,6 +106,9 @@ class CatchUp:
                 entries = found.get(room)
                 replies[room] = self._replay(room, entries) if entries is not None else None
         for room in rooms:
+            if self._turn.get(room, 0) != turns[room]:
+                continue  # lost, restoring or gone again meanwhile: that call took its sockets
+            self._noted.pop(room, None)
             held = self._held.pop(room, [])
             outs = replies.get(room, [])
             if outs is None:  # cannot be exact: never short, the clients are told on reconnection
@@ -91,4 +120,5 @@ class CatchUp:
                     conn.eio.close_transport()
                 continue
             for conn in held:
-                conn.release([out for out in outs if out.room == room], self._counters)
+                still = room == EVERYONE or room in conn.rooms
+                conn.release([out for out in outs if out.room == room] if still else [], self._counters)

@@ -136,7 +136,9 @@ class ConnectSequence:
     def _unregister(self, conn: Conn) -> None:
         if self._core.get(conn.sid) is conn:
             self._core.forget(conn.sid)
-        self._book.leave(conn.sid)
+            self._book.leave(conn.sid)
+        elif self._core.get(conn.sid) is None:
+            self._book.leave(conn.sid)  # never another connection's: a concurrent restore of the same pid
 
     async def _fresh(self, eio_sid: str, socket: SocketWriter, identity: Identity) -> Conn | None:
         pid = self._recovery.new_pid() if self._recovery.enabled else None
@@ -184,7 +186,9 @@ class ConnectSequence:
         except HistoryLost:
             self._unregister(conn)
             raise
-        left = {room for room, _, end in restorable.spans if end is not None}
+        if not self._still_there(conn):
+            return None
+        left = set(restorable.record.left)  # a room a producer made it leave stays left
         fresh = [room for room in granted if room not in conn.rooms and room not in left]
         starts_now: dict[str, Position] = {}
         if fresh:  # the new token grants rooms the session did not have: from now on

@@ -40,11 +40,11 @@ class DeliveryCore:
         self._counters = counters
         self._sockets = sockets
         self._with_offset = recovery
-        self._subscriptions = Subscriptions(self.registry, backend)
+        self._catchup = CatchUp(self.registry, backend, counters, replay=self._replay)
+        self._subscriptions = Subscriptions(self.registry, backend, on_gone=self._catchup.gone)
         self._attacher = Attacher(self.registry, self._subscriptions, backend, counters,
                                   replay=self._replay, rooms_changed=rooms_changed)
         self._fanout = Fanout(self.registry, counters, with_offset=recovery, on_control=self._control)
-        self._catchup = CatchUp(self.registry, backend, counters, replay=self._replay)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- sockets in and out: presence is decided here ---------------------------------------

@@ -10,7 +10,7 @@ the channel moves the room's cursor (`fanout`), and a socket entering the room s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from gateway.delivery.offsets import key_of
@@ -29,14 +29,17 @@ class Channels(Protocol):
 
 
 class Subscriptions:
-    def __init__(self, registry: Registry, channels: Channels) -> None:
+    def __init__(self, registry: Registry, channels: Channels, *, on_gone: Callable[[str], None]) -> None:
         self._registry = registry
         self._channels = channels
+        self._on_gone = on_gone  # a room's last local socket left: its channel is let go
 
     async def join(self, conn: Conn, rooms: Sequence[str]) -> None:
         """Put `conn` in `rooms`; returns once the channels of rooms new to this replica are
         subscribed and their positions read. Raises BusUnavailable when a position cannot be
         read (the channel stays desired: it is subscribed when the bus comes back)."""
+        if self._registry.get(conn.sid) is not conn:
+            return  # gone while Redis was asked: never put back
         for room in rooms:
             self._registry.join(conn, room)
         # Every room, not only those new here: another socket's subscription of the room may
@@ -62,15 +65,18 @@ class Subscriptions:
         if room not in conn.rooms:
             return False
         if self._registry.leave(conn, room):
-            self._registry.cursor.pop(room, None)
-            self._channels.unsubscribe(room)
+            self._let_go(room)
         return True
+
+    def _let_go(self, room: str) -> None:
+        self._registry.cursor.pop(room, None)
+        self._channels.unsubscribe(room)
+        self._on_gone(room)
 
     def drop(self, sid: str) -> Removed | None:
         """Forget a socket and unsubscribe the rooms it leaves empty."""
         removed = self._registry.remove(sid)
         if removed is not None:
             for room in removed.emptied:
-                self._registry.cursor.pop(room, None)
-                self._channels.unsubscribe(room)
+                self._let_go(room)
         return removed

@@ -141,8 +141,10 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         loop.call_later(1.0, conn.eio.close_transport)
 
     def _save_rooms(self, conn: Conn, room: str, change: str, at: Position | None) -> None:
-        """A connected socket's rooms changed: its session record follows."""
-        if conn.pid is not None:
+        """A connected socket's rooms changed: its session record follows. Not for a socket that
+        is gone meanwhile (a join finishing after its transport dropped): its emptied room list
+        would overwrite the session its client is about to recover."""
+        if conn.pid is not None and self.core.get(conn.sid) is conn:
             self.recovery.rooms_changed(conn.pid, conn.identity.user_id, list(conn.rooms), room, change, at)
 
     # -- life cycle -------------------------------------------------------------------------------

@@ -14,8 +14,11 @@ local id
 if ARGV[3] ~= '0' then
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'm', envelope)
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
-else  -- no recovery: a position nothing is ever replayed from
-  local now = redis.call('TIME')
-  id = string.format('%d-0', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
+else
+  -- No history kept (no recovery), but positions must still grow within the room, or a
+  -- replica would drop a second event of the same millisecond as one it already has: an
+  -- empty stream keeps its last ID for that.
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '0', '*', 'm', '')
+  redis.call('PEXPIRE', KEYS[1], 60000)
 end
 return {id, redis.call('SPUBLISH', ARGV[1], string.sub(envelope, 1, -2) .. ',"o":"' .. id .. '"}')}

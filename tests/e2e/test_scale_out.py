@@ -47,6 +47,7 @@ ENV = {
 }
 # Presence: a replica heartbeats every 5 s and counts as alive for 15 s.
 PRESENCE_GONE = 25.0
+COUNTED = 8.0  # online_count follows the replicas' heartbeats (every 5 s)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -98,15 +99,23 @@ def http_emit(gw: GatewayProcess, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def channel_of(room: str) -> str:
-    return f"socket.io#/notifications#{room}#"
+    """The room's sharded channel (docs/wire-protocol.md, "Names": the room is a hash tag)."""
+    return f"socket.io#/notifications#{{{room}}}#"
 
 
-def numsub(redis: RedisServer, channel: str) -> int:
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def shardnumsub(redis: RedisServer, channel: str) -> int:
+    """Subscribers of a sharded channel: SSUBSCRIBE is not counted by PUBSUB NUMSUB."""
     client = redis.client()
     try:
-        [(_, count)] = client.pubsub_numsub(channel)
+        [(_, count)] = client.pubsub_shardnumsub(channel)
+        [(_, plain)] = client.pubsub_numsub(channel)
     finally:
         client.close()
+    assert int(plain) == 0, "a replica listens to a room with plain SUBSCRIBE"
     return int(count)
 
 
@@ -385,6 +394,8 @@ def test_presence_across_replicas_and_after_a_replica_is_killed(
 def _presence_scenario(clients: NodeClients, pub: Publisher, r0: GatewayProcess,
                        r1: GatewayProcess) -> None:
     both, only1, only0 = uid(), uid(), uid()
+    redis = pub.client
+    names = pub.names
     assert pub.online_count() == 0
     assert pub.is_online(both) is False
     no_retry = {"reconnection": False}  # r1 is killed below: no reconnection noise
@@ -394,25 +405,43 @@ def _presence_scenario(clients: NodeClients, pub: Publisher, r0: GatewayProcess,
     connect(clients, "only0", r0, token(only0))
     for user in (both, only1, only0):
         wait_until(lambda user=user: pub.is_online(user), EFFECTIVE, f"{user} online")
-    assert pub.online_count() == 3, "a user with two sockets counts once"
     assert pub.is_online(uid()) is False
+
+    def replicas_of(user: str) -> set[str]:
+        return {_text(m) for m in redis.smembers(names.presence_key(user))}
+
+    # v2 presence: each user's set of replicas (in the user's slot) ...
+    [id0] = replicas_of(only0)
+    [id1] = replicas_of(only1)
+    assert id0 != id1
+    assert replicas_of(both) == {id0, id1}, "a user on two replicas is in both replicas' presence"
+    # ... and the live replicas with the users each holds, reported by their heartbeat (every
+    # 5 s): online_count adds those up, so `both` (on two replicas) counts twice
+    # (docs/producers.md, "is_online", "online_count").
+    wait_until(lambda: pub.online_count() == 4, COUNTED, "online_count: 2 users on each replica",
+               every=0.25)
 
     clients.disconnect("only0")
     wait_until(lambda: not pub.is_online(only0), EFFECTIVE, "offline after its last socket left")
-    assert pub.online_count() == 2
+    assert replicas_of(only0) == set()
+    wait_until(lambda: pub.online_count() == 3, COUNTED, "online_count after only0 left", every=0.25)
     clients.disconnect("both1")  # one of its two sockets: still online
     wait_until(lambda: scrape(r1).get(("ws_connections_active", ())) == 1, EFFECTIVE,
                "r1 saw the socket go")
+    wait_until(lambda: replicas_of(both) == {id0}, EFFECTIVE, "both's last socket on r1 went")
     assert pub.is_online(both) is True
+    wait_until(lambda: pub.online_count() == 2, COUNTED, "online_count after both1 left", every=0.25)
 
-    online_sets = f"{pub.names.key_prefix}:online:*"
-    assert len(list(pub.client.scan_iter(online_sets))) == 2, "one presence set per replica"
+    def live() -> set[str]:
+        cutoff = int(time.time() * 1000) - 15_000
+        return {_text(m) for m in redis.zrangebyscore(names.replicas_key(), f"({cutoff}", "+inf")}
+
+    assert live() == {id0, id1}
     r1.kill()  # SIGKILL: no goodbye, its presence entries stay behind in Redis
     # r1 held only1's only socket: presence forgets it once r1's heartbeat is stale (≤ 15 s)
     wait_until(lambda: not pub.is_online(only1), PRESENCE_GONE, "a killed replica's users expire",
                every=0.5)
-    wait_until(lambda: len(list(pub.client.scan_iter(online_sets))) == 1, PRESENCE_GONE,
-               "the killed replica's presence set vanishes", every=0.5)
+    assert live() == {id0}, "the killed replica still counts as live"
     assert pub.is_online(both) is True
     assert pub.online_count() == 1
     pub.emit("coins:earned", COINS, user=both)
@@ -450,7 +479,7 @@ def test_an_event_for_one_user_is_received_by_exactly_one_replica(
     user = uid()
     connect(node_clients, "a", cluster[1], token(user))
     connect(node_clients, "a-again", cluster[1], token(user), "polling")  # two sockets, one replica
-    assert numsub(shared_redis, channel_of(f"user:{user}")) == 1
+    assert shardnumsub(shared_redis, channel_of(f"user:{user}")) == 1
     before = [events_received(r) for r in cluster]
     count = 5
     for n in range(count):
@@ -477,7 +506,7 @@ def test_an_event_for_a_room_is_received_by_the_replicas_holding_it(
     connect(node_clients, "m0", cluster[0], token(uid(), classrooms=[room.split(":")[1]]))
     connect(node_clients, "m2", cluster[2], token(uid(), classrooms=[room.split(":")[1]]))
     connect(node_clients, "x1", cluster[1], token(uid()))
-    assert numsub(shared_redis, channel_of(room)) == 2
+    assert shardnumsub(shared_redis, channel_of(room)) == 2
     before = [events_received(r) for r in cluster]
     pub.emit("coins:earned", COINS, room=room)
     for name in ("m0", "m2"):

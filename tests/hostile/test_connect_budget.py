@@ -50,8 +50,9 @@ def test_a_connect_disconnect_loop_is_cut_and_leaves_nothing_in_redis(
         assert ws.wait_closed(5.0)
     r = redis.Redis.from_url(shared_redis.url)
     # the client left by itself each time: no session is kept, and the index is empty
-    wait_until(lambda: not r.keys(f"{prefix}:s:*"), 5.0, "sessions of a client that left were kept")
-    assert r.zcard(f"{prefix}:sessions:{user}") == 0
+    # v2 names (docs/wire-protocol.md): ngw:{user:<id>}:s:<pid>, ngw:{user:<id>}:sessions
+    wait_until(lambda: not r.keys(f"{prefix}:{{user:*}}:s:*"), 5.0, "sessions of a client that left were kept")
+    assert r.zcard(f"{prefix}:{{user:{user}}}:sessions") == 0
     wait_until(lambda: metrics(gw).get(("ws_errors_total", (("kind", "connect_flood"),)), 0) >= 1, 5.0,
                "connect_flood not counted")
 

@@ -66,7 +66,7 @@ def test_disconnect_user_drops_both_replicas_and_no_session_comes_back(
     wait_until(lambda: not pub.is_online(user), 20, "the revoked user offline everywhere")
     redis = shared_redis.client()
     try:
-        left = [pid for _, pid, _ in old.values() if redis.exists(f"ngw:s:{pid}")]
+        left = [pid for _, pid, _ in old.values() if redis.exists(f"ngw:{{user:{user}}}:s:{pid}")]
     finally:
         redis.close()
     assert left == [], "sessions of the revoked user are still recoverable in Redis"

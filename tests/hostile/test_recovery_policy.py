@@ -73,19 +73,23 @@ def test_a_room_the_policy_forbids_is_granted_neither_live_nor_after_a_recovery(
         start_gateway, jwt_secret, shared_redis) -> None:  # type: ignore[no-untyped-def]
     prefix = uid("k")
     gw = start_gateway(base_env(jwt_secret, REDIS_URL=shared_redis.url, KEY_PREFIX=prefix))
-    user, granted = uid(), f"classroom:{uid('c')}"
-    student = token(jwt_secret, user)
-    ws, first = _connect(gw.port, {"token": student})
-    with Publisher(shared_redis.url, key_prefix=prefix) as pub:
-        pub.join(user, ["admin:all", granted])
-        wait_until(lambda: granted in _rooms(ws), 5.0, "the producer's join did not arrive")
-        assert "admin:all" not in _rooms(ws)
-        ws.close()
-        back, reply = _connect(gw.port, {"token": student, "pid": first["pid"]})
-        with back:
-            assert reply["sid"] == first["sid"], "not recovered"
-            rooms = _rooms(back)
-            assert granted in rooms  # a room the policy allows a producer to grant is kept
-            assert "admin:all" not in rooms
-            pub.emit("coins:earned", {"amount": 1, "reason": "r", "newBalance": 1}, room="admin:all")
-            assert _events(back, 1.0) == []
+    # A few users in turn: the transport drops right after the join took effect, and whether
+    # the recovery then loses the joined room depends on timing (see the xfail).
+    for _ in range(5):
+        user, granted = uid(), f"classroom:{uid('c')}"
+        student = token(jwt_secret, user)
+        ws, first = _connect(gw.port, {"token": student})
+        with Publisher(shared_redis.url, key_prefix=prefix) as pub:
+            pub.join(user, ["admin:all", granted])
+            wait_until(lambda granted=granted, ws=ws: granted in _rooms(ws), 5.0,
+                       "the producer's join did not arrive")
+            assert "admin:all" not in _rooms(ws)
+            ws.close()
+            back, reply = _connect(gw.port, {"token": student, "pid": first["pid"]})
+            with back:
+                assert reply["sid"] == first["sid"], "not recovered"
+                rooms = _rooms(back)
+                assert granted in rooms  # a room the policy allows a producer to grant is kept
+                assert "admin:all" not in rooms
+                pub.emit("coins:earned", {"amount": 1, "reason": "r", "newBalance": 1}, room="admin:all")
+                assert _events(back, 1.0) == []

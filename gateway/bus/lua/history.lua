@@ -36,8 +36,12 @@ elseif not redis.call('XRANGE', key, after, after)[1] then
   return {0, 'trimmed'}  -- trimmed past it (more than MAXLEN since), or lost
 end
 
+local entries = redis.call('XRANGE', key, '(' .. after, till, 'COUNT', tonumber(ARGV[4]) + 1)
+if #entries > tonumber(ARGV[4]) then
+  return {0, 'too long'}  -- more than a replay may read: refused, never cut short
+end
 local out = {1}
-for _, entry in ipairs(redis.call('XRANGE', key, '(' .. after, till, 'COUNT', ARGV[4])) do
+for _, entry in ipairs(entries) do
   out[#out + 1] = entry[1]
   out[#out + 1] = entry[2][2]
 end

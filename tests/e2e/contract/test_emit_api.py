@@ -133,12 +133,15 @@ def test_emit_delivers_to_a_user_a_room_and_everyone(node_clients: NodeClients, 
 
 
 def test_emit_offsets_grow(gw: GatewayProcess) -> None:
-    offsets = []
+    """The answer's offset is the event's position in its room: it grows within the room."""
+    user = uid()
+    positions = []
     for n in range(3):
-        status, answer = emit_http(gw, {"event": "coins:earned", "user": uid(), "data": {**COINS, "n": n}})
+        status, answer = emit_http(gw, {"event": "coins:earned", "user": user, "data": {**COINS, "n": n}})
         assert status == 200
-        offsets.append(answer["offset"])
-    assert len(set(offsets)) == 3
+        ms, seq = (int(x) for x in answer["offset"].split("-"))
+        positions.append((ms, seq))
+    assert positions == sorted(set(positions))
 
 
 def test_emit_endpoint_is_off_without_a_key(node_clients: NodeClients,
