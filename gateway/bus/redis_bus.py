@@ -146,12 +146,27 @@ class RedisBackend:
         client = async_client(self._url, socket_connect_timeout=2.0, socket_timeout=2.0)
         try:
             await async_expect_standalone(client, self._url)
+            await self._check_eviction_policy(client)
         except ClusterModeError:
             raise  # a ConnectionError too, but not one to wait out: the URL must change
         except (RedisError, OSError) as exc:
             log.info("bus: Redis not answering yet (%s); the cluster-mode check is left to the bus", exc)
         finally:
             await client.aclose()
+
+    async def _check_eviction_policy(self, client: Any) -> None:
+        """History and sessions must not be evicted: an evicted stream reads as one that was
+        never written, and a recovery could come back short. Managed services often refuse
+        CONFIG: then there is nothing to check with."""
+        try:
+            reply = await client.config_get("maxmemory-policy")
+        except (RedisError, OSError):
+            return
+        policy = reply.get("maxmemory-policy") if isinstance(reply, dict) else None
+        if policy not in (None, "noeviction"):
+            self._metrics.bus_event("eviction_policy")
+            log.error(f"Redis evicts keys (maxmemory-policy {policy}): recovery may replay a room's history "
+                      "short if it is evicted. Set maxmemory-policy noeviction on the bus's Redis.")
 
     async def _subscribe_everyone(self) -> None:
         await self.channels.subscribe(self.names.room_channel(EVERYONE).encode())

@@ -19,9 +19,11 @@ from gateway.delivery.registry import Conn, Outgoing, Registry
 from gateway.delivery.subscriptions import Subscriptions
 from publisher.envelope import EVERYONE, Position
 
-# Called when a connected socket's rooms change: (conn, room, "j" joined | "l" left, where in
-# the room's stream, if known). The session record follows (`sio.server`).
-RoomsChanged = Callable[[Conn, str, str, Position | None], None]
+# Called when a connected socket's rooms change: (conn, its rooms once the change is made, the
+# room, "j" joined | "l" left, where in the room's stream if known). The session record follows
+# (`sio.server`). The rooms are taken when the change is made: a join may finish after the
+# socket's transport dropped, when `conn.rooms` is already emptied.
+RoomsChanged = Callable[[Conn, list[str], str, str, Position | None], None]
 Replay = Callable[[str, Iterable[tuple[Position, bytes]]], list[Outgoing]]
 
 
@@ -118,8 +120,10 @@ class Attacher:
             conn.hold()
             history: list[Outgoing] = []
             starts: dict[str, Position | None] = {}
+            rooms_now: list[str] = []
             try:
                 await self._subscriptions.join(conn, fresh)
+                rooms_now = list(conn.rooms)
                 since = {room: at for room in fresh if (at := rooms[room]) is not None}
                 if since:
                     replies = await self._backend.history([(room, at, None) for room, at in since.items()])
@@ -142,8 +146,8 @@ class Attacher:
                     conn.eio.close_transport()
             finally:
                 conn.release(history, self._counters)
-            for room in fresh:
-                self._rooms_changed(conn, room, "j", starts.get(room))
+            for room in fresh if rooms_now else ():
+                self._rooms_changed(conn, rooms_now, room, "j", starts.get(room))
         if not lock.locked():
             self._locks.pop(conn.sid, None)
 
@@ -154,5 +158,5 @@ class Attacher:
             if at is None:
                 key = conn.positions.get(room)
                 at = position_of(key) if key is not None else None
-            self._rooms_changed(conn, room, "l", at)
+            self._rooms_changed(conn, list(conn.rooms), room, "l", at)
 

@@ -140,12 +140,11 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         loop.call_later(1.0, conn.eio.close_transport)
 
-    def _save_rooms(self, conn: Conn, room: str, change: str, at: Position | None) -> None:
-        """A connected socket's rooms changed: its session record follows. Not for a socket that
-        is gone meanwhile (a join finishing after its transport dropped): its emptied room list
-        would overwrite the session its client is about to recover."""
-        if conn.pid is not None and self.core.get(conn.sid) is conn:
-            self.recovery.rooms_changed(conn.pid, conn.identity.user_id, list(conn.rooms), room, change, at)
+    def _save_rooms(self, conn: Conn, rooms: list[str], room: str, change: str, at: Position | None) -> None:
+        """A socket's rooms changed: its session record follows, also when its transport dropped
+        meanwhile (its client may be about to recover that session)."""
+        if conn.pid is not None:
+            self.recovery.rooms_changed(conn.pid, conn.identity.user_id, rooms, room, change, at)
 
     # -- life cycle -------------------------------------------------------------------------------
 

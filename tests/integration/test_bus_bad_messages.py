@@ -66,14 +66,6 @@ def control(kind: str, user: str, rooms: Any = None) -> bytes:
     return json.dumps(message).encode()
 
 
-@pytest.fixture
-def clients() -> Iterator[NodeClients]:
-    with NodeClients() as driver:
-        yield driver
-        print(f"-- socket.io-client driver stderr:\n{driver.stderr_text()}")
-    assert not driver.problems(), driver.problems()
-
-
 @pytest.fixture(scope="module")
 def pair(shared_redis: RedisServer) -> Iterator[GatewayCluster]:
     with GatewayCluster(2, shared_redis.url, ENV) as replicas:

@@ -53,14 +53,6 @@ def http_emit(gw: GatewayProcess, body: dict[str, Any]) -> tuple[int, dict[str, 
             exc.close()
 
 
-@pytest.fixture
-def clients() -> Iterator[NodeClients]:
-    with NodeClients() as driver:
-        yield driver
-        print(f"-- socket.io-client driver stderr:\n{driver.stderr_text()}")
-    assert not driver.problems(), driver.problems()
-
-
 @pytest.fixture(scope="module")
 def pair(shared_redis: RedisServer) -> Iterator[GatewayCluster]:
     with GatewayCluster(2, shared_redis.url, ENV) as replicas:

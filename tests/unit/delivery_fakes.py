@@ -411,11 +411,11 @@ class Replica:
     def _new_sid(self) -> str:
         return f"sid{next(self._sids)}"
 
-    def _rooms_changed(self, conn: Conn, room: str, change: str, at: Position | None) -> None:
+    def _rooms_changed(self, conn: Conn, rooms: list[str], room: str, change: str, at: Position | None) -> None:
         """As the server's: the session record follows a connected socket's rooms."""
         self.room_changes.append((conn.sid, room, change, at))
         if conn.pid is not None:
-            self.recovery.rooms_changed(conn.pid, conn.identity.user_id, list(conn.rooms), room, change, at)
+            self.recovery.rooms_changed(conn.pid, conn.identity.user_id, rooms, room, change, at)
 
     async def start(self) -> Replica:
         await self.bus.start(self.core)
