@@ -349,7 +349,7 @@ def test_a_rolling_restart_loses_no_event_for_clients_that_recover(
             # Each mover said recovered (same sid) and was logged as connected on the staying
             # replica, above: that is the proof. The counter is checked to move at all: it has
             # counted fewer than the movers in about one run in six, before and after the bus v2
-            # (not explained yet: docs/operations.md says to read it as a rate, not a census).
+            # (not explained yet).
             assert moved >= 1, f"{moved} recoveries counted for {len(moving)} clients"
 
             new = behind.replace(step)  # the new pod, on the same address
