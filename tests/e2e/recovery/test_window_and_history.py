@@ -96,9 +96,10 @@ def test_history_trimmed_past_the_offset_is_not_recovered(
     assert numbers(settle(node_clients, "a", 2)) == [0, count + 1]
 
 
-@pytest.mark.xfail(reason="known limitation: a history stream evicted while the clock (epoch) "
-                          "survives reads as 'no events after the offset' (no entry left to carry "
-                          "a predecessor id): recovered, silently short. The bus's Redis must run "
+@pytest.mark.xfail(reason="known limitation (docs/wire-protocol.md, 'Recovery, exactly'): a room "
+                          "the client entered while its stream was empty (an 'empty at' start) and "
+                          "whose stream is then evicted, or evicted and written again, reads as "
+                          "'nothing missed': recovered, silently short. The bus's Redis must run "
                           "with maxmemory-policy noeviction; the gateway logs an error at start "
                           "when it does not (docs/operations.md)", strict=True)
 @pytest.mark.parametrize("more_after", [False, True], ids=["nothing-after", "events-after"])
