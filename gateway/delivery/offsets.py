@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from functools import lru_cache
 
 from publisher.envelope import Position
@@ -44,15 +44,6 @@ def position_of(key: int) -> Position:
     return Position(ms, EMPTY_SEQ if seq == SEQ_SPAN - 1 else seq)
 
 
-def parse_id(stream_id: str | bytes) -> tuple[int, int]:
-    """`<ms>-<seq>` → (ms, seq); ValueError if it is not a stream entry ID."""
-    text = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
-    ms, sep, seq = text.partition("-")
-    if not sep or not ms.isdigit() or not seq.isdigit():
-        raise ValueError(f"not a stream entry ID: {text[:40]!r}")
-    return int(ms), int(seq)
-
-
 @lru_cache(maxsize=65536)
 def room_hash(room: str) -> bytes:
     """6 URL-safe characters naming `room` in an offset."""
@@ -73,10 +64,6 @@ def _b36(n: int) -> bytes:
 
 def component(room: str, ms: int, seq: int) -> bytes:
     return room_hash(room) + b":" + _b36(ms) + b"." + _b36(seq)
-
-
-def encode(components: Iterable[bytes]) -> bytes:
-    return b",".join(components)
 
 
 def decode(offset: object, rooms: Iterable[str]) -> dict[str, tuple[int, int]]:
@@ -103,7 +90,3 @@ def decode(offset: object, rooms: Iterable[str]) -> dict[str, tuple[int, int]]:
         if known is not None:
             out[known] = (int(match[2], 36), int(match[3], 36))
     return out
-
-
-def components_of(positions: Mapping[str, tuple[int, int]]) -> dict[str, bytes]:
-    return {room: component(room, ms, seq) for room, (ms, seq) in positions.items()}

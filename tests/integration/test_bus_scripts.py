@@ -12,9 +12,8 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from gateway.delivery.offsets import parse_id
 from publisher import Publisher
-from publisher.envelope import BusNames
+from publisher.envelope import BusNames, parse_position
 from publisher.scripts import Script
 from tests.support.redis_server import RedisServer
 
@@ -265,7 +264,7 @@ def test_publish_writes_history_and_spublishes_with_the_position(r: redis.Redis)
         other = NAMES.history_key("quiz:1")
         at, _ = publish(keys=[other], args=[NAMES.room_channel("quiz:1"), envelope, 0, LIFETIME])
         again, _ = publish(keys=[other], args=[NAMES.room_channel("quiz:1"), envelope, 0, LIFETIME])
-        assert parse_id(again.decode()) > parse_id(at.decode())
+        assert parse_position(again.decode()) > parse_position(at.decode())
         assert r.xlen(other) == 0
         with pytest.raises(redis.ResponseError, match="ending with }"):
             publish(keys=[key], args=[channel, b"[1]x", 1000, LIFETIME])

@@ -8,6 +8,8 @@ fresh) rather than guessed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 import pytest
 
 from gateway.delivery.fanout import outgoing
@@ -16,17 +18,23 @@ from gateway.delivery.offsets import (
     MAX_COMPONENTS,
     OffsetError,
     component,
-    components_of,
     decode,
-    encode,
     key_of,
-    parse_id,
     position_of,
     room_hash,
 )
 from gateway.policy.rooms import Identity
 from publisher.envelope import EVERYONE, Event, Position
 from tests.unit.delivery_fakes import FakeBus, Replica, turns
+
+
+def encode(components: Iterable[bytes]) -> bytes:
+    """An offset as a socket writes it: its components, comma-separated."""
+    return b",".join(components)
+
+
+def components_of(positions: Mapping[str, tuple[int, int]]) -> dict[str, bytes]:
+    return {room: component(room, ms, seq) for room, (ms, seq) in positions.items()}
 
 # Two room names whose 6-character digests are the same (found by a birthday search, 36 bits).
 COLLIDING = ("quiz:6419", "quiz:170195")
@@ -111,18 +119,6 @@ def test_keys_order_entries_within_a_room_and_round_trip_to_positions() -> None:
         assert position_of(key_of(ms, seq)) == Position(ms, seq)
     # "empty at 5" is after every entry of ms 5 and before any of ms 6
     assert key_of(5, 10**9) < key_of(5, EMPTY_SEQ) < key_of(6, 0)
-
-
-@pytest.mark.parametrize(("text", "parsed"), [("0-0", (0, 0)), (b"1733212345678-12", (1733212345678, 12)),
-                                              (f"5-{EMPTY_SEQ}", (5, EMPTY_SEQ))])
-def test_parse_id_reads_a_stream_entry_id(text: str | bytes, parsed: tuple[int, int]) -> None:
-    assert parse_id(text) == parsed
-
-
-@pytest.mark.parametrize("text", ["", "5", "5-", "-5", "a-1", "1-b", "1.2", "e1:1-2"])
-def test_parse_id_refuses_what_is_not_an_entry_id(text: str) -> None:
-    with pytest.raises(ValueError, match="stream entry ID"):
-        parse_id(text)
 
 
 # -- the offset on the wire ------------------------------------------------------------------
