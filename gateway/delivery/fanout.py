@@ -69,19 +69,17 @@ class Fanout:
             self._on_control(message)
 
     def deliver(self, event: Event) -> None:
-        room = event.room if event.room is not None else EVERYONE
-        key = key_of(event.ms, event.seq)
-        cursor = self._registry.cursor
         if event.room is None:
             targets: Iterable[Conn] = self._registry.by_sid.values()
         else:
-            members = self._registry.rooms.get(room)
+            members = self._registry.rooms.get(event.room)
             if not members:  # a message still in flight after the room's last socket left
                 return
             targets = members.values()
-        if key > cursor.get(room, -1):
-            cursor[room] = key
         out = outgoing(event, self._with_offset)
+        cursor = self._registry.cursor
+        if out.key > cursor.get(out.room, -1):
+            cursor[out.room] = out.key
         written = 0
         for conn in targets:
             if conn.deliver(out):

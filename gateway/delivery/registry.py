@@ -119,9 +119,9 @@ class Conn:
             components[room] = out.own
             tails = self.tails
             if len(components) > 1:
-                tail = tails.get(room, b"\0")
-                if tail == b"\0":
-                    tail = b"".join([b"," + part for other, part in components.items() if other != room])
+                cached = tails.get(room)
+                tail = cached if cached is not None else b"".join(
+                    [b"," + part for other, part in components.items() if other != room])
                 tails.clear()  # every other room's tail held this room's old component
                 tails[room] = tail
         text, frame = out.packet(tail)

@@ -24,7 +24,7 @@ import pytest
 from gateway.bus.memory_bus import MemoryBackend
 from gateway.delivery.attach import HistoryLost
 from gateway.delivery.connect import Accepted, Refused
-from gateway.delivery.offsets import EMPTY_SEQ, component, encode
+from gateway.delivery.offsets import EMPTY_SEQ, component
 from gateway.delivery.recovery import Recovery, Restorable
 from gateway.delivery.registry import Conn
 from gateway.policy.rooms import Identity
@@ -581,7 +581,7 @@ def record(**fields: object) -> SessionRecord:
 
 def offset(**positions: tuple[int, int]) -> str:
     rooms = {"user_1": "user:1", "quiz_9": "quiz:9", "lobby": "lobby", "everyone": EVERYONE, "other": "other"}
-    return encode(component(rooms[name], ms, seq) for name, (ms, seq) in positions.items()).decode()
+    return b",".join(component(rooms[name], ms, seq) for name, (ms, seq) in positions.items()).decode()
 
 
 async def find(rec: SessionRecord, given: object = None) -> Restorable:
@@ -630,7 +630,7 @@ async def test_find_starts_an_empty_room_at_its_empty_position() -> None:
 
 
 def _colliding_offset() -> str:
-    return encode([component("quiz:6419", 1, 0)]).decode()
+    return component("quiz:6419", 1, 0).decode()
 
 
 @pytest.mark.parametrize(("pid", "rec", "given", "label"), [
