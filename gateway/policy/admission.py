@@ -91,10 +91,6 @@ class Admission:
                 return hop, True
         return hops[0], True
 
-    def client_ip(self, request: RequestView) -> str:
-        """The client's address (see `client_address`)."""
-        return self.client_address(request)[0]
-
     def _is_trusted(self, address: str) -> bool:
         return _within(address, self._trusted)
 

@@ -66,7 +66,7 @@ class KeyedBuckets:
     def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
         self.policy = TokenBucket(rate, burst)
         self.max_keys = max_keys
-        self._state: OrderedDict[str, _State] = OrderedDict()
+        self._state: OrderedDict[str, BucketState] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._state)
@@ -81,13 +81,15 @@ class KeyedBuckets:
         if state is None:
             if len(table) >= self.max_keys:
                 table.popitem(last=False)
-            state = table[key] = _State()
+            state = table[key] = BucketState()
         else:
             table.move_to_end(key)
         return self.policy.take(state, now)
 
 
-class _State:
+class BucketState:
+    """A bucket's state for a holder that has no slots of its own (an address, a transport)."""
+
     __slots__ = ("stamp", "tokens")
 
     def __init__(self) -> None:

@@ -32,7 +32,7 @@ from gateway.delivery.registry import Conn
 from gateway.metrics import Metrics
 from gateway.policy.admission import Admission
 from gateway.policy.auth import Authenticator
-from gateway.policy.ratelimit import TokenBucket
+from gateway.policy.ratelimit import BucketState, TokenBucket
 from gateway.sio.engine import GatewayEngineIO
 from gateway.sio.managers import NotificationManager
 from gateway.sio.packets import FastPacket
@@ -50,16 +50,6 @@ SWEEP_EVERY = 0.25
 # sends one CONNECT per transport (a few more if the application retries with a new token).
 PRE_CONNECT_BURST = 5
 PRE_CONNECT_RATE = 0.2  # per second
-
-
-class _Budget:
-    """A transport's pre-CONNECT token bucket (`policy.ratelimit.TokenBucket` holder)."""
-
-    __slots__ = ("stamp", "tokens")
-
-    def __init__(self, tokens: float) -> None:
-        self.tokens = tokens
-        self.stamp = 0.0
 
 
 class _SidBook:
@@ -115,7 +105,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         self._reasons: dict[str, str] = {}
         self._left: set[str] = set()  # sids whose client sent its own DISCONNECT: it will not come back
         self._pre_connect = TokenBucket(PRE_CONNECT_RATE, PRE_CONNECT_BURST)
-        self._budgets: dict[str, _Budget] = {}  # by eio sid, while its transport lives
+        self._budgets: dict[str, BucketState] = {}  # by eio sid, while its transport lives
         self._sweeper: asyncio.Task[None] | None = None
 
     def _engineio_server_class(self) -> type[GatewayEngineIO]:
@@ -223,13 +213,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         if conn is None:
             return
         event = data[0] if data else None
-        if not self.bucket.take(conn):
-            conn.refused += 1
-            self.metrics.error(errors.RATE_LIMITED.metric)
-            await self._ack(eio_sid, id, {"ok": False, "error": errors.RATE_LIMITED.code})
-            if conn.refused >= self.settings.rate_limit_disconnect_after:
-                log.warning("disconnecting a flooding client", extra={"sid": sid, "user_id": conn.identity.user_id})
-                await self.kick(conn, errors.FLOODING.code)
+        if await self._overspent(conn, eio_sid, id):
             return
         if event == SUBSCRIBE_EVENT:
             if len(data) > 2 or len(repr(data[1:])) > MAX_SUBSCRIBE_PAYLOAD:
@@ -252,11 +236,21 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         bucket as events, so a stream of them ends like a flood of events."""
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
         conn = self.core.get(sid) if sid is not None else None
-        if conn is not None and not self.bucket.take(conn):
-            conn.refused += 1
-            self.metrics.error(errors.RATE_LIMITED.metric)
-            if conn.refused >= self.settings.rate_limit_disconnect_after:
-                await self.kick(conn, errors.FLOODING.code)
+        if conn is not None:
+            await self._overspent(conn, eio_sid, None)
+
+    async def _overspent(self, conn: Conn, eio_sid: str, id: int | None) -> bool:
+        """Spend one token of the client's bucket; when it is empty, count the refusal, say so
+        in the ack asked for, and disconnect a client past RATE_LIMIT_DISCONNECT_AFTER."""
+        if self.bucket.take(conn):
+            return False
+        conn.refused += 1
+        self.metrics.error(errors.RATE_LIMITED.metric)
+        await self._ack(eio_sid, id, {"ok": False, "error": errors.RATE_LIMITED.code})
+        if conn.refused >= self.settings.rate_limit_disconnect_after:
+            log.warning("disconnecting a flooding client", extra={"sid": conn.sid, "user_id": conn.identity.user_id})
+            await self.kick(conn, errors.FLOODING.code)
+        return True
 
     def _within_budget(self, eio_sid: str, data: Any) -> bool:
         """Every CONNECT, and every packet of a transport with no connected socket, spends from
@@ -266,7 +260,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             return True
         budget = self._budgets.get(eio_sid)
         if budget is None:
-            budget = self._budgets[eio_sid] = _Budget(PRE_CONNECT_BURST)
+            budget = self._budgets[eio_sid] = BucketState()
         return self._pre_connect.take(budget)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
