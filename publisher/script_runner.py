@@ -37,6 +37,13 @@ from publisher.errors import PublisherError, PublishError, PublishTimeout
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
+def check_retries(retries: int) -> int:
+    """`retries` as every transport takes it: attempts after the first, 0 to 10."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+        raise ValueError(f"retries must be an integer from 0 to 10, got {retries!r}")
+    return retries
+
+
 def backoff(attempt: int) -> float:
     """Seconds to wait before retry number `attempt` (0-based): 0.05, 0.1, 0.2, ... ≤ 1."""
     return min(0.05 * (1 << attempt), 1.0)

@@ -45,7 +45,7 @@ from publisher.cluster import (
 )
 from publisher.commands import Call
 from publisher.redis_url import async_client, redact, sentinel_clients, sync_client
-from publisher.script_runner import _RETRYABLE, AsyncTransport, SyncTransport, describe
+from publisher.script_runner import _RETRYABLE, AsyncTransport, SyncTransport, check_retries, describe
 
 __all__ = [
     "AsyncRunner",
@@ -194,12 +194,6 @@ class AsyncStandaloneTransport(AsyncTransport):
                 await sentinel.aclose()
 
 
-def _check_retries(retries: int) -> int:
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
-        raise ValueError(f"retries must be an integer from 0 to 10, got {retries!r}")
-    return retries
-
-
 def sync_transport(url: str, *, retries: int = 3, **redis_options: Any) -> SyncRunner:
     """The transport for `url`, any REDIS_URL form (see the module doc); it connects on first
     use. `retries`: attempts after the first (0 to 10). Other keywords go to the redis-py
@@ -207,7 +201,7 @@ def sync_transport(url: str, *, retries: int = 3, **redis_options: Any) -> SyncR
     `ValueError` names what is wrong with the URL. What it returns is a `StandaloneTransport`
     (its `client` is the redis-py client) or a `SyncClusterTransport` (a client per node):
     `isinstance` tells them apart."""
-    retries = _check_retries(retries)
+    retries = check_retries(retries)
     if is_cluster_url(url):
         return SyncClusterTransport(parse_cluster_url(url), retries=retries, **redis_options)
     # Retries are ours alone (bounded, documented): redis-py's would multiply them.
@@ -219,7 +213,7 @@ def sync_transport(url: str, *, retries: int = 3, **redis_options: Any) -> SyncR
 
 def async_transport(url: str, *, retries: int = 3, **redis_options: Any) -> AsyncRunner:
     """`sync_transport` for asyncio."""
-    retries = _check_retries(retries)
+    retries = check_retries(retries)
     if is_cluster_url(url):
         return AsyncClusterTransport(parse_cluster_url(url), retries=retries, **redis_options)
     redis_options.setdefault("retry", redis.asyncio.retry.Retry(NoBackoff(), 0))
@@ -230,9 +224,9 @@ def async_transport(url: str, *, retries: int = 3, **redis_options: Any) -> Asyn
 
 def sync_transport_for(client: redis.Redis, *, retries: int = 3) -> StandaloneTransport:
     """A transport on a redis-py client of the caller's (left open by `close()`)."""
-    return StandaloneTransport(client, retries=_check_retries(retries), where=describe(client))
+    return StandaloneTransport(client, retries=check_retries(retries), where=describe(client))
 
 
 def async_transport_for(client: redis.asyncio.Redis, *, retries: int = 3) -> AsyncStandaloneTransport:
     """`sync_transport_for` for asyncio."""
-    return AsyncStandaloneTransport(client, retries=_check_retries(retries), where=describe(client))
+    return AsyncStandaloneTransport(client, retries=check_retries(retries), where=describe(client))

@@ -23,7 +23,7 @@ from publisher.cluster.topology import AsyncClusterTopology, ClusterTopology
 from publisher.cluster.urls import ClusterTarget, NodeAddress
 from publisher.commands import Call, pack
 from publisher.errors import PublisherError, PublishError
-from publisher.script_runner import _RETRYABLE, _missing_scripts, backoff
+from publisher.script_runner import _RETRYABLE, _missing_scripts, backoff, check_retries
 
 __all__ = ["AsyncClusterTransport", "SyncClusterTransport"]
 
@@ -41,12 +41,6 @@ def _packed(calls: Sequence[Call], asking: bool, whole: Callable[[Call], bool]) 
     return b"".join(parts)
 
 
-def _check_retries(retries: int) -> int:
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
-        raise ValueError(f"retries must be an integer from 0 to 10, got {retries!r}")
-    return retries
-
-
 class SyncClusterTransport:
     """Runs calls on a Redis Cluster for a sync publisher: `SyncTransport`'s interface.
 
@@ -60,7 +54,7 @@ class SyncClusterTransport:
         self.topology = topology if topology is not None else ClusterTopology(target, **redis_options)
         self.target = self.topology.target
         self.where = where or target.where
-        self._retries = _check_retries(retries)
+        self._retries = check_retries(retries)
 
     def node_client(self, node: NodeAddress) -> redis.Redis:
         """The pooled redis-py client to `node`, shared with `run` (closed by `close()`)."""
@@ -177,7 +171,7 @@ class AsyncClusterTransport:
         self.topology = topology if topology is not None else AsyncClusterTopology(target, **redis_options)
         self.target = self.topology.target
         self.where = where or target.where
-        self._retries = _check_retries(retries)
+        self._retries = check_retries(retries)
 
     def node_client(self, node: NodeAddress) -> redis.asyncio.Redis:
         """See `SyncClusterTransport.node_client`."""
