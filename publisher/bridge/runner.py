@@ -1,0 +1,207 @@
+"""The bridge process: subscribe to the producers' channels, decode, and, while this bridge
+holds the lease, carry each message out on the bus, in the order received.
+
+One worker carries messages out one after another: a producer's events for a room reach the
+bus in the order it sent them (what it relied on with Node's adapter). A standby is subscribed
+too (hot) but leaves every message to the active bridge; the lease is checked again right before
+each publish, so a bridge that lost it stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import redis
+import redis.asyncio
+from aiohttp import web
+
+from publisher.bridge import emitter, socketio_json
+from publisher.bridge.config import BridgeSettings
+from publisher.bridge.lease import ACTIVE, STANDBY, Lease
+from publisher.bridge.operations import Operation, Refused, RoomPublisher, carry_out, check_namespace
+from publisher.bridge.server import BridgeMetrics, routes, setup_logging
+from publisher.client import AsyncPublisher
+from publisher.cluster.urls import is_cluster_url, parse_cluster_url
+from publisher.errors import PublisherError
+from publisher.redis_url import async_client
+from publisher.transports import async_transport
+
+log = logging.getLogger("publisher.bridge")
+QUEUE_LIMIT = 10_000  # messages waiting for the bus; beyond it (the bus down for long), refused
+RESUBSCRIBE_AFTER_S = 1.0
+
+
+def subscriber_client(url: str) -> redis.asyncio.Redis:
+    """A client for classic pub/sub. On a Redis Cluster, PUBLISH reaches every node, so any
+    node will do: the first seed (the next ones are for the publisher's routing)."""
+    if is_cluster_url(url):
+        node = parse_cluster_url(url).seed_nodes()[0]
+        return redis.asyncio.Redis(**node.client_kwargs())
+    return async_client(url)
+
+
+class Bridge:
+    def __init__(self, settings: BridgeSettings, publisher: RoomPublisher, lease: Lease,
+                 metrics: BridgeMetrics) -> None:
+        self.settings = settings
+        self._pub = publisher
+        self.lease = lease
+        self.metrics = metrics
+        self.subscribed = False
+        self._queue: asyncio.Queue[tuple[str, Operation]] = asyncio.Queue(QUEUE_LIMIT)
+        self._request_head = settings.emitter_prefix + "-request#"
+
+    # -- readiness -----------------------------------------------------------------------------
+
+    def not_ready(self) -> str | None:
+        if not self.subscribed:
+            return "not subscribed to the producers' channels"
+        if self.lease.active() or (self.lease.role == STANDBY and self.lease.reachable):
+            return None
+        return "the lease cannot be read (Redis unreachable)"
+
+    # -- in: the producers' channels --------------------------------------------------------
+
+    def source_of(self, channel: str) -> str:
+        if channel == self.settings.socketio_channel:
+            return "python_socketio"
+        if channel.startswith(self._request_head):
+            return "emitter_request"
+        return "emitter"
+
+    def decode(self, source: str, channel: str, raw: bytes) -> Operation:
+        if source == "python_socketio":
+            return socketio_json.decode(raw)
+        check_namespace(emitter.namespace_of(channel, self.settings.emitter_prefix))
+        if source == "emitter_request":
+            return emitter.decode_request(raw)
+        return emitter.decode_broadcast(raw)
+
+    def on_message(self, channel: str, raw: bytes) -> None:
+        source = self.source_of(channel)
+        self.metrics.received.labels(source=source).inc()
+        if not self.lease.active():
+            self.metrics.skipped.labels(source=source).inc()
+            return
+        try:
+            op = self.decode(source, channel, raw)
+        except Refused as exc:
+            self._refuse(source, exc.reason, exc.detail)
+            return
+        try:
+            self._queue.put_nowait((source, op))
+        except asyncio.QueueFull:
+            self._refuse(source, "backlog", f"{QUEUE_LIMIT} messages wait for the bus already")
+
+    def _refuse(self, source: str, reason: str, detail: str) -> None:
+        self.metrics.refused.labels(source=source, reason=reason).inc()
+        log.warning("message refused: %s", detail, extra={"source": source, "reason": reason})
+
+    def _channels(self) -> tuple[list[str], list[str]]:
+        patterns, channels = [], []
+        if "emitter" in self.settings.sources:
+            patterns = [self.settings.emitter_prefix + "#*", self._request_head + "*"]
+        if "python-socketio" in self.settings.sources:
+            channels = [self.settings.socketio_channel]
+        return patterns, channels
+
+    async def listen(self) -> None:
+        """Subscribe, read, and subscribe again whenever the connection drops."""
+        patterns, channels = self._channels()
+        wanted = len(patterns) + len(channels)
+        while True:
+            client = subscriber_client(self.settings.redis_url)
+            pubsub = client.pubsub()
+            confirmed = 0
+            try:
+                if patterns:
+                    await pubsub.psubscribe(*patterns)
+                if channels:
+                    await pubsub.subscribe(*channels)
+                async for message in pubsub.listen():
+                    kind = message["type"]
+                    if kind in ("message", "pmessage"):
+                        self.on_message(_text(message["channel"]), message["data"])
+                    elif kind in ("subscribe", "psubscribe"):
+                        confirmed += 1
+                        if confirmed == wanted:
+                            self.subscribed = True
+                            self.metrics.subscribed.set(1)
+                            log.info("subscribed", extra={"patterns": patterns, "channels": channels})
+            except (redis.RedisError, OSError) as exc:
+                log.warning("producers' channels lost, subscribing again: %s", exc)
+            finally:
+                self.subscribed = False
+                self.metrics.subscribed.set(0)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await client.aclose()
+            await asyncio.sleep(RESUBSCRIBE_AFTER_S)
+
+    # -- out: the bus -------------------------------------------------------------------------
+
+    async def work(self) -> None:
+        while True:
+            source, op = await self._queue.get()
+            if not self.lease.active():  # lost since it was received: the new holder has it
+                self.metrics.skipped.labels(source=source).inc()
+                continue
+            try:
+                await carry_out(op, self._pub)
+            except PublisherError as exc:
+                self.metrics.publish_errors.inc()
+                log.error("bus operation failed, message lost: %s", exc, extra={"source": source})  # noqa: TRY400 - the reason is the message, no traceback
+            except ValueError as exc:  # the publisher's checks: event name, payload, room
+                self._refuse(source, "invalid", str(exc))
+            else:
+                self.metrics.bridged.labels(source=source).inc()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+async def serve(settings: BridgeSettings, stop: asyncio.Event | None = None) -> None:
+    """Run the bridge until `stop` is set (or SIGTERM / SIGINT)."""
+    setup_logging(settings.log_level)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    metrics = BridgeMetrics()
+    pub = AsyncPublisher(settings.redis_url, channel_prefix=settings.channel_prefix,
+                         key_prefix=settings.key_prefix, history_max_len=settings.history_max_len,
+                         recovery_window_s=settings.recovery_window_s)
+    lease_transport = async_transport(settings.redis_url)
+    lease = Lease(lease_transport, settings.lease_key, settings.bridge_id, ttl_ms=settings.lease_ttl_ms,
+                  renew_ms=settings.lease_renew_ms, on_role=metrics.set_role)
+    bridge = Bridge(settings, pub, lease, metrics)
+    app = web.Application()
+    app.add_routes(routes(metrics, bridge.not_ready))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    log.info("bridge started", extra={"settings": settings.public_view()})
+    tasks = [loop.create_task(coro, name=name) for name, coro in (
+        ("lease", lease.run()), ("listen", bridge.listen()), ("work", bridge.work()))]
+    try:
+        done = loop.create_task(stop.wait())
+        await asyncio.wait([done, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if lease.role == ACTIVE:
+            await lease.release()
+        await runner.cleanup()
+        await pub.close()
+        await lease_transport.close()
+        log.info("bridge stopped")
