@@ -33,7 +33,7 @@ def _unpack(raw: bytes) -> Any:
     try:
         # strict_map_key=False: a payload may use integer keys (then refused by the publisher's
         # payload checks with a clear message, not here with msgpack's)
-        return msgpack.unpackb(raw, raw=False, strict_map_key=False, max_buffer_size=MAX_MESSAGE_BYTES)
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise Refused("malformed", f"not msgpack: {exc}") from None
 

@@ -92,6 +92,10 @@ class Bridge:
         except Refused as exc:
             self._refuse(source, exc.reason, exc.detail)
             return
+        except Exception as exc:  # a decoder's bug must not end the bridge for everyone
+            log.exception("message refused: the decoder failed", extra={"source": source})
+            self._refuse(source, "malformed", f"the decoder failed: {type(exc).__name__}")
+            return
         try:
             self._queue.put_nowait((source, op))
         except asyncio.QueueFull:
