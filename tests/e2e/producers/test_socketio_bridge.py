@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+
 import pytest
 import socketio
 
