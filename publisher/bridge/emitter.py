@@ -81,7 +81,9 @@ def decode_request(raw: bytes) -> Operation:
     if not isinstance(request, dict):
         raise Refused("malformed", "a request must be an object")
     kind = request.get("type")
-    opts = request.get("opts") or {}
+    opts = request.get("opts")
+    if opts is None:
+        opts = {}
     if not isinstance(opts, dict):
         raise Refused("malformed", "opts must be an object")
     of = _rooms(opts.get("rooms"), "opts.rooms")
