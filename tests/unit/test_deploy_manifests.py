@@ -416,9 +416,11 @@ def test_selectors_and_ports_line_up() -> None:
         return all(labels.get(k) == v for k, v in selector.items())
 
     assert selects(service["spec"]["selector"], pod_labels)
-    assert selects(find("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], pod_labels)
-    assert find("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
-    assert selects(find("NetworkPolicy")["spec"]["podSelector"]["matchLabels"], pod_labels)
+    pdb = find("PodDisruptionBudget", "notification-gateway")
+    assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    policy = find("NetworkPolicy", "notification-gateway")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
     hpa = find("HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == gateway_deployment()["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] >= 2
@@ -434,7 +436,7 @@ def test_selectors_and_ports_line_up() -> None:
     redis_labels = redis["spec"]["template"]["metadata"]["labels"]
     egress_selectors = [
         peer["podSelector"]["matchLabels"]
-        for rule in find("NetworkPolicy")["spec"]["egress"]
+        for rule in policy["spec"]["egress"]
         for peer in rule["to"]
         if "podSelector" in peer and "namespaceSelector" not in peer
     ]
