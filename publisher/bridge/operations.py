@@ -9,6 +9,7 @@ room) and a `detail` for the log line.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol
 
 from publisher.envelope import NAMESPACE
@@ -48,8 +49,27 @@ class RoomsChange:
 Operation = Emit | RoomsChange
 
 
+def simple(op: Emit) -> bool:
+    """One room or everyone, no except room: an emit a publisher's pipeline can carry."""
+    return len(op.rooms) <= 1 and not op.excluded
+
+
+class Batch(Protocol):
+    """What the bridge needs of `AsyncPublishBatch`: emits checked as they are queued."""
+
+    def emit(self, event: str, data: Any, *, room: str | None = None, user: str | int | None = None,
+             broadcast: bool = False, strict: bool | None = None) -> None: ...
+
+    async def __aenter__(self) -> Batch: ...
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
+
+
 class RoomPublisher(Protocol):
     """What the bridge needs of `AsyncPublisher`."""
+
+    def pipeline(self) -> Batch: ...
 
     async def emit(self, event: str, data: Any, *, room: str | None = None,
                    user: str | int | None = None, broadcast: bool = False,
