@@ -40,7 +40,7 @@ from publisher.redis_url import async_client
 from publisher.transports import async_transport
 
 log = logging.getLogger("publisher.bridge")
-QUEUE_LIMIT = 10_000  # messages waiting for the bus; beyond it (the bus down for long), refused
+QUEUE_LIMIT = 10_000  # messages decoded and waiting for the bus; beyond it, reading waits
 BATCH_LIMIT = 500  # emits in one pipeline at most, as publisher.client.BATCH_SIZE
 RESUBSCRIBE_AFTER_S = 1.0
 
@@ -91,25 +91,22 @@ class Bridge:
             return emitter.decode_request(raw)
         return emitter.decode_broadcast(raw)
 
-    def on_message(self, channel: str, raw: bytes) -> None:
+    def on_message(self, channel: str, raw: bytes) -> tuple[str, Operation] | None:
+        """What to carry out for one message, or None (refused, counted; or left to the active
+        bridge)."""
         source = self.source_of(channel)
         self.metrics.received.labels(source=source).inc()
         if not self.lease.active():
             self.metrics.skipped.labels(source=source).inc()
-            return
+            return None
         try:
-            op = self.decode(source, channel, raw)
+            return source, self.decode(source, channel, raw)
         except Refused as exc:
             self._refuse(source, exc.reason, exc.detail)
-            return
         except Exception as exc:  # a decoder's bug must not end the bridge for everyone
             log.exception("message refused: the decoder failed", extra={"source": source})
             self._refuse(source, "malformed", f"the decoder failed: {type(exc).__name__}")
-            return
-        try:
-            self._queue.put_nowait((source, op))
-        except asyncio.QueueFull:
-            self._refuse(source, "backlog", f"{QUEUE_LIMIT} messages wait for the bus already")
+        return None
 
     def _refuse(self, source: str, reason: str, detail: str) -> None:
         self.metrics.refused.labels(source=source, reason=reason).inc()
@@ -139,7 +136,11 @@ class Bridge:
                 async for message in pubsub.listen():
                     kind = message["type"]
                     if kind in ("message", "pmessage"):
-                        self.on_message(_text(message["channel"]), message["data"])
+                        item = self.on_message(_text(message["channel"]), message["data"])
+                        if item is not None:
+                            # A full queue stops the reading: what follows waits in Redis's
+                            # output buffer for this client (client-output-buffer-limit pubsub).
+                            await self._queue.put(item)
                     elif kind in ("subscribe", "psubscribe"):
                         confirmed += 1
                         if confirmed == wanted:
