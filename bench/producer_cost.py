@@ -26,6 +26,8 @@ Two kinds of figures, each the median of --reps runs (modes alternate within a r
   bench/.venv-project, pinned to CPU 0) carries them onto the bus; measured: the bridge's CPU
   and Redis's CPU (/proc) from the first event until the bridge's metrics count them all
   bridged, per event, after 500 to warm up; and the emitter process's CPU net of start-up.
+  Back to back the bridge finds events waiting and sends them in pipelines; --bridge-pace-ms 2
+  (a trickle) gives the cost of one event at a time.
 
 Every event is the benchmark's coins:earned payload (with seq and sentAt) to user:(i % 1000),
 history on, as run.py publishes them. Redis's own CPU per event (/proc) is reported beside each:
@@ -139,17 +141,18 @@ def worker(a):
 # through the bridge: the Node emitter -> classic pub/sub -> python -m publisher bridge -> the bus
 DRIVER_DIR = os.path.join(os.path.dirname(HERE), "tests", "e2e", "driver")
 BRIDGE_PORT = 9190
-# argv: url key first count; publishes, then PINGs (so every PUBLISH was answered) and quits.
+# argv: url key first count pace (ms between events; 0: back to back); publishes, then PINGs (so every PUBLISH was answered) and quits.
 EMIT_JS = """
 import { createClient } from "redis";
 import { Emitter } from "@socket.io/redis-emitter";
-const [url, key, first, count] = process.argv.slice(-4);
+const [url, key, first, count, pace] = process.argv.slice(-5);
 const client = createClient({ url });
 await client.connect();
 const io = new Emitter(client, { key }).of("/notifications");
 for (let i = Number(first); i < Number(first) + Number(count); i++) {
   io.to(`user:${i % 1000}`).emit("coins:earned",
     { amount: 50, reason: "exercise_completed", newBalance: i, seq: i, sentAt: Date.now() });
+  if (Number(pace) > 0) await new Promise((resolve) => setTimeout(resolve, Number(pace)));
 }
 await client.ping();
 await client.quit();
@@ -184,7 +187,8 @@ def wait_bridged(port, want, timeout=60.0):
 
 
 def node_emit(a, url, first, count):
-    cmd = ["node", "--input-type=module", "-e", EMIT_JS, url, "socket.io", str(first), str(count)]
+    cmd = ["node", "--input-type=module", "-e", EMIT_JS, url, "socket.io", str(first), str(count),
+           str(a.bridge_pace_ms if count else 0)]
     p = subprocess.Popen(bench.pinned(a.producer_cpu, cmd), cwd=DRIVER_DIR, env=a.env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     rc, cpu = bench.wait_rusage(p, 60)
@@ -362,6 +366,9 @@ def main():
     p.add_argument("--emitters", default=",".join(EMITTERS), help="'' for none")
     p.add_argument("--no-emitters", action="store_true")
     p.add_argument("--bridge", action="store_true", help="also measure the Node emitter through the bridge")
+    p.add_argument("--bridge-pace-ms", type=float, default=0,
+                   help="ms between the emitter's events (0: back to back, the bridge batches; "
+                        "a pace the bridge keeps up with: one round trip per event)")
     p.add_argument("--split", action="store_true", help="producer on CPU 0, redis on CPU 1")
     p.add_argument("--redis-port", type=int, default=6390)
     p.add_argument("--project-src", default=None, help="run this copy of gateway/ and publisher/ (PYTHONPATH)")
