@@ -286,7 +286,6 @@ class Authenticator:
         """Swap in the keys of a newly fetched JWKS document (the static keys stay first)."""
         self._dynamic = tuple(self._entry(k) for k in keys)
         self._entries = self._static + self._dynamic
-        # Looked up on every handshake that names a kid: a set, not a scan of every key.
         self._kids = frozenset(e.kid for e in self._entries if e.kid is not None)
         self.jwks_loaded = True
 
@@ -310,7 +309,7 @@ class Authenticator:
         alg: str = header["alg"]
         kid: str | None = header.get("kid")
         entries = choose(self._entries, alg, kid)
-        unknown_kid = kid is not None and kid not in self._kids
+        unknown_kid = kid is not None and kid not in self._kids  # a set: no scan per handshake
         if unknown_kid and self.jwks_url:
             self.refresh_wanted.set()
         if not entries:
