@@ -202,7 +202,7 @@ class RedisBackend:
             raise BusUnavailable(str(exc)) from exc
 
     async def publish_event(self, event: str, data: Any, room: str | None) -> str:
-        call = self._commands.event(event, data, room=room, broadcast=room is None)
+        call = self._commands.publish([self._commands.event(event, data, room=room, broadcast=room is None)])
         [reply] = await self._run([call])
         return _text(reply[0])
 
