@@ -25,7 +25,8 @@ Two kinds of figures, each the median of --reps runs (modes alternate within a r
   node_modules) publishes EVENTS events to user:(i % 1000), `python -m publisher bridge` (under
   bench/.venv-project, pinned to CPU 0) carries them onto the bus; measured: the bridge's CPU
   and Redis's CPU (/proc) from the first event until the bridge's metrics count them all
-  bridged, per event, after 500 to warm up; and the emitter process's CPU net of start-up.
+  bridged, per event, net of what both burn idle (measured for 2 s before); after 500 to warm
+  up; and the emitter process's CPU net of start-up.
   Back to back the bridge finds events waiting and sends them in pipelines; --bridge-pace-ms 2
   (a trickle) gives the cost of one event at a time.
 
@@ -209,6 +210,14 @@ def run_bridge(a, procs, redis, url):
         node_emit(a, url, 0, WARMUP)
         wait_bridged(BRIDGE_PORT, WARMUP)
         base = node_emit(a, url, 0, 0)  # the emitter's start-up alone
+        # What the bridge (lease renewals, metrics polls) and Redis (its cron) cost doing
+        # nothing, per second: taken off the run's figures, which a trickle spreads thin.
+        i0, j0, ti = bench.proc_cpu_s(bridge.pid), bench.proc_cpu_s(redis.pid), time.perf_counter()
+        for _ in range(10):
+            bridged(BRIDGE_PORT)
+            time.sleep(0.2)
+        idle_b = (bench.proc_cpu_s(bridge.pid) - i0) / (time.perf_counter() - ti)
+        idle_r = (bench.proc_cpu_s(redis.pid) - j0) / (time.perf_counter() - ti)
         r0, b0 = bench.proc_cpu_s(redis.pid), bench.proc_cpu_s(bridge.pid)
         t0 = time.perf_counter()
         full = node_emit(a, url, WARMUP, a.events)
@@ -220,7 +229,10 @@ def run_bridge(a, procs, redis, url):
         if bridge.poll() is None:
             bridge.terminate()
             bridge.wait(5)
-    return {"bridge_us_per_event": (b1 - b0) * 1e6 / a.events, "redis_us_per_event": (r1 - r0) * 1e6 / a.events,
+    wall = t1 - t0
+    return {"bridge_us_per_event": (b1 - b0 - idle_b * wall) * 1e6 / a.events,
+            "redis_us_per_event": (r1 - r0 - idle_r * wall) * 1e6 / a.events,
+            "bridge_idle_ms_per_s": idle_b * 1e3, "redis_idle_ms_per_s": idle_r * 1e3,
             "emitter_us_per_event_net": (full - base) * 1e6 / a.events, "per_s": a.events / (t1 - t0),
             "bridge_rss_mib": rss}
 
@@ -351,7 +363,7 @@ def table(res):
                        f"{r.get('startup_cpu_ms')} | {r.get('per_s', 0):.0f} | {r.get('redis_us_per_event')} |")
     if "bridge" in res:
         r = res["bridge"]
-        out += ["", "| Node emitter -> bridge -> bus | bridge CPU us / event | redis CPU us / event | "
+        out += ["", "| Node emitter -> bridge -> bus | bridge CPU us / event (net of idle) | redis CPU us / event (net of idle) | "
                 "emitter CPU us / event, net | events/s | bridge RSS MiB |", "|---|---|---|---|---|---|",
                 f"| bridge | {r.get('bridge_us_per_event')} | {r.get('redis_us_per_event')} | "
                 f"{r.get('emitter_us_per_event_net')} | {r.get('per_s', 0):.0f} | {r.get('bridge_rss_mib')} |"]
