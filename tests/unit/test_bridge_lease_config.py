@@ -111,3 +111,14 @@ def test_a_bad_setting_is_named(env: dict[str, str], setting: str) -> None:
     with pytest.raises(config.ConfigError) as caught:
         config.load({}, env=env)
     assert str(caught.value).startswith(setting + ":"), caught.value
+
+
+def test_the_command_line_names_a_bad_setting(capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from publisher.__main__ import main
+
+    monkeypatch.delenv("BRIDGE_PORT", raising=False)
+    assert main(["bridge", "--port", "http"]) == 2
+    assert capsys.readouterr().err.startswith("publisher: BRIDGE_PORT: 'http' is not an integer")
+    assert main(["--redis-url", "ftp://x", "bridge"]) == 2
+    assert capsys.readouterr().err.startswith("publisher: REDIS_URL:")
