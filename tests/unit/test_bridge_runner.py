@@ -98,9 +98,9 @@ async def feed_and_work(bridge: Bridge, messages: list[tuple[str, bytes]]) -> No
     for channel, raw in messages:
         item = bridge.on_message(channel, raw)
         if item is not None:
-            await bridge._queue.put(item)  # noqa: SLF001 - what listen() does
+            await bridge._queue.put(item)
     worker = asyncio.get_running_loop().create_task(bridge.work())
-    while not bridge._queue.empty():  # noqa: SLF001
+    while not bridge._queue.empty():
         await asyncio.sleep(0)
     for _ in range(5):
         await asyncio.sleep(0)
