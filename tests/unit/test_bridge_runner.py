@@ -100,10 +100,9 @@ async def feed_and_work(bridge: Bridge, messages: list[tuple[str, bytes]]) -> No
         if item is not None:
             await bridge._queue.put(item)
     worker = asyncio.get_running_loop().create_task(bridge.work())
-    while not bridge._queue.empty():
-        await asyncio.sleep(0)
-    for _ in range(5):
-        await asyncio.sleep(0)
+    # the worker takes everything queued, then waits for more (it never ends by itself)
+    await asyncio.wait([worker], timeout=0.2)
+    assert bridge._queue.empty()
     worker.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await worker
