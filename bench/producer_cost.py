@@ -142,7 +142,8 @@ def worker(a):
 # through the bridge: the Node emitter -> classic pub/sub -> python -m publisher bridge -> the bus
 DRIVER_DIR = os.path.join(os.path.dirname(HERE), "tests", "e2e", "driver")
 BRIDGE_PORT = 9190
-# argv: url key first count pace (ms between events; 0: back to back); publishes, then PINGs (so every PUBLISH was answered) and quits.
+# argv: url key first count pace (ms between events; 0: back to back); publishes, then PINGs
+# (so every PUBLISH was answered) and quits.
 EMIT_JS = """
 import { createClient } from "redis";
 import { Emitter } from "@socket.io/redis-emitter";
@@ -363,7 +364,8 @@ def table(res):
                        f"{r.get('startup_cpu_ms')} | {r.get('per_s', 0):.0f} | {r.get('redis_us_per_event')} |")
     if "bridge" in res:
         r = res["bridge"]
-        out += ["", "| Node emitter -> bridge -> bus | bridge CPU us / event (net of idle) | redis CPU us / event (net of idle) | "
+        out += ["", "| Node emitter -> bridge -> bus | bridge CPU us / event (net of idle) | "
+                "redis CPU us / event (net of idle) | "
                 "emitter CPU us / event, net | events/s | bridge RSS MiB |", "|---|---|---|---|---|---|",
                 f"| bridge | {r.get('bridge_us_per_event')} | {r.get('redis_us_per_event')} | "
                 f"{r.get('emitter_us_per_event_net')} | {r.get('per_s', 0):.0f} | {r.get('bridge_rss_mib')} |"]
