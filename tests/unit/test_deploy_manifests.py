@@ -454,11 +454,12 @@ def test_ingress_timeouts_outlast_the_heartbeat() -> None:
     assert annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie"
 
 
-def test_servicemonitor_structure() -> None:
-    monitor = find("ServiceMonitor")
+@pytest.mark.parametrize("name", ["notification-gateway", "notification-bridge"])
+def test_servicemonitor_structure(name: str) -> None:
+    monitor = find("ServiceMonitor", name)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(monitor) <= {"apiVersion", "kind", "metadata", "spec"}
-    service = find("Service", "notification-gateway")
+    service = find("Service", name)
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert all(service["metadata"]["labels"].get(k) == v for k, v in selector.items())
     service_ports = {p["name"] for p in service["spec"]["ports"]}
