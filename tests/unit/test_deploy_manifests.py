@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from gateway.config import SETTINGS, ConfigError, load_settings
+from publisher.bridge.server import BridgeMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -72,14 +73,21 @@ PROCESS_METRICS = frozenset({
     "process_max_fds",
     "process_start_time_seconds",
 })
+# What `python -m publisher bridge` exports (publisher/bridge/server.py), from its registry.
+BRIDGE_METRICS = frozenset(
+    family.name + ("_total" if family.type == "counter" else "")
+    for family in BridgeMetrics().registry.collect()
+)
 KNOWN_METRICS = (
     GATEWAY_COUNTERS_GAUGES
+    | BRIDGE_METRICS
     | PROCESS_METRICS
     | {h + suffix for h in GATEWAY_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 )
 # What the dashboard must show, at the least.
 REQUIRED_ON_DASHBOARD = (
     GATEWAY_COUNTERS_GAUGES
+    | BRIDGE_METRICS
     | {h + "_bucket" for h in GATEWAY_HISTOGRAMS}
     | {"process_cpu_seconds_total", "process_resident_memory_bytes"}
 )
