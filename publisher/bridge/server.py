@@ -11,7 +11,14 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    generate_latest,
+)
 
 ROLES = ("starting", "active", "standby")
 
@@ -22,6 +29,7 @@ class BridgeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # CPU, memory, fds: as a replica's /metrics
         self.received = Counter("bridge_messages_received_total", "Messages read from producers' channels.",
                                 ["source"], registry=self.registry)
         self.bridged = Counter("bridge_messages_bridged_total", "Messages put on the bus.",

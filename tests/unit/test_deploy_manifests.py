@@ -76,7 +76,7 @@ PROCESS_METRICS = frozenset({
 # What `python -m publisher bridge` exports (publisher/bridge/server.py), from its registry.
 BRIDGE_METRICS = frozenset(
     family.name + ("_total" if family.type == "counter" else "")
-    for family in BridgeMetrics().registry.collect()
+    for family in BridgeMetrics().registry.collect() if not family.name.startswith("process_")
 )
 KNOWN_METRICS = (
     GATEWAY_COUNTERS_GAUGES
