@@ -90,8 +90,14 @@ def make() -> tuple[Bridge, FakePublisher, FakeLease, BridgeMetrics]:
 
 
 def count(metrics: BridgeMetrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels)
-    return value or 0.0
+    """One sample, read from the bridge's own counters (the registry's process collector reads
+    /proc, a blocking call in the event loop)."""
+    for metric in (metrics.received, metrics.bridged, metrics.refused, metrics.skipped, metrics.publish_errors):
+        for family in metric.collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+    return 0.0
 
 
 async def feed_and_work(bridge: Bridge, messages: list[tuple[str, bytes]]) -> None:
