@@ -43,6 +43,8 @@ log = logging.getLogger("publisher.bridge")
 QUEUE_LIMIT = 10_000  # messages decoded and waiting for the bus; beyond it, reading waits
 BATCH_LIMIT = 500  # emits in one pipeline at most, as publisher.client.BATCH_SIZE
 RESUBSCRIBE_AFTER_S = 1.0
+PING_AFTER_S = 5.0  # quiet for this long: PING the subscriber connection
+SILENT_AFTER_S = 15.0  # nothing at all (not even the PONG) for this long: the connection is dead
 
 
 def subscriber_client(url: str) -> redis.asyncio.Redis:
@@ -121,9 +123,12 @@ class Bridge:
         return patterns, channels
 
     async def listen(self) -> None:
-        """Subscribe, read, and subscribe again whenever the connection drops."""
+        """Subscribe, read, and subscribe again whenever the connection drops, or goes silent:
+        when nothing came for a while it PINGs, and a connection that does not answer within
+        `SILENT_AFTER_S` is taken for dead (a peer gone without a reset never says so)."""
         patterns, channels = self._channels()
         wanted = len(patterns) + len(channels)
+        loop = asyncio.get_running_loop()
         while True:
             client = subscriber_client(self.settings.redis_url)
             pubsub = client.pubsub()
@@ -133,7 +138,18 @@ class Bridge:
                     await pubsub.psubscribe(*patterns)
                 if channels:
                     await pubsub.subscribe(*channels)
-                async for message in pubsub.listen():
+                heard = pinged = loop.time()
+                while True:
+                    message = await pubsub.get_message(timeout=PING_AFTER_S)
+                    now = loop.time()
+                    if message is None:
+                        if now - heard > SILENT_AFTER_S:
+                            raise redis.ConnectionError(f"no answer from Redis for {SILENT_AFTER_S:.0f} s")
+                        if now - pinged >= PING_AFTER_S:
+                            await pubsub.ping()
+                            pinged = now
+                        continue
+                    heard = now
                     kind = message["type"]
                     if kind in ("message", "pmessage"):
                         item = self.on_message(_text(message["channel"]), message["data"])
@@ -141,6 +157,7 @@ class Bridge:
                             # A full queue stops the reading: what follows waits in Redis's
                             # output buffer for this client (client-output-buffer-limit pubsub).
                             await self._queue.put(item)
+                            heard = loop.time()
                     elif kind in ("subscribe", "psubscribe"):
                         confirmed += 1
                         if confirmed == wanted:
