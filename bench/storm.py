@@ -88,6 +88,7 @@ class Storm:
         self.recovered = [None] * n
         self.attempts = [0] * n
         self.refused = {}
+        self.first_refused = {}  # refusals of first connections (retried like reconnections)
         self.gave_up = 0
         self.dropped = 0
         self.back = 0
@@ -188,6 +189,7 @@ class Storm:
             "max_attempts_per_client": max(self.attempts) if self.attempts else 0,
             "refused": dict(sorted(self.refused.items(), key=lambda kv: -kv[1])),
             "refused_total": sum(self.refused.values()),
+            "first_connect_refused": self.first_refused,
             "lost_total": sum(lost),
             "lost_within_window": lost_in_window,
             "clients_with_loss": sum(1 for x in lost if x > 0),
@@ -254,17 +256,28 @@ async def client(sw, st, i, session, url, token_obj, sem):
     def on_event(raw):
         st.on_event(sw.phase, i, raw)
 
-    async with sem:
-        t = time.perf_counter()
-        try:
-            ws, reply = await open_socket(session, url, st.auth(i, token_obj), on_event, sw.a.connect_timeout)
-        except Refused as e:
-            return sw.err(e.reason)
-        st.connected(i, reply)
-        sw.connect_times.append(time.perf_counter() - t)
-        sw.connected += 1
-        sw.last_connect = time.perf_counter()
-        sw._one_done()
+    # The first connection retries a refusal with the backoff too (a client behind a NAT whose
+    # address ran out of handshakes comes back): refusals are counted in `first_refused`, and a
+    # client is a connect error only once it gives up (a CONNECT_ERROR, or the connect deadline).
+    backoff = Backoff()
+    end = time.time() + sw.a.connect_deadline
+    while True:
+        async with sem:
+            t = time.perf_counter()
+            try:
+                ws, reply = await open_socket(session, url, st.auth(i, token_obj), on_event, sw.a.connect_timeout)
+                break
+            except Refused as e:
+                refused = e
+        st.first_refused[refused.reason] = st.first_refused.get(refused.reason, 0) + 1
+        if refused.final or time.time() > end:
+            return sw.err(refused.reason)
+        await asyncio.sleep(backoff.duration() / 1000.0)
+    st.connected(i, reply)
+    sw.connect_times.append(time.perf_counter() - t)
+    sw.connected += 1
+    sw.last_connect = time.perf_counter()
+    sw._one_done()
     while True:
         await receive(sw, st, i, ws)
         st.t_drop[i] = time.time()
