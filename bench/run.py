@@ -53,9 +53,10 @@ CLUSTER_PRIMARIES = 3  # --redis cluster
 RUN_BUDGET_S = 85.0  # every run must end well under 90 s
 SETUP_HINT = "run bench/setup.sh"
 # Settings given to the project's gateways on top of its defaults. Every client of a run comes
-# from 127.0.0.1, which the default per-IP handshake limit (20/s, burst 100) would refuse past the
-# first hundred; behind a load balancer the real clients have their own addresses. Everything
-# else, recovery history included, stays at the project's defaults. --gateway-env overrides.
+# from 127.0.0.1, which the default per-IP handshake limit (100/s, burst 500) would refuse past
+# the first five hundred; behind a load balancer the real clients have their own addresses.
+# Everything else, recovery history included, stays at the project's defaults. --gateway-env
+# overrides. The storm scenario runs with admission on instead (--admission, --source-addrs).
 PROJECT_ENV = {"HANDSHAKE_RATE_PER_IP": "100000"}
 SCRIPT_COMMANDS = {"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"}
 # Phase verdicts: a core busier than this was the limit.
