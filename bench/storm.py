@@ -8,7 +8,10 @@ few thousand of them fit in one load generator process on the driver's core:
 - when the transport closes it waits `Backoff.duration()` and opens a new one, again after each
   failed attempt (Manager.reconnect, reconnectionAttempts Infinity), and gives up only on a
   CONNECT_ERROR packet (a middleware refusal: socket.io-client does not retry those);
-- an attempt that has not connected within `timeout` (20 s) fails and is retried.
+- an attempt whose Engine.IO OPEN has not arrived within `timeout` (20 s) fails and is retried
+  (Manager.open's timer, cleared once the engine is open); the Socket.IO CONNECT's answer is
+  then awaited with no timer of its own, only the engine's heartbeat: no ping for
+  pingInterval + pingTimeout (45 s) closes the engine, and that is an attempt failed.
 The refusals are counted by reason (`handshake_429`, `handshake_503`, `ClientConnectorError`
 for a refused TCP connection, `timeout`, ...).
 
@@ -31,7 +34,8 @@ CONNECTED = b"40/notifications"
 CONNECT_ERROR = b"44/notifications"
 DISCONNECT = b"41/notifications"
 TEXT = aiohttp.WSMsgType.TEXT
-CONNECT_TIMEOUT_S = 20.0  # socket.io-client's `timeout` default
+CONNECT_TIMEOUT_S = 20.0  # socket.io-client's `timeout` default: up to the Engine.IO OPEN
+HEARTBEAT_S = 45.0  # pingInterval + pingTimeout (the gateways' and socket.io's defaults)
 
 
 class Backoff:
@@ -209,14 +213,17 @@ async def open_socket(session, url, auth, on_event, timeout=CONNECT_TIMEOUT_S):
     -> (ws, CONNECT answer). Events that arrive before the answer are handed to on_event (a
     recovering server may replay before it). Raises Refused."""
     ws = None
+    waiting = "timeout"  # what a TimeoutError means: no OPEN in time, or a silent engine
     try:
         async with asyncio.timeout(timeout):
             ws = await session.ws_connect(url, autoping=True, heartbeat=None, compress=0,
                                           max_msg_size=1 << 20, decode_text=False)
             msg = await ws.receive()
-            if msg.type is not TEXT or not msg.data.startswith(b"0"):
-                raise Refused("no_open_packet")
-            await ws.send_str("40/notifications," + orjson.dumps(auth).decode())
+        if msg.type is not TEXT or not msg.data.startswith(b"0"):
+            raise Refused("no_open_packet")
+        await ws.send_str("40/notifications," + orjson.dumps(auth).decode())
+        waiting = "heartbeat_timeout"
+        async with asyncio.timeout(HEARTBEAT_S) as heartbeat:  # every ping re-arms it, as in the engine
             while True:
                 msg = await ws.receive()
                 if msg.type is not TEXT:
@@ -230,13 +237,14 @@ async def open_socket(session, url, auth, on_event, timeout=CONNECT_TIMEOUT_S):
                 if d.startswith(EVENT):
                     on_event(d[len(EVENT):])
                 elif d == b"2":
+                    heartbeat.reschedule(asyncio.get_running_loop().time() + HEARTBEAT_S)
                     await ws.send_str("3")
     except Refused:
         await _close(ws)
         raise
     except TimeoutError:
         await _close(ws)
-        raise Refused("timeout") from None
+        raise Refused(waiting) from None
     except aiohttp.WSServerHandshakeError as e:
         raise Refused(f"handshake_{e.status}") from None
     except (aiohttp.ClientError, OSError) as e:
