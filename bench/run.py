@@ -884,8 +884,10 @@ def storm_phase(a, procs, gateways, others, lg, result, spec, prod_env, left, lg
         "latency_ms_during_storm": (st.get("latency_ms") or {}).get("during_storm"),
     })
     # the verdict: the gateway's core saturated by B, or the driver's by the load generator
+    # (the driver's share: over the whole phase, its processes are not sampled at the kill)
     result["bottleneck_storm"] = verdict(during.get("core_util"), during.get("cpu0_busy"),
-                                         during.get("cpu1_busy"), None, "load generator")
+                                         during.get("cpu1_busy"), driver_util(result["delivery_phase"]),
+                                         "driver")
     if a.target == "project":
         result["b_counters"] = scrape_counters(a.base_port + 1, ("ws_handshakes_total", "ws_recoveries_total",
                                                                  "ws_errors_total"))
