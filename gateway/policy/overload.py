@@ -13,8 +13,9 @@ in time. Nobody is refused for good: the per-IP limit and this are both retried 
 
 Two signals, both about work the replica owns. Never a count of open but idle sessions: an
 attacker could pile those up for free (each is closed after HANDSHAKE_TIMEOUT anyway).
-- Event-loop lag: how late a callback scheduled every `PROBE_EVERY` s runs, or how overdue the
-  next one is already. It is the delay every step of every handshake is seeing right now.
+- Event-loop lag: how late a timer callback due `PROBE_EVERY` s after it was armed runs, or how
+  overdue the pending one is already. It is the delay every step of every handshake is seeing
+  right now.
 - Socket.IO CONNECTs in flight: from the CONNECT's arrival to its answer (the token check and,
   for a recovery, the Redis reads). Bounds what a slow Redis lets accumulate.
 """
@@ -23,42 +24,45 @@ from __future__ import annotations
 
 import asyncio
 
-PROBE_EVERY = 0.1  # seconds between lag probes: lag shows within this, at one timer's cost
+PROBE_EVERY = 0.1  # seconds from a probe's arming to its due time: lag shows within this
 
 
 class LoopLag:
-    """The running event loop's lag, measured by a timer callback that re-arms itself; started
-    by the first question (there is no loop before the replica serves)."""
+    """The running event loop's lag, measured by a timer callback armed when the question is
+    asked: while handshakes arrive (a storm) a probe is always pending and the answer is at most
+    `every` s old; an idle replica runs no timer at all."""
 
     def __init__(self, every: float = PROBE_EVERY) -> None:
         self._every = every
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._due = 0.0
-        self._last = 0.0
+        self._due: float | None = None  # the pending probe's due time
+        self._last = 0.0  # the last probe's delay...
+        self._last_at = float("-inf")  # ...measured then (loop time)
 
     def seconds(self) -> float:
         """How far behind the loop runs now (0.0 outside a running loop)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             try:
-                loop = asyncio.get_running_loop()
+                loop = self._loop = asyncio.get_running_loop()
             except RuntimeError:
                 return 0.0
-            self._arm(loop)
-            return 0.0
-        return max(self._last, loop.time() - self._due)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._due = loop.time() + self._every
-        loop.call_at(self._due, self._tick)
+            self._due = None
+        now = loop.time()
+        recent = self._last if now - self._last_at <= 2 * self._every else 0.0
+        if self._due is None:
+            self._due = now + self._every
+            loop.call_at(self._due, self._tick)
+            return recent
+        return max(recent, now - self._due)
 
     def _tick(self) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
+        loop, due = self._loop, self._due
+        if loop is None or due is None:
             return
-        self._last = max(0.0, loop.time() - self._due)
-        self._arm(loop)
+        self._last_at = loop.time()
+        self._last = max(0.0, self._last_at - due)
+        self._due = None
 
 
 class Overload:
