@@ -554,8 +554,10 @@ def test_connections_at_scale_component_fits_the_sizing_formula(tmp_path: Path) 
     base_mib, rss_kib, kernel_kib = map(float, figures.groups())
     needed_mib = 1.2 * (base_mib + 100_000 * (rss_kib + kernel_kib) / 1024)
     rendered = kustomize_build(overlay(tmp_path, [K8S / "components" / "connections-at-scale"]))
-    deployment = next(d for d in rendered if d["kind"] == "Deployment")
-    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    deployment = next(d for d in rendered
+                      if d["kind"] == "Deployment" and d["metadata"]["name"] == "notification-gateway")
+    resources = next(c for c in deployment["spec"]["template"]["spec"]["containers"]
+                     if c["name"] == "gateway")["resources"]
     units = {"Mi": 1, "Gi": 1024}
     limit_mib = float(resources["limits"]["memory"][:-2]) * units[resources["limits"]["memory"][-2:]]
     assert limit_mib >= needed_mib, f"limit {limit_mib} MiB < {needed_mib:.0f} MiB by the formula"
