@@ -23,9 +23,10 @@ from collections.abc import Sequence
 import jwt
 from aiohttp import web
 
-from gateway.app import GATEWAY, create_app
+from gateway.app import GATEWAY, create_app, native_acceptor
 from gateway.config import SETTINGS, ConfigError, Settings, load_settings
 from gateway.logs import configure
+from gateway.ws import listen
 from publisher.cluster import ClusterModeError
 from publisher.redis_url import redact
 
@@ -90,9 +91,14 @@ async def serve(settings: Settings) -> None:
     except ClusterModeError as exc:
         sys.stderr.write(f"gateway: REDIS_URL: {exc}\n")
         raise SystemExit(2) from None
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=4096)
+    gateway = app[GATEWAY]
+    http = runner.server
+    assert http is not None  # set by setup()
     try:
-        await site.start()
+        # One listening socket: WebSocket sessions are accepted natively (gateway/ws), every
+        # other request is handed to aiohttp's server.
+        listener = await listen(native_acceptor(gateway), http, settings.host, settings.port,
+                                head_timeout=settings.handshake_timeout)
     except OSError as exc:
         await runner.cleanup()
         if exc.errno == errno.EADDRINUSE:
@@ -101,7 +107,6 @@ async def serve(settings: Settings) -> None:
         else:
             sys.stderr.write(f"gateway: cannot listen on {settings.host}:{settings.port}: {exc.strerror}\n")
         raise SystemExit(1) from None
-    gateway = app[GATEWAY]
     _tune_gc()
     log.info("listening", extra={"host": settings.host, "port": settings.port,
                                  "bus": gateway.backend.name, "settings": settings.public_view()})
@@ -126,6 +131,8 @@ async def serve(settings: Settings) -> None:
         await gateway.drain(settings.drain_seconds)
     else:
         await gateway.drain(0)
+    listener.close()
+    gateway.close_websockets()  # what the drain left (sessions that never connected a namespace)
     await runner.cleanup()
     log.info("stopped")
 

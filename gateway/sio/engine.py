@@ -340,7 +340,7 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
     async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
         if event == "connect":
             sock = self.sockets.get(args[0])
-            if sock is not None and type(sock) is not FastSocket:
+            if sock is not None and not isinstance(sock, FastSocket):
                 sock.__class__ = FastSocket  # a polling session: python-engineio made it
                 opening = sock.queue.peek()
                 if opening is not None and opening.packet_type == eio_packet.OPEN and isinstance(opening.data, dict):
