@@ -3,7 +3,8 @@ python-engineio's or aiohttp's internals.
 
 The gateway keeps python-socketio's packet parsing and sid bookkeeping and python-engineio's
 polling transport, and replaces what costs most with a large idle fleet (see engine.py,
-socket.py, and native.py: WebSocket sessions accepted below aiohttp by gateway/ws). That reaches past the libraries' public API. Every name listed here is relied on;
+socket.py, and native.py: WebSocket sessions accepted below aiohttp by gateway/ws). That reaches
+past the libraries' public API. Every name listed here is relied on;
 tests/unit/test_library_fence.py fails, naming it, when one is gone or changed shape, and also
 when the code here starts using a library's private name that is not listed. pyproject.toml pins
 the three libraries to the versions checked (`scripts/test --versions oldest|newest`).

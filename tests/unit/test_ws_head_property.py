@@ -4,6 +4,8 @@ or refused with BadRequest naming the problem, never another exception."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,16 +70,19 @@ def test_garbage_after_a_candidate_request_line_is_bad_request_or_a_head(garbage
     raw = b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n" + garbage + b"\r\n\r\n"
     assert route(raw) is True
     end = head_end(raw)
+    refused: BadRequest | None = None
     try:
         head = parse_head(raw[:end])
     except BadRequest as exc:
-        assert exc.reason
-        assert exc.status == 400
+        refused = exc
+    if refused is not None:
+        assert refused.reason
+        assert refused.status == 400
         return
     assert head.method == "GET"
+    if "websocket" in head.header("upgrade").lower() and head.header("sec-websocket-version") == "13":
+        return  # garbage that happens to be an upgrade's headers: check_upgrade decides on the key
     with pytest.raises(BadRequest):
-        if "websocket" in head.header("upgrade").lower() and head.header("sec-websocket-version") == "13":
-            pytest.skip("garbage happened to be a valid upgrade")
         check_upgrade(head)
 
 
@@ -87,10 +92,8 @@ def test_any_bytes_route_without_error(data: bytes) -> None:
     assert route(data) in (True, False, None)
     end = head_end(data)
     if end > 0:
-        try:
+        with contextlib.suppress(BadRequest):
             parse_head(data[:end])
-        except BadRequest:
-            pass
 
 
 @pytest.mark.parametrize(("head", "why"), [
