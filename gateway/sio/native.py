@@ -5,8 +5,12 @@ A fresh WebSocket session (`GET /socket.io/?EIO=4&transport=websocket`, no sid) 
 `engine.GatewayEngineIO` makes on aiohttp's path, in the same order with the same answers:
 admission (per-address rate, draining), the Engine.IO version, the Origin; then the upgrade
 itself (RFC 6455), python-socketio's `connect` event, the 101 and the OPEN packet in one write.
-What is not a fresh WebSocket session (an upgrade from polling, a request without `Upgrade`) is
-left to aiohttp and python-engineio, unchanged.
+An upgrade from polling (`sid=...`) of a session that may upgrade (connected, on polling, not
+upgrading) is taken over natively too: the 101, then the probe of Engine.IO v4 (`2probe`,
+`3probe`, the NOOP that ends the pending poll, `5`), then the session writes to the WebSocket.
+A failed probe closes the WebSocket and leaves the session on polling, as before. Whatever is
+not clearly one of those two (a request without `Upgrade`, an unknown or closed session, a
+second upgrade) is left to aiohttp and python-engineio, which answer it as they always did.
 
 `NativeSocket` is a `FastSocket` fed by `WebSocketProtocol` instead of a reader coroutine: a PONG
 is handled on the spot; Engine.IO MESSAGEs, the client's CLOSE and the end of the connection
@@ -23,6 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 import orjson
+from engineio import packet as eio_packet
 
 from gateway.delivery.frames import ws_text_frame
 from gateway.sio.engine import GatewayEngineIO
@@ -65,15 +70,66 @@ class NativeSocket(FastSocket):
 
     _inbox: deque[Any] | None = None  # set while its task runs
     _paused = False
+    _probe: asyncio.Transport | None = None  # the WebSocket of an upgrade under way
+    _probed = False  # ... whose `2probe` was answered
+    _probe_timer: asyncio.TimerHandle | None = None
 
     def attach(self, transport: asyncio.Transport) -> None:
         self.connected = True
         self.upgraded = True
         self._tr = transport
 
+    # -- an upgrade from polling ------------------------------------------------------------------
+
+    def begin_upgrade(self, transport: asyncio.Transport) -> None:
+        self.upgrading = True
+        self._probe = transport
+        self._probed = False
+        self._arm_probe_timer()
+
+    def _arm_probe_timer(self) -> None:
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+        self._probe_timer = asyncio.get_running_loop().call_later(
+            self.server.ping_interval + self.server.ping_timeout, self._abandon_upgrade)
+
+    def _probe_step(self, text: str | None) -> None:
+        tr = self._probe
+        assert tr is not None
+        if not self._probed and text == "2probe":
+            tr.write(ws_text_frame(b"3probe"))
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
+            self._probed = True
+            self._arm_probe_timer()
+        elif self._probed and text == "5":
+            self._end_probe()
+            self.upgraded = True
+            self.take_over(tr)
+        else:
+            self._abandon_upgrade()
+
+    def _end_probe(self) -> None:
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+        self._probe = None
+        self.upgrading = False
+
+    def _abandon_upgrade(self) -> None:
+        """The probe failed (wrong packet, timeout, the WebSocket gone): the WebSocket is
+        closed, the session goes on polling."""
+        tr = self._probe
+        self._end_probe()
+        if tr is not None and not tr.is_closing():
+            tr.write(close_frame(NORMAL))
+            tr.close()
+
     # -- what WebSocketProtocol tells -------------------------------------------------------------
 
     def on_text(self, text: str) -> None:
+        if self._probe is not None:
+            self._probe_step(text)
+            return
         kind = text[:1]
         if kind == "4":
             self._take(text[1:])
@@ -85,15 +141,25 @@ class NativeSocket(FastSocket):
             self._take(_Mark("not an engine.io packet"))
 
     def on_binary(self, data: bytes) -> None:
+        if self._probe is not None:
+            self._probe_step(None)
+            return
         self._take(data)
 
     def on_protocol_error(self, reason: str) -> None:
+        if self._probe is not None:
+            self._abandon_upgrade()
+            return
         self._take(_Mark(reason))
 
     def on_lost(self) -> None:
-        # `_tr` stays (closing: writes to it are dropped) until the session is closed: without it
-        # the socket would look like a polling one and queue what is sent meanwhile.
-        self._take(_LOST)
+        if self._probe is not None:
+            self._abandon_upgrade()
+        elif self._tr is not None:
+            # `_tr` stays (closing: writes to it are dropped) until the session is closed:
+            # without it the socket would look like a polling one and queue what is sent meanwhile.
+            self._take(_LOST)
+        # else: the WebSocket of a failed upgrade, or of a session already closed
 
     # -- the inbox -------------------------------------------------------------------------------
 
@@ -162,9 +228,10 @@ class NativeAcceptor:
 
     def open(self, head: RequestHead, transport: asyncio.Transport) -> bytes | NativeSocket | None:
         query = head.query
-        if "sid" in query or query.get("transport") != "websocket" \
-                or "websocket" not in head.header("upgrade").lower():
-            return None  # python-engineio's, on aiohttp: upgrades from polling, odd requests
+        if query.get("transport") != "websocket" or "websocket" not in head.header("upgrade").lower():
+            return None  # python-engineio's, on aiohttp
+        if "sid" in query:
+            return self._upgrade(head, query["sid"], transport)
         eio = self.eio
         admission = eio.admission
         if admission is not None:
@@ -173,9 +240,9 @@ class NativeAcceptor:
                 return http_response(refused.status, orjson.dumps(refused.body()), headers=refused.headers())
         if query.get("EIO") != "4":
             return http_response(400, b'{"code":5,"message":"Unsupported protocol version"}')
-        origin = head.header("origin")
-        if origin and eio.allowed_origins is not None and origin not in eio.allowed_origins:
-            return http_response(400, orjson.dumps({"code": 3, "message": f"{origin} is not an accepted origin."}))
+        if not self._origin_allowed(head):
+            return http_response(400, orjson.dumps({"code": 3, "message": f"{head.header('origin')} is not an "
+                                                                          "accepted origin."}))
         key = check_upgrade(head)
         sid: str = eio.generate_id()
         sock = NativeSocket(eio, sid)
@@ -191,3 +258,22 @@ class NativeAcceptor:
         sock.attach(transport)
         sock.schedule_ping()
         return sock
+
+    def _origin_allowed(self, head: RequestHead) -> bool:
+        origin = head.header("origin")
+        allowed = self.eio.allowed_origins
+        return not origin or allowed is None or origin in allowed
+
+    def _upgrade(self, head: RequestHead, sid: str, transport: asyncio.Transport) -> NativeSocket | None:
+        """An upgrade from polling, taken over when nothing about it is doubtful; None leaves it
+        to python-engineio (which refuses what is wrong with its own answers)."""
+        sock = self.eio.sockets.get(sid)
+        if type(sock) is not FastSocket or not sock.connected or sock.closed or sock.closing \
+                or sock.upgrading or sock.upgraded or not self._origin_allowed(head):
+            return None
+        key = check_upgrade(head)
+        sock.__class__ = NativeSocket  # the same layout: FastSocket with the native handlers
+        native: NativeSocket = sock
+        transport.write(switching(key))
+        native.begin_upgrade(transport)
+        return native
