@@ -3,6 +3,7 @@ idle connection, and what parsing a request head and unmasking a frame cost.
 
     python bench/accept_micro.py                     # every candidate that is installed
     python bench/accept_micro.py --clients 4000 --only native,aiohttp
+    python bench/accept_micro.py --only none --gateway-trees ../main-checkout,.   # whole replicas
 
 Candidates (each a server in a process of its own, on uvloop, pinned to CPU 0 when it can be):
 - `aiohttp`: the gateway's former path, `web.WebSocketResponse` in a request handler that waits
@@ -35,6 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Candidates installed elsewhere (not dependencies of the project), searched after everything else:
+# ACCEPT_MICRO_EXTRA_SITE=/tmp/candidates/lib/python3.11/site-packages
+sys.path += [p for p in os.environ.get("ACCEPT_MICRO_EXTRA_SITE", "").split(":") if p]
 
 HEAD = (b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
         b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
@@ -159,6 +163,61 @@ def measure(kind: str, clients: int, port: int) -> dict[str, float]:
         server.wait(10)
 
 
+# -- whole replicas: the gateway of a source tree, full Engine.IO + Socket.IO handshakes ---------------
+
+GATEWAY_SECRET = "b" * 40
+
+
+def sio_handshake(port: int, token: str) -> socket.socket:
+    """A WebSocket session with the Socket.IO CONNECT of /notifications answered."""
+    sock = handshake(port)
+    connect = f'40/notifications,{{"token":"{token}"}}'.encode()
+    key = os.urandom(4)
+    n = len(connect)
+    masked = bytes(c ^ key[i % 4] for i, c in enumerate(connect))
+    sock.sendall(bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big") + key + masked if n >= 126
+                 else bytes((0x81, 0x80 | n)) + key + masked)
+    got = b""
+    while b"40/notifications,{" not in got:
+        chunk = sock.recv(4096)
+        if not chunk or b"44/notifications" in got:
+            raise RuntimeError(f"CONNECT refused: {got!r}")
+        got += chunk
+    return sock
+
+
+def measure_gateway(tree: str, clients: int, port: int) -> dict[str, float]:
+    import jwt
+
+    env = {k: v for k, v in os.environ.items() if k not in {"PORT", "HOST", "REDIS_URL"}}
+    env.update(PYTHONPATH=tree, JWT_SECRET=GATEWAY_SECRET, PORT=str(port), HOST="127.0.0.1", LOG_LEVEL="warning",
+               MAX_CONNECTIONS_PER_USER="100000")
+    server = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "gateway"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tree)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            time.sleep(0.1)
+        now = int(time.time())
+        tokens = [jwt.encode({"sub": str(i % 1000), "role": "student", "classrooms": ["1"], "iat": now,
+                              "exp": now + 3600}, GATEWAY_SECRET, algorithm="HS256") for i in range(clients)]
+        for t in tokens[:50]:  # warm up
+            sio_handshake(port, t).close()
+        time.sleep(1.0)
+        cpu0, rss0 = proc_cpu(server.pid), proc_rss_kib(server.pid)
+        socks = [sio_handshake(port, t) for t in tokens]
+        time.sleep(1.0)
+        cpu1, rss1 = proc_cpu(server.pid), proc_rss_kib(server.pid)
+        for s in socks:
+            s.close()
+        return {"cpu_us": (cpu1 - cpu0) * 1e6 / clients, "rss_kib": (rss1 - rss0) / clients, "base_mib": rss0 / 1024}
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 # -- in-process micro figures ------------------------------------------------------------------------
 
 def per_call_us(stmt: object, number: int) -> float:
@@ -232,13 +291,24 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=3000)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--only", default="aiohttp,native,picows")
+    p.add_argument("--gateway-trees", default="",
+                   help="comma-separated source trees of the gateway (e.g. main's and this branch's): each "
+                        "is run as a replica (in-memory bus) and measured with full Socket.IO handshakes")
     args = p.parse_args()
     if args.serve:
         serve(args.serve, args.port)
         return
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {1})
-    for kind in args.only.split(","):
+    for tree in filter(None, args.gateway_trees.split(",")):
+        runs = [measure_gateway(tree, args.clients, args.port + 10 + i) for i in range(args.reps)]
+        cpu = sorted(r["cpu_us"] for r in runs)[len(runs) // 2]
+        rss = sorted(r["rss_kib"] for r in runs)[len(runs) // 2]
+        each = ", ".join(f"{r['cpu_us']:.0f} µs / {r['rss_kib']:.2f} KiB" for r in runs)
+        print(f"gateway {tree}: {args.clients} Socket.IO clients on WebSocket: CPU per handshake {cpu:.0f} µs, "
+              f"RSS per connection {rss:.2f} KiB (runs: {each}; RSS before the clients "
+              f"{runs[0]['base_mib']:.1f} MiB)", flush=True)
+    for kind in filter(None, args.only.replace("none", "").split(",")):
         if kind == "picows":
             try:
                 import picows  # noqa: F401

@@ -9,6 +9,7 @@ headers are kept only while the handshake runs; a connection keeps none of them.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl
 
 MAX_HEAD = 16384  # bytes; aiohttp's limit for one header line is 8190
@@ -82,11 +83,11 @@ def head_end(buffer: bytes) -> int:
 def parse_head(head: bytes) -> RequestHead:
     """Parse a complete request head (request line, header lines, blank line)."""
     try:
-        text = head.decode("latin-1") if head.isascii() else head.decode("utf-8")
+        text = head.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("request head is not UTF-8") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
+    line_end = text.find("\r\n")
+    parts = text[:line_end].split(" ")
     if len(parts) != 3:
         raise BadRequest("malformed request line")
     method, target, version = parts
@@ -94,27 +95,56 @@ def parse_head(head: bytes) -> RequestHead:
         raise BadRequest("unsupported HTTP version")
     if not method.isalpha() or not method.isupper():
         raise BadRequest("malformed method")
-    path, _, qs = target.partition("?")
-    if not path.startswith("/") or any(c in target for c in "\x00\t\x7f"):
+    if not target.startswith("/") or _TARGET_BAD.search(target):
         raise BadRequest("malformed request target")
+    block = text[line_end + 2:]
+    if _HEADER_BLOCK.fullmatch(block) is None:
+        bad = _CONTROL.search(block)
+        raise BadRequest("control character in a header value" if bad else "malformed header line")
+    pairs = [line.partition(":") for line in block[:-4].split("\r\n")] if len(block) > 2 else []
+    headers = Headers((name.lower(), value.strip(" \t")) for name, _, value in pairs)
+    if len(headers) != len(pairs):
+        headers = _merged(pairs)
+    path, _, qs = target.partition("?")
+    return RequestHead(method, path, _query(qs), headers)
+
+
+# A header block: lines `token: value` (no control character but tab in the value), CRLF each,
+# then the blank line. Checked by one regular expression, in C, instead of per character.
+_HEADER_BLOCK = re.compile(r"(?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+_TARGET_BAD = re.compile(r"[\x00-\x20\x7f]")
+_SINGLE = frozenset({"host", "sec-websocket-key", "authorization", "upgrade", "sec-websocket-version"})
+
+
+def _merged(pairs: list[tuple[str, str, str]]) -> Headers:
+    """Headers where a name repeats: values joined with commas (RFC 9110), except the names a
+    request may carry once."""
     headers = Headers()
-    for line in lines[1:]:
-        if not line:
-            continue  # the blank line(s) at the end
-        name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip() or " " in name or "\t" in name:
-            raise BadRequest("malformed header line")
-        if any(ord(c) < 32 and c != "\t" for c in value):
-            raise BadRequest("control character in a header value")
+    for name, _, raw in pairs:
         key = name.lower()
-        value = value.strip(" \t")
+        value = raw.strip(" \t")
         if dict.__contains__(headers, key):
-            if key in ("host", "sec-websocket-key", "authorization", "upgrade", "sec-websocket-version"):
+            if key in _SINGLE:
                 raise BadRequest(f"repeated {name} header")
             dict.__setitem__(headers, key, f"{dict.__getitem__(headers, key)}, {value}")
         else:
             dict.__setitem__(headers, key, value)
+    return headers
+
+
+def _query(qs: str) -> dict[str, str]:
+    """The query's parameters; the first value of a repeated one wins, as with aiohttp's
+    `request.query.get`."""
     query: dict[str, str] = {}
-    for key, value in parse_qsl(qs, keep_blank_values=True):
-        query.setdefault(key, value)  # the first value wins, as with aiohttp's `request.query.get`
-    return RequestHead(method, path, query, headers)
+    if not qs:
+        return query
+    if "%" in qs or "+" in qs:
+        for key, value in parse_qsl(qs, keep_blank_values=True):
+            query.setdefault(key, value)
+        return query
+    for pair in qs.split("&"):
+        if pair:
+            key, _, value = pair.partition("=")
+            query.setdefault(key, value)
+    return query
