@@ -94,11 +94,15 @@ async def serve(settings: Settings) -> None:
     gateway = app[GATEWAY]
     http = runner.server
     assert http is not None  # set by setup()
+    listener: asyncio.Server | None = None
     try:
-        # One listening socket: WebSocket sessions are accepted natively (gateway/ws), every
-        # other request is handed to aiohttp's server.
-        listener = await listen(native_acceptor(gateway), http, settings.host, settings.port,
-                                head_timeout=settings.handshake_timeout)
+        if settings.ws_accept == "native":
+            # One listening socket: WebSocket sessions are accepted natively (gateway/ws), every
+            # other request is handed to aiohttp's server.
+            listener = await listen(native_acceptor(gateway), http, settings.host, settings.port,
+                                    head_timeout=settings.handshake_timeout)
+        else:
+            await web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=4096).start()
     except OSError as exc:
         await runner.cleanup()
         if exc.errno == errno.EADDRINUSE:
@@ -131,8 +135,9 @@ async def serve(settings: Settings) -> None:
         await gateway.drain(settings.drain_seconds)
     else:
         await gateway.drain(0)
-    listener.close()
-    gateway.close_websockets()  # what the drain left (sessions that never connected a namespace)
+    if listener is not None:
+        listener.close()
+        gateway.close_websockets()  # what the drain left (sessions that never connected a namespace)
     await runner.cleanup()
     log.info("stopped")
 
