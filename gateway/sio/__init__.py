@@ -37,9 +37,11 @@ Private names of python-socketio:
 - `socketio.AsyncServer._handle_disconnect`: overridden: the reason is kept for the metrics.
 - `socketio.AsyncServer._send_packet`: CONNECT, CONNECT_ERROR and ACK replies are sent with it.
 
-Private name of aiohttp:
+Private names of aiohttp:
 - `aiohttp.web.WebSocketResponse._writer`: its `transport` is where engine.py writes the OPEN
   packet and FastSocket every frame (prebuilt, one write per loop turn).
+- `aiohttp._websocket.helpers.websocket_mask`: gateway/ws/frames.py unmasks client frames of 64
+  bytes and more with it (C, in place on a bytearray); without it, a slower pure-Python way.
 
 Undocumented state and hooks, not underscored but internal all the same:
 - `engineio.async_socket.AsyncSocket.__class__`: a polling socket python-engineio made becomes a

@@ -357,6 +357,31 @@ async def test_aiohttps_server_is_a_protocol_factory_for_a_handed_over_connectio
         await runner.cleanup()
 
 
+def test_aiohttps_mask_helper_unmasks_in_place_as_rfc_6455_says() -> None:
+    from aiohttp._websocket.helpers import websocket_mask
+
+    from gateway.ws import frames
+
+    key, data = b"\x01\x80\xfe\x7f", bytes(range(256)) * 3
+    buf = bytearray(data)
+    websocket_mask(key, buf)
+    assert bytes(buf) == bytes(b ^ key[i % 4] for i, b in enumerate(data)), gone(
+        "aiohttp._websocket.helpers.websocket_mask", "no longer XORs the bytearray in place with the key")
+    assert frames.unmask(data, key) == frames._unmask_int(data, key) == bytes(buf)
+
+
+def test_gateway_ws_imports_only_listed_private_modules() -> None:
+    """gateway/ws may use a library's private module only for what the fence lists."""
+    listed = set(fence())
+    for path in sorted((ROOT / "gateway" / "ws").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__" and any(
+                    part.startswith("_") for part in node.module.split(".")):
+                for alias in node.names:
+                    assert f"{node.module}.{alias.name}" in listed, (
+                        f"{path.name} imports {node.module}.{alias.name}: list it in gateway/sio/__init__.py")
+
+
 # -- what the list must cover ----------------------------------------------------------------------
 
 def _library_surfaces() -> list[Any]:
