@@ -21,6 +21,7 @@ in it (python-socketio's handlers are coroutines). An idle socket has no task.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Coroutine
 from types import MappingProxyType
@@ -35,6 +36,8 @@ from gateway.sio.socket import FastSocket
 from gateway.ws.frames import NORMAL, close_frame
 from gateway.ws.handshake import check_upgrade, http_response, switching
 from gateway.ws.head import RequestHead
+
+log = logging.getLogger("gateway.sio.native")
 
 # Messages a client may have waiting before its connection stops being read.
 INBOX_PAUSE = 32
@@ -182,18 +185,23 @@ class NativeSocket(FastSocket):
         try:
             while inbox:
                 item = inbox.popleft()
-                if item is _LOST:
-                    await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
-                    break
-                if self.closed:
-                    continue  # nothing more counts; wait for the transport's end
-                if item is _CLIENT_CLOSE:
-                    await self.close(wait=False, abort=True, reason=server.reason.CLIENT_DISCONNECT)
-                    self._close_gracefully()
-                elif isinstance(item, _Mark):
-                    server.on_bad_packet(self, item.reason)
-                else:
-                    await trigger("message", self.sid, item, run_async=False)
+                try:
+                    if item is _LOST:
+                        await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+                        break
+                    if self.closed:
+                        continue  # nothing more counts; wait for the transport's end
+                    if item is _CLIENT_CLOSE:
+                        await self.close(wait=False, abort=True, reason=server.reason.CLIENT_DISCONNECT)
+                        self._close_gracefully()
+                    elif isinstance(item, _Mark):
+                        server.on_bad_packet(self, item.reason)
+                    else:
+                        await trigger("message", self.sid, item, run_async=False)
+                except Exception:  # a bug costs this client its connection, never its session's end
+                    log.exception("engine.io packet handling failed; closing the connection",
+                                  extra={"eio_sid": self.sid})
+                    self.close_transport()
         finally:
             self._inbox = None
             if self._paused:
