@@ -201,7 +201,7 @@ async def test_a_websocket_is_answered_101_and_its_frames_reach_the_session(list
     (bytes((0x81, 0x01)) + b"3", 1002),  # unmasked
     (masked(TEXT, b"\xff"), 1007),
     (bytes((0x82, 0xFE)) + struct.pack("!H", 5000) + b"\0\0\0\0", 1009),
-])
+], ids=["unmasked", "not-utf8", "oversize"])
 async def test_a_broken_frame_closes_with_its_code(listener: Listener, frame: bytes, code: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     writer.write(ws_head())
