@@ -188,3 +188,20 @@ async def test_an_unknown_session_is_python_engineios_to_refuse(replica: Replica
     client, head = await Client.connect(replica.port, "EIO=4&transport=websocket&sid=nope")
     assert head.startswith(b"HTTP/1.1 400"), head
     client.close()
+
+
+async def test_a_burst_of_packets_is_handled_in_order_and_reading_resumes(replica: Replica) -> None:
+    """More packets than the inbox holds before the connection stops being read (INBOX_PAUSE),
+    in one write: every one is handled, in order, and the connection is read again after."""
+    client, _ = await Client.connect(replica.port, "EIO=4&transport=websocket")
+    await client.recv_text()  # OPEN
+    client.send(f"40{NS}," + orjson.dumps({"token": token()}).decode())
+    assert (await client.recv_text()).startswith(f"40{NS},")
+    for i in range(1, 41):  # RATE_LIMIT_BURST is 40
+        client.send(f'42{NS},{i}["subscribe:notifications"]')
+    acks = [await client.recv_text() for _ in range(40)]
+    assert [a[len(f"43{NS},"):].split("[", 1)[0] for a in acks] == [str(i) for i in range(1, 41)]
+    assert all('"ok":true' in a for a in acks)
+    client.send(f'42{NS},41["subscribe:notifications"]')
+    assert '"error":"rate_limited"' in await client.recv_text()
+    client.close()
