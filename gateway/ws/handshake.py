@@ -27,6 +27,8 @@ def check_upgrade(head: RequestHead) -> str:
     BadRequest saying what is missing otherwise."""
     if head.method != "GET":
         raise BadRequest("a WebSocket upgrade must be a GET")
+    if head.version != "HTTP/1.1":
+        raise BadRequest("a WebSocket upgrade must be HTTP/1.1")
     if "websocket" not in head.header("upgrade").lower():
         raise BadRequest("no 'Upgrade: websocket' header")
     if "upgrade" not in head.header("connection").lower():

@@ -43,10 +43,11 @@ class RequestHead:
     """What the native path needs of a request: method, path, query, headers, the peer's address
     (`remote`, as aiohttp's `request.remote`). It is what admission reads (`RequestView`)."""
 
-    __slots__ = ("headers", "method", "path", "query", "remote")
+    __slots__ = ("headers", "method", "path", "query", "remote", "version")
 
     def __init__(self, method: str, path: str, query: dict[str, str], headers: Headers,
-                 remote: str | None = None) -> None:
+                 remote: str | None = None, version: str = "HTTP/1.1") -> None:
+        self.version = version
         self.method = method
         self.path = path
         self.query = query
@@ -106,7 +107,7 @@ def parse_head(head: bytes) -> RequestHead:
     if len(headers) != len(pairs):
         headers = _merged(pairs)
     path, _, qs = target.partition("?")
-    return RequestHead(method, path, _query(qs), headers)
+    return RequestHead(method, path, _query(qs), headers, version=version)
 
 
 # A header block: lines `token: value` (no control character but tab in the value), CRLF each,

@@ -158,6 +158,7 @@ async def test_a_refusal_is_answered_and_the_connection_closed(listener: Listene
     b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nX-Test: native\r\nUpgrade: websocket\r\n"
     b"Connection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
     b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ws_head().replace(b"HTTP/1.1", b"HTTP/1.0"),
     b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nX-A: \x01\r\n\r\n",
 ])
 async def test_a_malformed_head_gets_a_400_and_the_listener_keeps_serving(listener: Listener, head: bytes) -> None:
