@@ -93,6 +93,10 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 def native_acceptor(gateway: Gateway) -> NativeAcceptor:
     """What decides on the WebSocket requests the listener accepts itself (`gateway.ws`)."""
+    if gateway.settings.dev:  # the console's page may open sockets to the replica that served it
+        from gateway.http.console import own_page_origin
+
+        return NativeAcceptor(gateway.sio.eio, own_origin=own_page_origin)
     return NativeAcceptor(gateway.sio.eio)
 
 

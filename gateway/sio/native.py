@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import MappingProxyType
 from typing import Any
 
@@ -227,8 +227,12 @@ class NativeSocket(FastSocket):
 class NativeAcceptor:
     """The `gateway.ws.protocol.Acceptor` of a GatewayEngineIO (see the module docstring)."""
 
-    def __init__(self, eio: GatewayEngineIO) -> None:
+    def __init__(self, eio: GatewayEngineIO,
+                 own_origin: Callable[[str, str, str | None], bool] | None = None) -> None:
         self.eio = eio
+        # an Origin that is not listed but is the gateway's own page's (the dev console): given
+        # the Origin, the Host header and the peer address (gateway.http.console.own_page_origin)
+        self.own_origin = own_origin
         self.max_message: int = eio.max_http_buffer_size
         self._open_tail = orjson.dumps({"upgrades": [], "pingTimeout": round(eio.ping_timeout * 1000),
                                         "pingInterval": round(eio.ping_interval * 1000),
@@ -270,7 +274,9 @@ class NativeAcceptor:
     def _origin_allowed(self, head: RequestHead) -> bool:
         origin = head.header("origin")
         allowed = self.eio.allowed_origins
-        return not origin or allowed is None or origin in allowed
+        if not origin or allowed is None or origin in allowed:
+            return True
+        return self.own_origin is not None and self.own_origin(origin, head.header("host"), head.remote)
 
     def _upgrade(self, head: RequestHead, sid: str, transport: asyncio.Transport) -> NativeSocket | None:
         """An upgrade from polling, taken over when nothing about it is doubtful; None leaves it
