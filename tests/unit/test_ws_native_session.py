@@ -6,6 +6,7 @@ left to python-engineio, and a client's CLOSE."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import time
@@ -43,11 +44,11 @@ class Client:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, port: int, query: str) -> tuple[Client, bytes]:
+    async def connect(cls, port: int, query: str, extra: str = "", host: str = "x") -> tuple[Client, bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write((f"GET /socket.io/?{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        writer.write((f"GET /socket.io/?{query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
                       "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").encode())
+                      f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n").encode())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         return cls(reader, writer), head
 
@@ -91,7 +92,13 @@ class Replica:
 
 @pytest.fixture
 async def replica() -> AsyncIterator[Replica]:
-    app = create_app(load_settings({"JWT_SECRET": SECRET}))
+    async with serve(dev=False) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def serve(*, dev: bool) -> AsyncIterator[Replica]:
+    app = create_app(load_settings({"JWT_SECRET": SECRET}, dev=dev))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     assert runner.server is not None
@@ -205,3 +212,19 @@ async def test_a_burst_of_packets_is_handled_in_order_and_reading_resumes(replic
     client.send(f'42{NS},41["subscribe:notifications"]')
     assert '"error":"rate_limited"' in await client.recv_text()
     client.close()
+
+
+@pytest.mark.parametrize("dev", [True, False])
+async def test_the_dev_consoles_own_origin_may_open_a_websocket(dev: bool) -> None:
+    """FRONTEND_URL does not list the gateway's own origin; in development mode a page it served
+    (Origin = the Host the request names, from a loopback peer) may open a socket all the same."""
+    async with serve(dev=dev) as running:
+        host = f"127.0.0.1:{running.port}"
+        client, head = await Client.connect(running.port, "EIO=4&transport=websocket",
+                                            extra=f"Origin: http://{host}\r\n", host=host)
+        assert head.startswith(b"HTTP/1.1 101 " if dev else b"HTTP/1.1 400 "), head
+        client.close()
+        other, head = await Client.connect(running.port, "EIO=4&transport=websocket",
+                                           extra="Origin: http://elsewhere.example\r\n", host=host)
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        other.close()
