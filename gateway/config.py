@@ -160,6 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Networks whose X-Forwarded-For is believed (the load balancer)."),
     Setting("handshake_timeout", "HANDSHAKE_TIMEOUT", "10", float_between(1, 300),
             "Seconds a connection may stay without completing its Socket.IO handshake."),
+    Setting("ws_accept", "WS_ACCEPT", "native", choice("native", "aiohttp"),
+            "Who accepts WebSocket connections: native (the gateway's own protocol on the listening "
+            "socket; every other request still goes to aiohttp) or aiohttp (the former path, a fallback)."),
     Setting("channel_prefix", "CHANNEL_PREFIX", "socket.io", text,
             "Prefix of the Redis pub/sub channels (same scheme as @socket.io/redis-adapter)."),
     Setting("key_prefix", "KEY_PREFIX", "ngw", text, "Prefix of the Redis keys (history, sessions, presence)."),
@@ -217,6 +220,7 @@ class Settings:
         default_factory=lambda: networks("127.0.0.1/32,::1/128")
     )
     handshake_timeout: float = 10.0
+    ws_accept: str = "native"
     channel_prefix: str = "socket.io"
     key_prefix: str = "ngw"
     log_level: str = "info"
