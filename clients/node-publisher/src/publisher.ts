@@ -46,14 +46,18 @@ export interface PublisherOptions {
   redisOptions?: RedisOptions;
 }
 
+// Each with its number of keys, so that the first argument ioredis sees is a key: its
+// auto-pipelining groups a cluster's calls by the slot of the first argument of a command it
+// does not know, and a key count there would put calls for different nodes in one pipeline.
+// The publish script takes any number of events; this package sends one per call.
 const COMMANDS = {
-  publish: ["ngwPublish", PUBLISH],
-  position: ["ngwPosition", POSITION],
-  rooms: ["ngwRooms", ROOMS],
-  revoke: ["ngwRevoke", REVOKE],
-  online: ["ngwOnline", ONLINE],
-  replicas: ["ngwReplicas", REPLICAS],
-} as const satisfies Record<string, readonly [string, BusScript]>;
+  publish: ["ngwPublish", PUBLISH, 1],
+  position: ["ngwPosition", POSITION, 1],
+  rooms: ["ngwRooms", ROOMS, 1],
+  revoke: ["ngwRevoke", REVOKE, 2],
+  online: ["ngwOnline", ONLINE, 1],
+  replicas: ["ngwReplicas", REPLICAS, 2],
+} as const satisfies Record<string, readonly [string, BusScript, number]>;
 type CommandName = (typeof COMMANDS)[keyof typeof COMMANDS][0];
 type Arg = string | number;
 type ScriptClient = Record<CommandName, (...args: Arg[]) => Promise<unknown>>;
@@ -138,8 +142,8 @@ export class NotificationPublisher {
     } else {
       throw new InvalidArgument("give a Redis URL or an ioredis Redis or Cluster client");
     }
-    for (const [name, script] of Object.values(COMMANDS)) {
-      this.client.defineCommand(name, { lua: script.source });
+    for (const [name, script, numberOfKeys] of Object.values(COMMANDS)) {
+      this.client.defineCommand(name, { lua: script.source, numberOfKeys });
     }
   }
 
@@ -181,7 +185,7 @@ export class NotificationPublisher {
     const own = userRoom(uid);
     const envelope = encodeControl("kick", uid, null, Date.now());
     const n = this.names;
-    const reply = await this.run("ngwRevoke", 2, n.userSessionsKey(uid), n.revokedKey(uid), n.sessionPrefix(uid),
+    const reply = await this.run("ngwRevoke", n.userSessionsKey(uid), n.revokedKey(uid), n.sessionPrefix(uid),
       this.revokePx, n.roomChannel(own), envelope);
     return Number(reply);
   }
@@ -193,8 +197,8 @@ export class NotificationPublisher {
     userRoom(uid);
     const n = this.names;
     const [where, live] = await Promise.all([
-      this.run("ngwOnline", 1, n.presenceKey(uid)),
-      this.run("ngwReplicas", 2, n.replicasKey(), n.replicaUsersKey(), REPLICA_TTL_MS),
+      this.run("ngwOnline", n.presenceKey(uid)),
+      this.run("ngwReplicas", n.replicasKey(), n.replicaUsersKey(), REPLICA_TTL_MS),
     ]);
     const alive = new Set<string>();
     (live as unknown[]).forEach((item, i) => { if (i % 2 === 0) alive.add(text(item)); });
@@ -222,7 +226,7 @@ export class NotificationPublisher {
     // The batched publish.lua: KEYS[i] history of event i; ARGV[1] max length, ARGV[2] lifetime,
     // then channel and envelope of each event. One event per call: ioredis's auto-pipelining
     // batches the round trips, and a call's keys stay in one slot.
-    const reply = await this.run("ngwPublish", 1, this.names.historyKey(tag), this.maxlen, this.lifetime,
+    const reply = await this.run("ngwPublish", this.names.historyKey(tag), this.maxlen, this.lifetime,
       this.names.roomChannel(tag), envelope);
     return checkPosition((reply as unknown[])[0]);
   }
@@ -252,11 +256,11 @@ export class NotificationPublisher {
     const [uid, rooms] = this.rooms(kind, userId, given);
     // Phase 1, on each room's shard: its position now. Phase 2, on the user's shard: edit the
     // sessions and tell the replicas; every event after a room's position reaches the sockets.
-    const replies = await Promise.all(rooms.map((room) => this.run("ngwPosition", 1, this.names.historyKey(room))));
+    const replies = await Promise.all(rooms.map((room) => this.run("ngwPosition", this.names.historyKey(room))));
     const at = rooms.map((room, i): [string, string] => [room, checkPosition(replies[i])]);
     const own = userRoom(uid);
     const n = this.names;
-    await this.run("ngwRooms", 1, n.userSessionsKey(uid), n.sessionPrefix(uid), kind, own, n.roomChannel(own),
+    await this.run("ngwRooms", n.userSessionsKey(uid), n.sessionPrefix(uid), kind, own, n.roomChannel(own),
       encodeControl(kind, uid, at, Date.now()), ...at.flat());
     return Object.fromEntries(at);
   }

@@ -31,7 +31,8 @@ describe("NotificationPublisher against real replicas", { skip }, () => {
   test("sendToUser reaches every socket of the user, on both replicas, with the typed payload", async () => {
     const user = uid();
     const [onA, onB] = [await connect(a, user), await connect(b, user)];
-    const other = await connect(b, uid());
+    const otherUser = uid();
+    const other = await connect(b, otherUser);
     const coins = { amount: 50, reason: "exercise_completed", newBalance: 1250 };
     const position = await publisher.sendToUser(user, "coins:earned", coins);
     assert.match(position, /^[0-9]+-[0-9]+$/);
@@ -39,7 +40,7 @@ describe("NotificationPublisher against real replicas", { skip }, () => {
     assert.deepEqual(await onB.waitFor("coins:earned"), [coins]);
     const last = onA.events.at(-1).args;
     assert.equal(typeof last.at(-1), "string", "the event carries its offset, for recovery");
-    assert.deepEqual(await assertNotReceived(other, "coins:earned", publisher, "nobody-" + uid()), []);
+    assert.deepEqual(await assertNotReceived(other, "coins:earned", publisher, otherUser), []);
   });
 
   test("an integer user id reaches the same sockets as its decimal string", async () => {
@@ -174,8 +175,28 @@ describe("NotificationPublisher against real replicas", { skip }, () => {
     await Promise.all(nodes.map((node) => node.script("FLUSH")));
     await publisher.sendToUser(user, "after:flush", { ok: true });
     assert.deepEqual(await client.waitFor("after:flush"), [{ ok: true }]);
+    // 64 rooms: on every shard of a 3-shard cluster but with odds of 3 * (2/3)^64.
+    await Promise.all([...Array(64).keys()].map((i) => publisher.sendToRoom(`flush:${i}`, "x", { i })));
     for (const node of nodes) {
-      assert.deepEqual(await node.script("EXISTS", scripts.PUBLISH.sha), [1]);
+      assert.deepEqual(await node.script("EXISTS", scripts.PUBLISH.sha), [1], "loaded again where it was used");
+    }
+  });
+
+  test("calls for rooms and users on every shard, made in one tick, all go through", async () => {
+    const users = [...Array(12).keys()].map(() => uid());
+    const clients = await Promise.all(users.map((user, i) => connect(i % 2 ? a : b, user)));
+    const rooms = [...Array(24).keys()].map((i) => `tick:${uid("r")}:${i}`);
+    const calls = [
+      ...users.map((user, i) => publisher.sendToUser(user, "tick", { i })),
+      ...rooms.map((room, i) => publisher.sendToRoom(room, "tick", { i })),
+      ...users.map((user) => publisher.joinRoom(user, rooms[0])),
+      ...users.map((user) => publisher.isOnline(user)),
+      publisher.broadcastToAll("tick", { all: true }),
+    ];
+    const results = await Promise.all(calls);
+    assert.equal(results.length, calls.length);
+    for (const [i, client] of clients.entries()) {
+      await client.until(() => client.received("tick").some((d) => d.i === i), `tick ${i}`);
     }
   });
 

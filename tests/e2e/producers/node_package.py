@@ -1,0 +1,89 @@
+"""The Node package clients/node-publisher as the tests use it: installed from its lock file
+(`npm ci`, once per change of package.json or package-lock.json, as tests/support/node_env.py
+does for the driver), built (`npm run build`, once per session), and its node:test files run
+with a deployment's addresses in NGW_* variables, their TAP summary parsed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support import node_env
+
+PACKAGE = Path(__file__).resolve().parents[3] / "clients" / "node-publisher"
+BUILD_TIMEOUT = 300.0
+RUN_TIMEOUT = 600.0
+
+_built: set[Path] = set()
+
+
+def build() -> Path:
+    """`npm ci` (when stale) then `npm run build`; the package directory. RuntimeError with
+    npm's output when either fails."""
+    node_env.ensure_node_modules(PACKAGE)
+    if PACKAGE not in _built:
+        done = subprocess.run(
+            [node_env.npm_binary(), "run", "build", "--silent"], cwd=PACKAGE, capture_output=True, text=True,
+            timeout=BUILD_TIMEOUT, check=False, env={**os.environ, "npm_config_update_notifier": "false"},
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"`npm run build` in {PACKAGE} failed:\n{(done.stdout + done.stderr)[-4000:]}")
+        _built.add(PACKAGE)
+    return PACKAGE
+
+
+@dataclass(frozen=True)
+class TapSummary:
+    tests: int
+    passed: int
+    failed: int
+    skipped: int
+    output: str
+
+    def assert_all_passed(self, at_least: int) -> None:
+        complete = self.tests >= at_least and self.passed == self.tests and not (self.failed or self.skipped)
+        assert complete, f"node tests: {self}\n{self.failures() or self.output[-12000:]}"
+
+    def failures(self) -> str:
+        """The TAP blocks of the failed tests (their error, expected and actual values, stack)."""
+        blocks = re.findall(r"^\s*not ok .*?(?=^\s*(?:ok|not ok) \d|^# Subtest|\Z)", self.output,
+                            re.MULTILINE | re.DOTALL)
+        return "\n".join(block[:6000] for block in blocks)
+
+    def __str__(self) -> str:
+        return f"{self.tests} tests, {self.passed} passed, {self.failed} failed, {self.skipped} skipped"
+
+
+def _count(output: str, name: str) -> int:
+    found = re.findall(rf"^# {name} (\d+)$", output, re.MULTILINE)
+    if not found:
+        raise AssertionError(f"no '# {name}' in the TAP output:\n{output[-8000:]}")
+    return int(found[-1])
+
+
+def run_node_tests(files: list[str], env: dict[str, str]) -> TapSummary:
+    """Run `node --test` on `files` (relative to the package) with `env` added; the summary."""
+    build()
+    done = subprocess.run(
+        [node_env.node_binary(), "--test", "--test-reporter=tap", "--test-concurrency=1", *files],
+        cwd=PACKAGE, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
+        env={**os.environ, **env},
+    )
+    output = done.stdout + done.stderr
+    return TapSummary(_count(output, "tests"), _count(output, "pass"), _count(output, "fail"),
+                      _count(output, "skipped"), output)
+
+
+def run_node(script: str, *args: str) -> str:
+    """Run an ES module script (text) in the package directory, so it imports ./dist; its stdout."""
+    build()
+    done = subprocess.run(
+        [node_env.node_binary(), "--input-type=module", "-e", script, *args], cwd=PACKAGE,
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, f"node failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    return done.stdout
