@@ -45,3 +45,33 @@ export function constructible(): NotificationPublisher[] {
     new NotificationPublisher(new Redis({ enableAutoPipelining: true })),
   ];
 }
+
+// docs/producers.md's NestJS WebSocketService, without the decorators: its generic forwarding
+// keeps the contract's payload types.
+export class WebSocketService {
+  private readonly publisher = new NotificationPublisher(process.env.REDIS_URL!);
+
+  sendToUser<E extends string>(userId: string, event: E, data: PayloadOf<E>) {
+    return this.publisher.sendToUser(userId, event, data);
+  }
+
+  sendToRoom<E extends string>(room: string, event: E, data: PayloadOf<E>) {
+    return this.publisher.sendToRoom(room, event, data);
+  }
+
+  broadcastToAll<E extends string>(event: E, data: PayloadOf<E>) {
+    return this.publisher.broadcastToAll(event, data);
+  }
+
+  onModuleDestroy() {
+    return this.publisher.close();
+  }
+}
+
+export async function callers(ws: WebSocketService): Promise<void> {
+  const position: string = await ws.sendToUser("42", "coins:earned", { amount: 5, reason: "r", newBalance: 6 });
+  await ws.sendToRoom("classroom:7", "anything:else", [1, 2, 3]);
+  // @ts-expect-error: reason is a string
+  await ws.broadcastToAll("coins:earned", { amount: 5, reason: 1, newBalance: 6 });
+  void position;
+}
