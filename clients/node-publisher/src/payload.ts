@@ -14,7 +14,7 @@
  */
 import { EVENT_NAME_PATTERN, MAX_DEPTH, MAX_SAFE_INTEGER, RESERVED_EVENTS } from "./generated/bus";
 import { InvalidEvent, InvalidPayload } from "./errors";
-import { show } from "./rooms";
+import { pyRepr, show } from "./rooms";
 
 const EVENT_NAME = new RegExp(`^(?:${EVENT_NAME_PATTERN})$`);
 const RESERVED: ReadonlySet<string> = new Set(RESERVED_EVENTS);
@@ -27,7 +27,7 @@ export function checkEventName(name: unknown): string {
   if (typeof name !== "string") throw new InvalidEvent(`an event name is a string, got ${typeof name}`);
   if (RESERVED.has(name)) throw new InvalidEvent(`'${name}' is reserved by Socket.IO and cannot be emitted`);
   if (!EVENT_NAME.test(name)) {
-    throw new InvalidEvent(`${show(name.slice(0, 80))} is not an event name: 1 to 64 characters among A-Z a-z 0-9 _ : . -`);
+    throw new InvalidEvent(`${pyRepr(Array.from(name).slice(0, 80).join(""))} is not an event name: 1 to 64 characters among A-Z a-z 0-9 _ : . -`);
   }
   return name;
 }

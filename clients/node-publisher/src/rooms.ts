@@ -32,6 +32,12 @@ export function codePoints(text: string): number {
 
 /** Python's repr() of a string, cut at 60 characters: never echo an unbounded value. */
 export function show(text: string): string {
+  const shown = pyRepr(text);
+  return shown.length <= 60 ? shown : shown.slice(0, 57) + "...";
+}
+
+/** Python's repr() of a string (the messages are the Python publisher's, word for word). */
+export function pyRepr(text: string): string {
   const quote = text.includes("'") && !text.includes('"') ? '"' : "'";
   let body = "";
   for (const ch of text) {
@@ -45,8 +51,7 @@ export function show(text: string): string {
     else if (c >= 0xd800 && c <= 0xdfff) body += "\\u" + c.toString(16).padStart(4, "0");
     else body += ch;
   }
-  const shown = quote + body + quote;
-  return shown.length <= 60 ? shown : shown.slice(0, 57) + "...";
+  return quote + body + quote;
 }
 
 function badChar(what: string, text: string): InvalidRoom | null {

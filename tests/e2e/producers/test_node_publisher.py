@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from publisher import Publisher
+from publisher.commands import Commands
 from publisher.envelope import BusNames, Position, encode_control, encode_event
 from publisher.events import sanitize
 from tests.e2e.producers.node_package import build, run_node, run_node_tests
@@ -166,3 +167,83 @@ console.log(JSON.stringify(out));
 def _without_t(envelope: bytes) -> bytes:
     head, _, rest = envelope.partition(b',"t":')
     return head + b',"t":0,' + rest.partition(b",")[2]
+
+
+def _nested(levels: int) -> list[Any]:
+    value: list[Any] = [1]
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+REFUSALS: dict[str, list[Any]] = {
+    "room": ["", "x" * 301, "😀" * 301, "a{b", "b}", "tab\there", "nul\x00", "c1\x85", "admin:x", "admin:", "user:",
+             "teacher:", "classroom:" + "9" * 257, "user:a{b", "quiz:9", "User:1", "admin:all", "ok room ñ",
+             "x" * 300, "user:" + "u" * 256, 'it\'s "quoted"'],
+    "event": ["", "connect", "disconnect", "newListener", "a b", "x" * 65, "x" * 64, "coins:earned", "ñ", "a/b"],
+    "payload": [
+        {"s": "a\x00b"}, {"k\x7f": 1}, {"n": 2**53}, {"n": -(2**53)}, {"n": 2**53 - 1}, {"a b": {"c": [0, "\x1b"]}},
+        {"x": "a" * 65530}, {"x": "a" * 65526}, {"x": "é" * 40000}, _nested(32), _nested(33),
+        {"ok": ["\t\n\r", None, 1.5]},
+    ],
+    "join": [["42", "user:43"], ["42", "teacher:43"], ["42", "teacher:42"], ["42", "user:42"], ["42", "admin:all"],
+             ["42", "classroom:1"]],
+    "leave": [["42", "user:42"], ["42", "user:43"], ["42", "classroom:1"]],
+}
+
+
+def _python_refusal(kind: str, case: Any) -> str | None:
+    from publisher.envelope import KIND_JOIN, KIND_LEAVE
+    from publisher.events import check_event_name
+    from publisher.rooms import parse_room
+
+    commands = Commands(BusNames())
+    try:
+        if kind == "room":
+            parse_room(case)
+        elif kind == "event":
+            check_event_name(case)
+        elif kind == "payload":
+            sanitize(case)
+        else:
+            commands.rooms(KIND_JOIN if kind == "join" else KIND_LEAVE, case[0], case[1])
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def test_refusals_are_the_python_publishers(package: Path, tmp_path: Path) -> None:
+    """The same inputs are refused, with the same messages, by the package and by the Python
+    publisher: the room grammar, event names, payload rules, and who may join or leave what."""
+    script = """
+import { readFileSync } from "node:fs";
+import { Redis } from "ioredis";
+import { NotificationPublisher, checkEventName, parseRoom, sanitize } from "./dist/index.js";
+const cases = JSON.parse(readFileSync(process.argv[1], "utf8"));
+// Nothing to reach: a call that passes its checks fails at Redis (PublishError), at once.
+const nowhere = new Redis({ host: "127.0.0.1", port: 1, lazyConnect: true, retryStrategy: () => null,
+  maxRetriesPerRequest: 0 });
+const publisher = new NotificationPublisher(nowhere);
+const refusal = async (fn) => {
+  try { await fn(); return null; } catch (err) { return err.name === "PublishError" ? null : err.message; }
+};
+const out = {};
+for (const [kind, list] of Object.entries(cases)) {
+  out[kind] = [];
+  for (const c of list) {
+    if (kind === "room") out[kind].push(await refusal(() => parseRoom(c)));
+    else if (kind === "event") out[kind].push(await refusal(() => checkEventName(c)));
+    else if (kind === "payload") out[kind].push(await refusal(() => sanitize(c, 65536)));
+    else if (kind === "join") out[kind].push(await refusal(() => publisher.joinRoom(c[0], c[1])));
+    else out[kind].push(await refusal(() => publisher.leaveRoom(c[0], c[1])));
+  }
+}
+nowhere.disconnect();
+console.log(JSON.stringify(out));
+"""
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps(REFUSALS), encoding="utf-8")
+    node = json.loads(run_node(script, str(cases)))
+    for kind, cases in REFUSALS.items():
+        for case, got in zip(cases, node[kind], strict=True):
+            assert got == _python_refusal(kind, case), (kind, case)
