@@ -29,6 +29,11 @@ from tests.support.ports import free_port
 from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_server import RedisServer
 
+# `npm ci` (a first run downloads ioredis, typescript and socket.io-client), the build, a Redis
+# Cluster of six nodes and two replicas, then the Node tests: more than the default 120 s on a
+# loaded CI machine.
+pytestmark = pytest.mark.timeout(300)
+
 SECRET = secrets.token_hex(32)
 ENV = {
     "JWT_SECRET": SECRET,
