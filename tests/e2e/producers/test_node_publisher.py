@@ -252,3 +252,41 @@ console.log(JSON.stringify(out));
     for kind, cases in REFUSALS.items():
         for case, got in zip(cases, node[kind], strict=True):
             assert got == _python_refusal(kind, case), (kind, case)
+
+
+SEND_AND_ASK = """
+import { NotificationPublisher } from "./dist/index.js";
+const publisher = new NotificationPublisher(process.argv[1]);
+const position = await publisher.sendToRoom("classroom:7", "coins:earned",
+  { amount: 1, reason: "url form", newBalance: 1 });
+const online = await publisher.isOnline(42);
+await publisher.close();
+console.log(JSON.stringify({ position, online }));
+"""
+
+
+def _sent(url: str, client: Any) -> None:
+    """The package, given `url`, puts its event in classroom:7's history on the Redis `client`
+    reads, at the position it resolved to."""
+    out = json.loads(run_node(SEND_AND_ASK, url))
+    assert out["online"] is False
+    entries = client.xrange(BusNames().history_key("classroom:7"))
+    assert [entry_id.decode() for entry_id, _ in entries][-1] == out["position"]
+    assert json.loads(entries[-1][1][b"m"])["d"]["reason"] == "url form"
+
+
+def test_sentinel_url(package: Path) -> None:
+    """redis+sentinel://: the sentinels are asked where the primary is."""
+    from tests.support.sentinel import SentinelSetup
+
+    with SentinelSetup() as setup:
+        _sent(setup.url, setup.server(setup.primary_port()).client())
+
+
+def test_unix_socket_url(package: Path, tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(None, "--unixsocket", str(socket_path), "--unixsocketperm", "700").start()
+    try:
+        _sent(f"unix://{socket_path}?db=0", server.client())
+    finally:
+        server.stop()
