@@ -96,6 +96,7 @@ export class NotificationPublisher {
   /** The URL a cluster-node refusal names; null: nothing to check (Sentinel, Cluster). */
   private standaloneUrl: string | null;
   private refusal: ClusterModeError | null = null;
+  private checking: Promise<void> | null = null;
   private closed = false;
 
   /**
@@ -267,7 +268,11 @@ export class NotificationPublisher {
 
   private async run(command: CommandName, ...args: Arg[]): Promise<unknown> {
     if (this.closed) throw new PublishError(`the publisher to ${this.where} is closed`);
-    if (this.standaloneUrl !== null) await this.checkStandalone(this.standaloneUrl);
+    if (this.standaloneUrl !== null) {
+      // Asked once, however many calls wait for the answer; asked again if it failed.
+      this.checking ??= this.checkStandalone(this.standaloneUrl).finally(() => { this.checking = null; });
+      await this.checking;
+    }
     try {
       return await (this.client as unknown as ScriptClient)[command](...args);
     } catch (err) {
