@@ -92,8 +92,9 @@ class DeliveryCore:
     async def recover_rooms(self, conn: Conn, spans: Sequence[Span], offset: Mapping[str, Position]) -> None:
         await self._attacher.recover(conn, spans, offset)
 
-    async def enter(self, conn: Conn, rooms: Mapping[str, Position | None]) -> None:
-        await self._attacher.enter(conn, rooms)
+    def enter(self, conn: Conn, rooms: Mapping[str, Position | None]) -> Coroutine[Any, Any, None]:
+        """The socket's turn is taken at the call, so joins and leaves apply in the order called."""
+        return self._attacher.enter(conn, rooms)
 
     def leave(self, conn: Conn, room: str, at: Position | None = None) -> None:
         self._attacher.leave(conn, room, at)

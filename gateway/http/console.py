@@ -40,6 +40,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config import Settings
+from gateway.config_parsers import is_loopback
 from gateway.policy.keys import HMAC_ALGORITHMS
 from gateway.policy.rooms import ROLES
 from publisher.events import EVENT_SCHEMAS, ObjectSchema
@@ -96,13 +97,8 @@ def loopback_peer(request: web.Request) -> bool:
     peer = transport.get_extra_info("peername") if transport is not None else None
     if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
         return False  # closed, or not an IP socket
-    try:
-        address = ipaddress.ip_address(peer[0].split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+    # A name never comes from the socket, so only the address forms of is_loopback can match.
+    return is_loopback(peer[0].split("%", 1)[0])
 
 
 @web.middleware
