@@ -31,7 +31,7 @@ from typing import Any, Self
 import redis
 import redis.asyncio
 
-from publisher.commands import Call, Commands, Message
+from publisher.commands import Commands, Emit, Message, positions_of, scatter
 from publisher.envelope import (
     DEFAULT_CHANNEL_PREFIX,
     DEFAULT_KEY_PREFIX,
@@ -54,7 +54,7 @@ from publisher.transports import (
     sync_transport_for,
 )
 
-BATCH_SIZE = 500  # calls per round trip in emit_many: bounded memory, few round trips
+BATCH_SIZE = 2048  # events per round trip in emit_many: bounded memory, few round trips
 
 _ONE_SOURCE = "give either a Redis URL or client=, not both and not neither"
 _NO_CLIENT = (
@@ -67,15 +67,27 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _position(reply: Any) -> str:
-    """The position from the publish script's reply {position, receivers}."""
-    position = reply[0]
-    return position if isinstance(position, str) else position.decode("ascii")
+def _chunks(emits: list[Emit]) -> Iterator[list[Emit]]:
+    for start in range(0, len(emits), BATCH_SIZE):
+        yield emits[start:start + BATCH_SIZE]
 
 
-def _chunks(calls: list[Call]) -> Iterator[list[Call]]:
-    for start in range(0, len(calls), BATCH_SIZE):
-        yield calls[start:start + BATCH_SIZE]
+def _publish(commands: Commands, transport: SyncRunner, emits: list[Emit]) -> list[str]:
+    """Publish `emits`: one round trip per chunk, one script call per slot group."""
+    positions: list[str] = []
+    for chunk in _chunks(emits):
+        plan = commands.publish_all(chunk, by_slot=transport.sharded)
+        positions += scatter(plan, transport.run([call for call, _ in plan]), len(chunk))
+    return positions
+
+
+async def _apublish(commands: Commands, transport: AsyncRunner, emits: list[Emit]) -> list[str]:
+    """`_publish` for asyncio."""
+    positions: list[str] = []
+    for chunk in _chunks(emits):
+        plan = commands.publish_all(chunk, by_slot=transport.sharded)
+        positions += scatter(plan, await transport.run([call for call, _ in plan]), len(chunk))
+    return positions
 
 
 def _positions(rooms: Sequence[str], replies: Sequence[Any]) -> dict[str, Position]:
@@ -161,19 +173,15 @@ class Publisher(TypedEmitters[str]):
         with `strict=True`; `strict=False` overrides it) also checks those five against their
         schema, as the typed helpers always do.
         """
-        call = self._commands.event(event, data, room, user, broadcast, strict)
-        return _position(self._transport.run((call,))[0])
+        call = self._commands.publish([self._commands.event(event, data, room, user, broadcast, strict)])
+        return positions_of(self._transport.run((call,))[0])[0]
 
     def emit_many(self, messages: Iterable[Message]) -> list[str]:
         """Emit several events in as few round trips as possible; their positions, in order.
 
         All are checked before any is sent. Within each room the bus keeps the list's order.
         """
-        calls = [self._commands.message(m) for m in messages]
-        positions: list[str] = []
-        for chunk in _chunks(calls):
-            positions.extend(_position(reply) for reply in self._transport.run(chunk))
-        return positions
+        return _publish(self._commands, self._transport, [self._commands.message(m) for m in messages])
 
     def pipeline(self) -> PublishBatch:
         """A batch: queue emits (checked at once), send them together on exit or `execute()`."""
@@ -240,23 +248,21 @@ class PublishBatch(TypedEmitters[None]):
 
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
-        self._calls: list[Call] = []
+        self._emits: list[Emit] = []
         self.positions: list[str] = []
 
     def emit(self, event: str, data: Any, *, room: str | None = None,
              user: str | int | None = None, broadcast: bool = False,
              strict: bool | None = None) -> None:
-        self._calls.append(self._publisher._commands.event(event, data, room, user, broadcast, strict))
+        self._emits.append(self._publisher._commands.event(event, data, room, user, broadcast, strict))
 
     def __len__(self) -> int:
-        return len(self._calls)
+        return len(self._emits)
 
     def execute(self) -> list[str]:
         """Send the queued emits; return (and keep in `positions`) their positions."""
-        calls, self._calls = self._calls, []
-        transport = self._publisher._transport
-        for chunk in _chunks(calls):
-            self.positions.extend(_position(reply) for reply in transport.run(chunk))
+        emits, self._emits = self._emits, []
+        self.positions += _publish(self._publisher._commands, self._publisher._transport, emits)
         return self.positions
 
     def __enter__(self) -> Self:
@@ -310,16 +316,12 @@ class AsyncPublisher(TypedEmitters[Coroutine[Any, Any, str]]):
                    user: str | int | None = None, broadcast: bool = False,
                    strict: bool | None = None) -> str:
         """See `Publisher.emit`."""
-        call = self._commands.event(event, data, room, user, broadcast, strict)
-        return _position((await self._transport.run((call,)))[0])
+        call = self._commands.publish([self._commands.event(event, data, room, user, broadcast, strict)])
+        return positions_of((await self._transport.run((call,)))[0])[0]
 
     async def emit_many(self, messages: Iterable[Message]) -> list[str]:
         """See `Publisher.emit_many`."""
-        calls = [self._commands.message(m) for m in messages]
-        positions: list[str] = []
-        for chunk in _chunks(calls):
-            positions.extend(_position(reply) for reply in await self._transport.run(chunk))
-        return positions
+        return await _apublish(self._commands, self._transport, [self._commands.message(m) for m in messages])
 
     def pipeline(self) -> AsyncPublishBatch:
         """See `Publisher.pipeline`; use `async with`."""
@@ -368,23 +370,21 @@ class AsyncPublishBatch(TypedEmitters[None]):
 
     def __init__(self, publisher: AsyncPublisher) -> None:
         self._publisher = publisher
-        self._calls: list[Call] = []
+        self._emits: list[Emit] = []
         self.positions: list[str] = []
 
     def emit(self, event: str, data: Any, *, room: str | None = None,
              user: str | int | None = None, broadcast: bool = False,
              strict: bool | None = None) -> None:
-        self._calls.append(self._publisher._commands.event(event, data, room, user, broadcast, strict))
+        self._emits.append(self._publisher._commands.event(event, data, room, user, broadcast, strict))
 
     def __len__(self) -> int:
-        return len(self._calls)
+        return len(self._emits)
 
     async def execute(self) -> list[str]:
         """Send the queued emits; return (and keep in `positions`) their positions."""
-        calls, self._calls = self._calls, []
-        transport = self._publisher._transport
-        for chunk in _chunks(calls):
-            self.positions.extend(_position(reply) for reply in await transport.run(chunk))
+        emits, self._emits = self._emits, []
+        self.positions += await _apublish(self._publisher._commands, self._publisher._transport, emits)
         return self.positions
 
     async def __aenter__(self) -> Self:

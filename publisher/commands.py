@@ -1,5 +1,9 @@
 """Publisher calls turned into script invocations: checks, names and envelopes, no I/O.
 
+Events are checked and encoded one by one (`Commands.event`: an `Emit`), then published
+together: one publish.lua call carries many events (`Commands.publish`, `publish_all`), so
+that Redis pays a script call and a wake-up per batch, not per event.
+
 Shared by the sync and async publishers and their batches, so the two cannot drift apart.
 Every check runs here, before anything is sent: a bad argument costs no round trip and leaves
 nothing half-done. What can be computed once per publisher (name heads, the string arguments,
@@ -15,8 +19,10 @@ kick to the user's, each position read to its room's, presence to the user's and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, NamedTuple
+
+from redis.crc import key_slot
 
 from publisher.envelope import (
     EVERYONE,
@@ -34,6 +40,8 @@ from publisher.rooms import check_room, normalize_user_id, parse_room, user_room
 from publisher.scripts import ONLINE, POSITION, PUBLISH, REPLICAS, REVOKE, ROOMS, Script
 
 Arg = str | bytes | int
+
+MAX_EVENTS_PER_CALL: Final = 256  # events in one publish.lua call: a call blocks Redis, keep it short
 
 
 def _bulk(data: bytes) -> bytes:
@@ -68,6 +76,40 @@ class Call(NamedTuple):
     def eval_packed(self) -> bytes:
         """The same call carrying the script's body, for when Redis lost its script cache."""
         return pack(("EVAL", self.script.source, *self.args))
+
+
+class Emit(NamedTuple):
+    """One event, checked and encoded, waiting for a publish call (`Commands.publish`).
+
+    Its RESP parts are packed once here: a batch of emits is the concatenation of them.
+    """
+
+    key: str  # the room's history stream: the call's routing key on a cluster
+    channel: str
+    envelope: bytes  # without "o": the script adds the position
+    key_bulk: bytes  # `key` in RESP
+    pair_bulk: bytes  # channel and envelope in RESP
+
+    def slot(self) -> int:
+        """The cluster slot of the event's room (its keys and channel share it)."""
+        return key_slot(self.key.encode())
+
+
+def positions_of(reply: Sequence[Any]) -> list[str]:
+    """The positions from a publish call's reply {position_1, receivers_1, ...}, in order."""
+    return [p if isinstance(p, str) else p.decode("ascii") for p in reply[0::2]]
+
+
+Plan = list[tuple[Call, list[int]]]  # publish calls, each with the indexes of its emits
+
+
+def scatter(plan: Plan, replies: Sequence[Any], count: int) -> list[str]:
+    """The positions of `count` emits, in their order, from the replies to a plan's calls."""
+    positions = [""] * count
+    for (_call, indexes), reply in zip(plan, replies, strict=True):
+        for i, position in zip(indexes, positions_of(reply), strict=True):
+            positions[i] = position
+    return positions
 
 
 class Message(NamedTuple):
@@ -124,10 +166,11 @@ class Commands:
         # A revocation outlives every session created before it: sessions live one window.
         self._revoke_px = str(max(2 * window_ms, 1000))
         self._max_payload = max_payload_bytes
-        # A publish is EVALSHA sha 1 history channel envelope maxlen lifetime: 8 items, of
-        # which the first three and the last two never change.
-        head = pack(("EVALSHA", PUBLISH.sha, 1))
-        self._publish_head = b"*8" + head[head.index(b"\r\n"):]
+        # A publish of N events is EVALSHA sha N key_1..key_N maxlen lifetime channel_1
+        # envelope_1 ... channel_N envelope_N (publish.lua): the EVALSHA and sha, and the
+        # maxlen and lifetime, never change.
+        head = pack(("EVALSHA", PUBLISH.sha))
+        self._publish_head = head[head.index(b"\r\n") + 2:]
         self._lifetime = str(2 * window_ms)
         self._publish_tail = _bulk(self._maxlen.encode()) + _bulk(self._lifetime.encode())
 
@@ -135,8 +178,9 @@ class Commands:
 
     def event(self, event: str, data: Any, room: str | None = None,
               user: str | int | None = None, broadcast: bool = False,
-              strict: bool | None = None) -> Call:
-        """An event for one target: a room, a user's room, or everyone (the room `*`).
+              strict: bool | None = None) -> Emit:
+        """An event for one target: a room, a user's room, or everyone (the room `*`), checked
+        and encoded; `publish` makes the call that sends it (with others).
 
         Any sanitised payload goes (the contract: any JSON-serialisable payload under the size
         limit). With `strict` (None: the publisher's setting) a payload of one of the five
@@ -167,15 +211,49 @@ class Commands:
         tag = EVERYONE if room is None else room
         history = self._history_head + tag + "}:h"
         channel = self._channel_head + tag + "}#"
-        packed = b"".join((
-            self._publish_head, _bulk(history.encode()), _bulk(channel.encode()), _bulk(envelope),
-            self._publish_tail,
-        ))
-        return Call(PUBLISH, packed, (1, history, channel, envelope, self._maxlen, self._lifetime))
+        return Emit(history, channel, envelope, _bulk(history.encode()),
+                    _bulk(channel.encode()) + _bulk(envelope))
 
-    def message(self, message: Message) -> Call:
+    def message(self, message: Message) -> Emit:
         return self.event(message.event, message.data, message.room, message.user,
                           message.broadcast, message.strict)
+
+    def publish(self, emits: Sequence[Emit]) -> Call:
+        """One publish.lua call for `emits` (at least one; all of one slot on a cluster): its
+        reply is {position, receivers} per emit, in order (`positions_of`)."""
+        n = len(emits)
+        if not 0 < n <= MAX_EVENTS_PER_CALL:
+            raise ValueError(f"a publish call carries 1 to {MAX_EVENTS_PER_CALL} events, got {n}")
+        packed = b"".join((
+            b"*%d\r\n" % (5 + 3 * n), self._publish_head, b"$%d\r\n%d\r\n" % (len(str(n)), n),
+            *[emit.key_bulk for emit in emits], self._publish_tail,
+            *[emit.pair_bulk for emit in emits],
+        ))
+        args: list[Arg] = [n, *[emit.key for emit in emits], self._maxlen, self._lifetime]
+        for emit in emits:
+            args += (emit.channel, emit.envelope)
+        return Call(PUBLISH, packed, tuple(args))
+
+    def publish_all(self, emits: Sequence[Emit], *, by_slot: bool) -> Plan:
+        """The publish calls for `emits`, each with the indexes of the emits it carries.
+
+        `by_slot` (a Redis Cluster): one call per slot, since a script's keys must share one;
+        otherwise (one Redis) as few calls as the per-call limit allows. Within a room the
+        order of `emits` is kept: a room is in one slot, and a call publishes in order.
+        """
+        if by_slot:
+            groups: dict[int, list[int]] = {}
+            for i, emit in enumerate(emits):
+                groups.setdefault(emit.slot(), []).append(i)
+            runs = list(groups.values())
+        else:
+            runs = [list(range(len(emits)))]
+        out: Plan = []
+        for run in runs:
+            for start in range(0, len(run), MAX_EVENTS_PER_CALL):
+                chunk = run[start:start + MAX_EVENTS_PER_CALL]
+                out.append((self.publish([emits[i] for i in chunk]), chunk))
+        return out
 
     # -- join and leave: positions first, then the user's sessions and sockets -------------
 

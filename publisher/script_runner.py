@@ -86,6 +86,8 @@ def _first_refusal(where: str, replies: list[Any]) -> None:
 class SyncTransport:
     """Runs calls on a redis-py client's connections for a sync publisher."""
 
+    sharded = False  # one Redis: a publish call may carry events of any rooms
+
     def __init__(self, client: redis.Redis, *, retries: int, where: str) -> None:
         self.client = client
         self.where = where
@@ -160,6 +162,8 @@ class SyncTransport:
 
 class AsyncTransport:
     """Runs calls on a redis.asyncio client's connections for an asyncio publisher."""
+
+    sharded = False
 
     def __init__(self, client: redis.asyncio.Redis, *, retries: int, where: str) -> None:
         self.client = client

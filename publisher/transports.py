@@ -67,6 +67,12 @@ class SyncRunner(Protocol):
         """Where it points, credentials masked: for messages."""
         ...
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the calls of one run may go to different nodes (a Redis Cluster): then a
+        publish call carries the events of one slot only (`Commands.publish_all`)."""
+        ...
+
     def run(self, calls: Sequence[Call]) -> list[Any]:
         """The replies of `calls`, in order; refusals and failures raised as `PublishError`."""
         ...
@@ -81,6 +87,10 @@ class AsyncRunner(Protocol):
 
     @property
     def where(self) -> str:
+        ...
+
+    @property
+    def sharded(self) -> bool:
         ...
 
     async def run(self, calls: Sequence[Call]) -> list[Any]:

@@ -7,8 +7,8 @@ kept connections, EVAL on NOSCRIPT, bounded retries; on a cluster, routed by slo
 per shard). Every script touches one slot: a room's stream and channel, or one user's sessions
 and presence, which carry the room `user:<id>` as their hash tag.
 
-Writes that nobody waits for (session records, presence) are queued and sent once per
-event-loop turn, one script call per slot (per call on a single node), in order, by one task.
+Writes that nobody waits for (session records, presence) go through a `WriteQueue`: once per
+event-loop turn, one script call per slot, in order, sent again when the bus refused them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from redis.exceptions import RedisError
 from gateway.bus.contract import BusSink, BusUnavailable, Entries, Span
 from gateway.bus.endpoint import parse_endpoint
 from gateway.bus.shards import ShardedChannels
-from publisher.cluster import ClusterModeError, async_expect_standalone, is_cluster_url, key_slot, parse_cluster_url
+from gateway.bus.write_queue import WriteQueue
+from publisher.cluster import ClusterModeError, async_expect_standalone, is_cluster_url, parse_cluster_url
 from publisher.commands import Call, Commands
 from publisher.envelope import (
     EVERYONE,
@@ -119,11 +120,12 @@ class RedisBackend:
                                         replica_id=replica_id, names=names)
         self._cluster = is_cluster_url(url)
         self._sink: BusSink | None = None
-        self._writes: dict[int, list[str]] = {}  # slot (0 on a single node) -> queued operations
-        self._routing: dict[int, str] = {}  # slot -> a key of that slot, to route its call
-        self._flush_scheduled = False
-        self._writer_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writes = WriteQueue(
+            WRITES, run=self._run, spawn=self._spawn, routing_key=names.user_sessions_key,
+            cluster=self._cluster, count=metrics.bus_event,
+            head=(names.key_prefix, replica_id, self._window_ms + CONNECTED_SESSION_SLACK_MS, self._window_ms,
+                  MAX_SESSIONS_PER_USER, PRESENCE_TTL_MS))
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     @property
@@ -180,7 +182,7 @@ class RedisBackend:
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(RedisError, OSError, BusUnavailable):
-            await self._flush()
+            await self._writes.flush()
         await self._transport.close()
 
     # -- channels -------------------------------------------------------------------------------
@@ -200,7 +202,7 @@ class RedisBackend:
             raise BusUnavailable(str(exc)) from exc
 
     async def publish_event(self, event: str, data: Any, room: str | None) -> str:
-        call = self._commands.event(event, data, room=room, broadcast=room is None)
+        call = self._commands.publish([self._commands.event(event, data, room=room, broadcast=room is None)])
         [reply] = await self._run([call])
         return _text(reply[0])
 
@@ -265,33 +267,7 @@ class RedisBackend:
         self._queue(user, "O" if online else "F", user)
 
     def _queue(self, user: str, *operation: str) -> None:
-        key = self.names.user_sessions_key(user)
-        slot = key_slot(key) if self._cluster else 0
-        queued = self._writes.get(slot)
-        if queued is None:
-            queued = self._writes[slot] = []
-            self._routing[slot] = key
-        queued.extend(operation)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._spawn, self._flush())
-
-    async def _flush(self) -> None:
-        """Everything queued in this loop turn: one script call per slot (`lua/writes.lua`)."""
-        async with self._writer_lock:  # one flush at a time: writes land in the order queued
-            self._flush_scheduled = False
-            writes, self._writes = self._writes, {}
-            routing, self._routing = self._routing, {}
-            if not writes:
-                return
-            head = (self.names.key_prefix, self.replica_id, self._window_ms + CONNECTED_SESSION_SLACK_MS,
-                    self._window_ms, MAX_SESSIONS_PER_USER, PRESENCE_TTL_MS)
-            calls = [Call.of(WRITES, 1, routing[slot], *head, *ops) for slot, ops in writes.items()]
-            try:
-                await self._run(calls)
-            except BusUnavailable as exc:
-                # Session records and presence are rewritten by the next full heartbeat.
-                log.warning("bus write batch failed: %s", exc, extra={"calls": len(calls)})
+        self._writes.queue(user, *operation)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

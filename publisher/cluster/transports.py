@@ -49,6 +49,8 @@ class SyncClusterTransport:
     between threads; each node costs one connection per concurrent caller.
     """
 
+    sharded = True  # a publish call carries events of one slot
+
     def __init__(self, target: ClusterTarget, *, retries: int = 3, where: str | None = None,
                  topology: ClusterTopology | None = None, **redis_options: Any) -> None:
         self.topology = topology if topology is not None else ClusterTopology(target, **redis_options)
@@ -165,6 +167,8 @@ class SyncClusterTransport:
 class AsyncClusterTransport:
     """`SyncClusterTransport` for asyncio: `AsyncTransport`'s interface; the round trips of one
     `run` to different primaries go concurrently."""
+
+    sharded = True
 
     def __init__(self, target: ClusterTarget, *, retries: int = 3, where: str | None = None,
                  topology: AsyncClusterTopology | None = None, **redis_options: Any) -> None:

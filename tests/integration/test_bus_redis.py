@@ -220,13 +220,13 @@ def test_a_replica_listens_to_a_room_only_while_it_holds_a_socket_in_it(
 
 def _publish_as_documented(redis: RedisServer, room: str | None, envelope: dict[str, Any]) -> tuple[str, int]:
     """docs/wire-protocol.md, "Publishing an event", by hand: EVAL of the documented script
-    with KEYS[1] the room's history stream and ARGV channel, envelope (plain JSON, no "o"),
-    history max length and lifetime (2 x RECOVERY_WINDOW)."""
+    with KEYS[1] the room's history stream and ARGV history max length, lifetime
+    (2 x RECOVERY_WINDOW), channel and envelope (plain JSON, no "o"): a batch of one."""
     script = (ROOT / "publisher" / "lua" / "publish.lua").read_text(encoding="utf-8")
     body = json.dumps(envelope, separators=(",", ":"))
     client = redis.client()
     try:
-        position, receivers = client.eval(script, 1, history_of(room), channel_of(room), body, 1000, LIFETIME_MS)
+        position, receivers = client.eval(script, 1, history_of(room), 1000, LIFETIME_MS, channel_of(room), body)
     finally:
         client.close()
     return position.decode(), int(receivers)
@@ -527,7 +527,7 @@ def _publish_while_dropping_subscribers(redis: RedisServer, room: str, envelope:
     try:
         pipe = client.pipeline(transaction=True)
         pipe.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        pipe.eval(script, 1, history_of(room), channel_of(room), json.dumps(envelope), 1000, LIFETIME_MS)
+        pipe.eval(script, 1, history_of(room), 1000, LIFETIME_MS, channel_of(room), json.dumps(envelope))
         killed, (_, receivers) = pipe.execute()
     finally:
         client.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -252,7 +253,7 @@ def test_publish_writes_history_and_spublishes_with_the_position(r: redis.Redis)
         listener.ssubscribe(channel)
         assert listener.get_sharded_message(timeout=2)["type"] == "ssubscribe"
         envelope = b'{"v":2,"k":"e","t":1.5,"ev":"coins:earned","d":{"a":1},"r":"user:42"}'
-        entry, receivers = publish(keys=[key], args=[channel, envelope, 1000, LIFETIME])
+        entry, receivers = publish(keys=[key], args=[1000, LIFETIME, channel, envelope])
         assert receivers == 1
         message = listener.get_sharded_message(timeout=2)
         assert message["channel"] == channel.encode()
@@ -262,11 +263,45 @@ def test_publish_writes_history_and_spublishes_with_the_position(r: redis.Redis)
         assert 0 < r.pttl(key) <= LIFETIME
         # "0": no history, but positions that still grow within the room (two in one ms differ)
         other = NAMES.history_key("quiz:1")
-        at, _ = publish(keys=[other], args=[NAMES.room_channel("quiz:1"), envelope, 0, LIFETIME])
-        again, _ = publish(keys=[other], args=[NAMES.room_channel("quiz:1"), envelope, 0, LIFETIME])
+        at, _ = publish(keys=[other], args=[0, LIFETIME, NAMES.room_channel("quiz:1"), envelope])
+        again, _ = publish(keys=[other], args=[0, LIFETIME, NAMES.room_channel("quiz:1"), envelope])
         assert parse_position(again.decode()) > parse_position(at.decode())
         assert r.xlen(other) == 0
-        with pytest.raises(redis.ResponseError, match="ending with }"):
-            publish(keys=[key], args=[channel, b"[1]x", 1000, LIFETIME])
+        with pytest.raises(redis.ResponseError, match="envelope 1 must be a JSON object ending with }"):
+            publish(keys=[key], args=[1000, LIFETIME, channel, b"[1]x"])
+    finally:
+        listener.close()
+
+
+def test_publish_takes_a_batch_of_events_of_any_rooms(r: redis.Redis) -> None:
+    """One call, N events (the batched interface of docs/wire-protocol.md): published in order,
+    each with its own position and receivers; a bad envelope refuses the call before any XADD."""
+    publish = r.register_script(script("publish.lua", "publisher"))
+    rooms = ["user:1", "quiz:9", "user:1", "*"]
+    listener = r.pubsub()
+    try:
+        listener.ssubscribe(NAMES.room_channel("user:1"))
+        assert listener.get_sharded_message(timeout=2)["type"] == "ssubscribe"
+        envelopes = [b'{"v":2,"k":"e","t":1.5,"ev":"x","d":{"n":%d}}' % i for i in range(4)]
+        args: list[Any] = [1000, LIFETIME]
+        for room, envelope in zip(rooms, envelopes, strict=True):
+            args += [NAMES.room_channel(room), envelope]
+        reply = publish(keys=[NAMES.history_key(room) for room in rooms], args=args)
+        assert len(reply) == 8
+        positions = [parse_position(p.decode()) for p in reply[0::2]]
+        assert reply[1::2] == [1, 0, 1, 0], "receivers per event"
+        assert positions[2] > positions[0], "two events of one room: in the call's order"
+        got = [orjson.loads(listener.get_sharded_message(timeout=2)["data"]) for _ in range(2)]
+        assert [(m["d"]["n"], m["o"]) for m in got] == [(0, reply[0].decode()), (2, reply[4].decode())]
+        assert [fields[b"m"] for _, fields in r.xrange(NAMES.history_key("user:1"))] == \
+            [envelopes[0], envelopes[2]]
+        assert all(0 < r.pttl(NAMES.history_key(room)) <= LIFETIME for room in rooms)
+        before = {room: r.xlen(NAMES.history_key(room)) for room in rooms}
+        args[-1] = b"not json"
+        with pytest.raises(redis.ResponseError, match="envelope 4 must be"):
+            publish(keys=[NAMES.history_key(room) for room in rooms], args=args)
+        assert {room: r.xlen(NAMES.history_key(room)) for room in rooms} == before, \
+            "nothing written: every envelope is checked before the first XADD"
+        assert listener.get_sharded_message(timeout=0.2) is None
     finally:
         listener.close()

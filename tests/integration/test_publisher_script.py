@@ -253,5 +253,14 @@ def test_the_script_refuses_an_envelope_that_is_not_an_object(r: redis.Redis) ->
     from publisher.scripts import PUBLISH
 
     with pytest.raises(redis.ResponseError, match="must be a JSON object ending with"):
-        r.eval(PUBLISH.source, 1, "x:{r}:h", "x#/notifications#{r}#", b'{"v":2', 10, 1000)
+        r.eval(PUBLISH.source, 1, "x:{r}:h", 10, 1000, "x#/notifications#{r}#", b'{"v":2')
     assert not r.exists("x:{r}:h")
+    # one bad envelope among several: the whole call is refused, naming it, nothing written
+    with pytest.raises(redis.ResponseError, match="envelope 2 must be"):
+        r.eval(PUBLISH.source, 2, "x:{r}:h", "x:{s}:h", 10, 1000,
+               "x#/notifications#{r}#", b'{"v":2}', "x#/notifications#{s}#", b'[1]')
+    assert not r.exists("x:{r}:h")
+    assert not r.exists("x:{s}:h")
+    with pytest.raises(redis.ResponseError, match="arguments for 1 keys"):
+        r.eval(PUBLISH.source, 1, "x:{r}:h", 10, 1000, "x#/notifications#{r}#")
+    assert r.eval(PUBLISH.source, 0, 10, 1000) == []

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from publisher.cluster import key_slot
-from publisher.commands import Call, Commands, Message, pack
+from publisher.commands import MAX_EVENTS_PER_CALL, Call, Commands, Emit, Message, pack, scatter
 from publisher.envelope import BusNames, Position
 from publisher.errors import InvalidEvent, InvalidPayload, InvalidRoom
 from publisher.scripts import ONLINE, POSITION, PUBLISH, REPLICAS, REVOKE, ROOMS
@@ -24,10 +24,12 @@ def unpack(packed: bytes) -> list[Any]:
     return command  # type: ignore[no-any-return]
 
 
-def publish_args(call: Call) -> dict[str, Any]:
+def publish_args(emit: Emit | Call) -> dict[str, Any]:
+    """The arguments of a publish call of one event (`emit` is published alone)."""
+    call = emit if isinstance(emit, Call) else Commands(BusNames()).publish([emit])
     command = unpack(call.packed)
     assert command[:3] == [b"EVALSHA", PUBLISH.sha.encode(), b"1"]
-    history, channel, envelope, maxlen, lifetime = command[3:]
+    history, maxlen, lifetime, channel, envelope = command[3:]
     # what a cluster transport routes by, and what EVAL sends, are the same arguments
     assert [str(a).encode() if isinstance(a, int | str) else a for a in call.args] == command[2:]
     return {"history": history, "channel": channel, "envelope": orjson.loads(envelope),
@@ -82,11 +84,47 @@ def test_the_pre_packed_names_are_the_bus_names(room: str) -> None:
 
 
 def test_eval_fallback_carries_the_same_arguments(commands: Commands) -> None:
-    call = commands.event("x", {"a": 1}, room="classroom:7")
+    call = commands.publish([commands.event("x", {"a": 1}, room="classroom:7"),
+                             commands.event("y", {"b": 2}, user=4)])
     sha, fallback = unpack(call.packed), unpack(call.eval_packed())
     assert fallback[0] == b"EVAL"
     assert fallback[1] == PUBLISH.source
     assert fallback[2:] == sha[2:]
+
+
+def test_a_publish_call_carries_many_events_in_the_scripts_order(commands: Commands) -> None:
+    """publish.lua's interface: N keys, then maxlen and lifetime, then channel and envelope
+    per event; the reply is {position, receivers} per event."""
+    emits = [commands.event("x", {"n": i}, user=i) for i in range(3)]
+    command = unpack(commands.publish(emits).packed)
+    assert command[:3] == [b"EVALSHA", PUBLISH.sha.encode(), b"3"]
+    assert command[3:6] == [e.key.encode() for e in emits]
+    assert command[6:8] == [b"1000", b"240000"]
+    assert command[8::2] == [e.channel.encode() for e in emits]
+    assert [orjson.loads(env)["d"]["n"] for env in command[9::2]] == [0, 1, 2]
+    with pytest.raises(ValueError, match="1 to"):
+        commands.publish([])
+    with pytest.raises(ValueError, match="1 to"):
+        commands.publish(emits * MAX_EVENTS_PER_CALL)
+
+
+def test_publish_all_groups_by_slot_on_a_cluster_only(commands: Commands) -> None:
+    emits = [commands.event("x", {"n": i}, user=i % 5) for i in range(20)]
+    [(call, indexes)] = commands.publish_all(emits, by_slot=False)
+    assert indexes == list(range(20))
+    assert call.args[0] == 20
+    plan = commands.publish_all(emits, by_slot=True)
+    assert len(plan) == 5, "one call per slot: five users, five slots"
+    assert sorted(i for _, indexes in plan for i in indexes) == list(range(20))
+    for call, indexes in plan:
+        assert indexes == sorted(indexes), "a room's events keep their order"
+        assert len({key_slot(emits[i].key) for i in indexes}) == 1
+        assert call.args[1:1 + len(indexes)] == tuple(emits[i].key for i in indexes)
+    replies = [[f"{i}-0".encode() if j % 2 == 0 else 1 for i in indexes for j in (0, 1)]
+               for _, indexes in plan]
+    assert scatter(plan, replies, 20) == [f"{i}-0" for i in range(20)]
+    many = [commands.event("x", {}, room="quiz:1")] * (MAX_EVENTS_PER_CALL + 1)
+    assert [len(ix) for _, ix in commands.publish_all(many, by_slot=False)] == [MAX_EVENTS_PER_CALL, 1]
 
 
 @pytest.mark.parametrize("target", [
@@ -172,7 +210,7 @@ def test_message_is_emit_arguments(commands: Commands) -> None:
 
 def test_no_recovery_window_keeps_no_history() -> None:
     commands = Commands(BusNames(), recovery_window_s=0)
-    args = publish_args(commands.event("x", {}, user=1))
+    args = publish_args(commands.publish([commands.event("x", {}, user=1)]))
     assert (args["maxlen"], args["lifetime"]) == (b"0", b"0")
     assert args["history"] == b"ngw:{user:1}:h"  # still the first key: the call's slot
 
