@@ -21,6 +21,7 @@ import { ClusterModeError, InvalidArgument, PublishError } from "./errors";
 import { checkEventName, sanitize } from "./payload";
 import { checkRoom, normalizeUserId, parseRoom, userRoom } from "./rooms";
 import { clusterUrlFor, makeClient, parseRedisUrl } from "./url";
+import { PublishBatcher } from "./batch";
 
 /** The payload of each of the contract's five events, from the generated declarations. */
 export type ContractPayloads = { [E in keyof ServerToClientEvents]: Parameters<ServerToClientEvents[E]>[0] };
@@ -49,15 +50,17 @@ export interface PublisherOptions {
 // Each with its number of keys, so that the first argument ioredis sees is a key: its
 // auto-pipelining groups a cluster's calls by the slot of the first argument of a command it
 // does not know, and a key count there would put calls for different nodes in one pipeline.
-// The publish script takes any number of events; this package sends one per call.
+// The publish script takes any number of events: `ngwPublish` carries one (a cluster's calls,
+// see ./batch.ts), `ngwPublishMany` any number, its key count first (a single Redis).
 const COMMANDS = {
   publish: ["ngwPublish", PUBLISH, 1],
+  publishMany: ["ngwPublishMany", PUBLISH, null],
   position: ["ngwPosition", POSITION, 1],
   rooms: ["ngwRooms", ROOMS, 1],
   revoke: ["ngwRevoke", REVOKE, 2],
   online: ["ngwOnline", ONLINE, 1],
   replicas: ["ngwReplicas", REPLICAS, 2],
-} as const satisfies Record<string, readonly [string, BusScript, number]>;
+} as const satisfies Record<string, readonly [string, BusScript, number | null]>;
 type CommandName = (typeof COMMANDS)[keyof typeof COMMANDS][0];
 type Arg = string | number;
 type ScriptClient = Record<CommandName, (...args: Arg[]) => Promise<unknown>>;
@@ -97,6 +100,8 @@ export class NotificationPublisher {
   private standaloneUrl: string | null;
   private refusal: ClusterModeError | null = null;
   private checking: Promise<void> | null = null;
+  /** Batches a tick's sends into one script call; null on a cluster (one call per event). */
+  private readonly batcher: PublishBatcher | null;
   private closed = false;
 
   /**
@@ -143,8 +148,10 @@ export class NotificationPublisher {
     } else {
       throw new InvalidArgument("give a Redis URL or an ioredis Redis or Cluster client");
     }
+    this.batcher = isCluster(this.client) ? null : new PublishBatcher(
+      (keys, argv) => this.run("ngwPublishMany", keys.length, ...keys, ...argv), this.maxlen, this.lifetime);
     for (const [name, script, numberOfKeys] of Object.values(COMMANDS)) {
-      this.client.defineCommand(name, { lua: script.source, numberOfKeys });
+      this.client.defineCommand(name, numberOfKeys === null ? { lua: script.source } : { lua: script.source, numberOfKeys });
     }
   }
 
@@ -224,11 +231,11 @@ export class NotificationPublisher {
     const body = sanitize(data, this.maxPayload);
     const envelope = encodeEvent(event, body, room, Date.now());
     const tag = room ?? EVERYONE;
-    // The batched publish.lua: KEYS[i] history of event i; ARGV[1] max length, ARGV[2] lifetime,
-    // then channel and envelope of each event. One event per call: ioredis's auto-pipelining
-    // batches the round trips, and a call's keys stay in one slot.
-    const reply = await this.run("ngwPublish", this.names.historyKey(tag), this.maxlen, this.lifetime,
-      this.names.roomChannel(tag), envelope);
+    const history = this.names.historyKey(tag);
+    const channel = this.names.roomChannel(tag);
+    if (this.batcher !== null) return checkPosition(await this.batcher.add(history, channel, envelope));
+    // A cluster: one event per call (./batch.ts says why); ioredis pipelines the round trips.
+    const reply = await this.run("ngwPublish", history, this.maxlen, this.lifetime, channel, envelope);
     return checkPosition((reply as unknown[])[0]);
   }
 

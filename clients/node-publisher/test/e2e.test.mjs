@@ -72,6 +72,40 @@ describe("NotificationPublisher against real replicas", { skip }, () => {
     }
   });
 
+  test("a tick's sends: one script call per 500 on a single Redis, one per event on a cluster", async () => {
+    const nodes = deployment.cluster ? publisher.client.nodes("master") : [publisher.client];
+    const tag = uid("burst");
+    let calls = 0;
+    // MONITOR on every primary: the script calls that carry this test's rooms.
+    const bases = nodes.map((node) => new Redis({ host: node.options.host, port: node.options.port,
+      path: node.options.path, db: node.options.db }));
+    const monitors = await Promise.all(bases.map((base) => base.monitor()));
+    for (const monitor of monitors) {
+      monitor.on("monitor", (_time, args) => {
+        if (/^eval(sha)?$/i.test(args[0]) && args.some((arg) => arg.includes(tag))) calls++;
+      });
+    }
+    try {
+      const user = uid();
+      const client = await connect(a, user);
+      const sends = [];
+      const rooms = [...Array(1001).keys()].map((i) => `${tag}:${i % 7}`);
+      rooms.forEach((room, i) => sends.push(publisher.sendToRoom(room, "burst", { i })));
+      sends.push(publisher.sendToUser(user, "burst", { tag }));
+      const positions = await Promise.all(sends);
+      const seen = new Set(rooms.map((room, i) => `${room} ${positions[i]}`));
+      assert.equal(seen.size, rooms.length, "positions are distinct within each room");
+      assert.deepEqual(await client.waitFor("burst"), [{ tag }]);
+      // 1002 events that carry the tag (the user's in its payload): 500 + 500 + 2 on one Redis.
+      const expected = deployment.cluster ? 1002 : 3;
+      await eventually(() => calls >= expected, `${expected} calls seen by MONITOR`);
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(calls, expected);
+    } finally {
+      for (const client of [...monitors, ...bases]) client.disconnect();
+    }
+  });
+
   test("many sends in one tick arrive, each room in order (auto-pipelined)", async () => {
     const user = uid();
     const client = await connect(b, user);

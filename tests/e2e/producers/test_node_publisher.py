@@ -42,7 +42,7 @@ ENV = {
     "HANDSHAKE_RATE_PER_IP": "10000",  # every client here comes from 127.0.0.1
     "LOG_FORMAT": "text",
 }
-E2E_TESTS = 14  # test/e2e.test.mjs
+E2E_TESTS = 15  # test/e2e.test.mjs
 UNIT_TESTS = 9  # test/unit.test.mjs
 
 
