@@ -48,7 +48,9 @@ def test_every_script_of_the_publisher_is_in_the_package_with_its_sha() -> None:
             r'name: (?P<name>"[^"]+"),\n  sha: "(?P<sha>[0-9a-f]{40})",\n  source: (?P<source>".*"),\n', committed)
     }
     expected = [s for s in vars(scripts).values() if isinstance(s, scripts.Script)]
-    assert len(expected) == 6
+    assert {s.name for s in expected} >= {"publish.lua", "position.lua", "rooms.lua", "revoke.lua", "online.lua",
+                                          "replicas.lua"}
+    assert len(found) == len(expected)
     for script in expected:
         sha, source = found[json.dumps(script.name)]
         assert source.encode() == script.source

@@ -23,10 +23,9 @@ import json
 import sys
 from pathlib import Path
 
-from publisher import envelope, rooms
+from publisher import envelope, rooms, scripts
 from publisher.events import MAX_DEPTH, MAX_PAYLOAD_BYTES, MAX_SAFE_INTEGER, RESERVED_EVENTS
 from publisher.events.names import EVENT_NAME_RE
-from publisher.scripts import ONLINE, POSITION, PUBLISH, REPLICAS, REVOKE, ROOMS
 
 PACKAGE = Path(__file__).resolve().parents[1]
 GENERATED = PACKAGE / "src" / "generated"
@@ -46,8 +45,11 @@ def scripts_module() -> str:
              "export interface BusScript {", "  readonly name: string;",
              "  readonly source: string;", "  /** SHA1 of `source`: what EVALSHA names it by. */",
              "  readonly sha: string;", "}", ""]
-    for const, script in (("PUBLISH", PUBLISH), ("POSITION", POSITION), ("ROOMS", ROOMS),
-                          ("REVOKE", REVOKE), ("ONLINE", ONLINE), ("REPLICAS", REPLICAS)):
+    # Every script publisher.scripts defines, under its name there: one added on the Python side
+    # reaches the package by generating again (the package uses those it needs).
+    for const, script in vars(scripts).items():
+        if not isinstance(script, scripts.Script):
+            continue
         lines.append(f"export const {const}: BusScript = {{")
         lines.append(f"  name: {_ts(script.name)},")
         lines.append(f"  sha: {_ts(script.sha)},")
