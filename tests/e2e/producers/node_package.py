@@ -95,6 +95,16 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def typecheck() -> subprocess.CompletedProcess[str]:
+    """`npm run typecheck`: test/types.ts against the built declarations (its @ts-expect-error
+    lines must be errors, the rest must not)."""
+    build()
+    return subprocess.run(
+        [node_env.npm_binary(), "run", "typecheck", "--silent"], cwd=PACKAGE, capture_output=True, text=True,
+        timeout=BUILD_TIMEOUT, check=False, env={**os.environ, "npm_config_update_notifier": "false"},
+    )
+
+
 def run_node(script: str, *args: str) -> str:
     """Run an ES module script (text) in the package directory, so it imports ./dist; its stdout."""
     build()

@@ -23,7 +23,7 @@ from publisher import Publisher
 from publisher.commands import Commands
 from publisher.envelope import BusNames, Position, encode_control, encode_event
 from publisher.events import sanitize
-from tests.e2e.producers.node_package import build, run_node, run_node_tests
+from tests.e2e.producers.node_package import build, run_node, run_node_tests, typecheck
 from tests.support.gateway_proc import GatewayCluster
 from tests.support.ports import free_port
 from tests.support.redis_cluster import RedisCluster
@@ -86,6 +86,15 @@ def test_build_gives_dist_with_types(package: Path) -> None:
         assert re.search(rf"\b{method}(<E extends string>)?\(", publisher_types), method
     lock = json.loads((package / "package-lock.json").read_text(encoding="utf-8"))
     assert lock["packages"]["node_modules/ioredis"]["version"].startswith("5.11.")  # the checked range
+
+
+def test_contract_payloads_are_type_checked(package: Path) -> None:
+    """The five contract events take their generated payload types (a wrong field type or a
+    missing field does not compile), any other event any JSON; the docs' NestJS service too."""
+    done = typecheck()
+    assert done.returncode == 0, done.stdout + done.stderr
+    types = (package / "test" / "types.ts").read_text(encoding="utf-8")
+    assert types.count("@ts-expect-error") >= 5
 
 
 def test_node_tests_on_one_redis(package: Path, redis_server: RedisServer) -> None:
