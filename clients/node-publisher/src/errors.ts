@@ -34,5 +34,8 @@ export class PublishError extends Error {
   }
 }
 
+/** The last attempt timed out waiting for Redis (ioredis's `commandTimeout`, 5 s by default). */
+export class PublishTimeout extends PublishError {}
+
 /** A plain redis:// URL that leads to a Redis Cluster node: write redis+cluster:// instead. */
 export class ClusterModeError extends PublishError {}

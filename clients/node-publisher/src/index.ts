@@ -6,7 +6,7 @@
  */
 export { NotificationPublisher } from "./publisher";
 export type { ContractEvent, ContractPayloads, PayloadOf, PublisherOptions, UserId } from "./publisher";
-export { ClusterModeError, InvalidArgument, InvalidEvent, InvalidPayload, InvalidRoom, PublishError } from "./errors";
+export { ClusterModeError, InvalidArgument, InvalidEvent, InvalidPayload, InvalidRoom, PublishError, PublishTimeout } from "./errors";
 export { BusNames, encodeControl, encodeEvent } from "./envelope";
 export { checkEventName, sanitize } from "./payload";
 export { checkRoom, parseRoom, userRoom } from "./rooms";

@@ -17,7 +17,7 @@ import type { ServerToClientEvents } from "./generated/notifications";
 import { ONLINE, POSITION, PUBLISH, REPLICAS, REVOKE, ROOMS } from "./generated/scripts";
 import type { BusScript } from "./generated/scripts";
 import { BusNames, checkPosition, encodeControl, encodeEvent } from "./envelope";
-import { ClusterModeError, InvalidArgument, PublishError } from "./errors";
+import { ClusterModeError, InvalidArgument, PublishError, PublishTimeout } from "./errors";
 import { checkEventName, sanitize } from "./payload";
 import { checkRoom, normalizeUserId, parseRoom, userRoom } from "./rooms";
 import { clusterUrlFor, makeClient, parseRedisUrl } from "./url";
@@ -314,7 +314,8 @@ export class NotificationPublisher {
     if ((err as Error | null)?.name === "ReplyError") {
       return new PublishError(`Redis at ${this.where} refused the call: ${message}`, { cause: err });
     }
-    return new PublishError(`could not reach Redis at ${this.where}: ${message}`, { cause: err });
+    const kind = /timed out/i.test(message) ? PublishTimeout : PublishError;
+    return new kind(`could not reach Redis at ${this.where}: ${message}`, { cause: err });
   }
 }
 

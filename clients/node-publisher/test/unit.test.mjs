@@ -148,3 +148,29 @@ test("the scripts are the Python publisher's, and ioredis names them by the same
   assert.equal(mine.scriptsSet.ngwPublish.sha, scripts.PUBLISH.sha);
   mine.disconnect();
 });
+
+test("Redis trouble is a PublishError naming where (credentials masked); a silent Redis a PublishTimeout", async () => {
+  const { createServer } = await import("node:net");
+  const { PublishError, PublishTimeout } = await import("../dist/index.js");
+  const silent = createServer((socket) => socket.on("data", () => {}));
+  await new Promise((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  const port = silent.address().port;
+  try {
+    const slow = new NotificationPublisher(`redis://:hunter2@127.0.0.1:${port}/0?socket_timeout=0.2`,
+      { redisOptions: { maxRetriesPerRequest: 0 } });
+    await assert.rejects(slow.sendToUser(1, "x", {}), (err) => {
+      assert.ok(err instanceof PublishTimeout, err.stack);
+      assert.match(err.message, new RegExp(`^could not reach Redis at redis://:\\*\\*\\*@127\\.0\\.0\\.1:${port}/0`));
+      assert.ok(!err.message.includes("hunter2"));
+      return true;
+    });
+    slow.client.disconnect();
+  } finally {
+    silent.close();
+  }
+  const closedPort = port;  // nothing listens there any more
+  const gone = new NotificationPublisher(`redis://127.0.0.1:${closedPort}/0`,
+    { redisOptions: { maxRetriesPerRequest: 0, retryStrategy: () => null } });
+  await assert.rejects(gone.isOnline(1), (err) => err instanceof PublishError && /could not reach Redis/.test(err.message));
+  await gone.close();
+});

@@ -43,7 +43,7 @@ ENV = {
     "LOG_FORMAT": "text",
 }
 E2E_TESTS = 15  # test/e2e.test.mjs
-UNIT_TESTS = 9  # test/unit.test.mjs
+UNIT_TESTS = 10  # test/unit.test.mjs
 
 
 def _node_env(redis_url: str, replicas: GatewayCluster) -> dict[str, str]:
