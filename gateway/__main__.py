@@ -25,6 +25,7 @@ from aiohttp import web
 
 from gateway.app import GATEWAY, create_app
 from gateway.config import SETTINGS, ConfigError, Settings, load_settings
+from gateway.fdlimit import LOW_OPEN_FILES, raise_open_files_limit
 from gateway.logs import configure
 from publisher.cluster import ClusterModeError
 from publisher.redis_url import redact
@@ -67,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure(settings.log_level, "text" if dev and "LOG_FORMAT" not in env else settings.log_format)
     for advice in settings.advisories():
         log.warning(advice)
+    files, files_hard = raise_open_files_limit()  # one per socket: the ceiling of connections
+    log.info("open files limit", extra={"soft": files, "hard": files_hard})
+    if files < LOW_OPEN_FILES and not dev:
+        log.warning(f"the open files limit is {files} (hard limit {files_hard}): this replica cannot hold more "
+                    f"sockets than that; raise the hard limit (docs/operations.md, 'Connections at scale')")
     if settings.dev and settings.beyond_loopback:
         log.warning(_beyond_loopback(settings))
     try:

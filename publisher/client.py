@@ -43,6 +43,7 @@ from publisher.envelope import (
 )
 from publisher.events import MAX_PAYLOAD_BYTES
 from publisher.helpers import TypedEmitters
+from publisher.room_sockets import AsyncRoomSockets, RoomSockets
 from publisher.transports import (
     AsyncRunner,
     AsyncStandaloneTransport,
@@ -111,7 +112,7 @@ def _check_source(url: str | None, client: Any) -> None:
         raise TypeError(_ONE_SOURCE)
 
 
-class Publisher(TypedEmitters[str]):
+class Publisher(TypedEmitters[str], RoomSockets):
     """Puts events and control messages on the gateway's bus (sync).
 
     Options must match the gateway's settings: `channel_prefix`, `key_prefix`
@@ -274,7 +275,7 @@ class PublishBatch(TypedEmitters[None]):
             self.execute()
 
 
-class AsyncPublisher(TypedEmitters[Coroutine[Any, Any, str]]):
+class AsyncPublisher(TypedEmitters[Coroutine[Any, Any, str]], AsyncRoomSockets):
     """`Publisher` for asyncio: the same constructor and methods, awaitable.
 
     `pipeline()` is used with `async with` (its emits queue without awaiting).

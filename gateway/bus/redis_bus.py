@@ -54,6 +54,11 @@ CONNECTED_SESSION_SLACK_MS = 2 * REPLICA_HEARTBEAT_MS * FULL_BEAT_EVERY
 # drops transports in a loop cannot fill Redis).
 MAX_SESSIONS_PER_USER = 100
 HISTORY_READ_MAX = 100_000  # entries one replay reads at most (a stream holds ~HISTORY_MAX_LEN)
+# Command round trips in flight at once. redis-py's asyncio pool holds at most 100 connections
+# (per node) and, past them, fails the call ("Too many connections") rather than wait: a
+# reconnect storm starts hundreds of recoveries at once, and each would come back
+# `recovered: false` for nothing. Waiting here for a turn costs the client microseconds.
+MAX_CALLS_IN_FLIGHT = 64
 # The fields the "S" operation of writes.lua takes after pid and user, in its order.
 SAVED_FIELDS = ("sid", "rooms", "starts", "left", "extra", "created", "alive")
 
@@ -114,6 +119,7 @@ class RedisBackend:
         self._commands = Commands(names, history_max_len=history_max_len, recovery_window_s=window_s,
                                   max_payload_bytes=max_payload_bytes)
         self._transport: AsyncRunner = async_transport(url, retries=2)
+        self._in_flight = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
         self._sink_adapter = _Channels(names)
         source = parse_cluster_url(url) if is_cluster_url(url) else parse_endpoint(url)
         self.channels = ShardedChannels(source, self._sink_adapter, counters=metrics.bus_event,
@@ -197,7 +203,8 @@ class RedisBackend:
 
     async def _run(self, calls: Sequence[Call]) -> list[Any]:
         try:
-            return await self._transport.run(calls)
+            async with self._in_flight:
+                return await self._transport.run(calls)
         except (PublisherError, RedisError, OSError) as exc:
             raise BusUnavailable(str(exc)) from exc
 

@@ -44,3 +44,9 @@ export const REPLICAS: BusScript = {
   sha: "b02efa956aa851d918c88d66980d4f653717439f",
   source: "#!lua\n-- The live replicas and how many users each holds: what is_online and online_count need from\n-- the {replicas} slot (the other half, the user's set of replicas, is on the user's shard).\n-- KEYS[1] <prefix>:{replicas}:live   KEYS[2] <prefix>:{replicas}:users   ARGV[1] replica TTL, ms\n-- Returns {replica1, count1, replica2, count2, ...} of the replicas heard from within the TTL.\nlocal now = redis.call('TIME')\nlocal ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)\nlocal out = {}\nfor _, replica in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (ms - tonumber(ARGV[1])), '+inf')) do\n  out[#out + 1] = replica\n  out[#out + 1] = redis.call('HGET', KEYS[2], replica) or '0'\nend\nreturn out\n",
 };
+
+export const CONTROL: BusScript = {
+  name: "control.lua",
+  sha: "e4c68c62c7b4efe594f255ac73bf9f29f3595cdd",
+  source: "#!lua\n-- A control about the sockets in a room (docs/wire-protocol.md, \"Room controls\"): published on\n-- the room's channel, with no history; each replica applies it to its own sockets in the room.\n-- KEYS[1] the room's history stream (<prefix>:{<room>}:h): not touched, it names the room's slot\n-- so that a cluster routes the call to the shard of the channel.\n-- ARGV[1] the room's channel   ARGV[2] the control message\n-- Returns the number of replicas that received it.\nreturn redis.call('SPUBLISH', ARGV[1], ARGV[2])\n",
+};
