@@ -55,6 +55,12 @@ def _node_env(redis_url: str, replicas: GatewayCluster) -> dict[str, str]:
     }
 
 
+@pytest.fixture(autouse=True)
+def _logs() -> None:
+    """This module starts deployments of its own and prints their logs itself: the directory's
+    log fixture would start the bridge tests' replicas for nothing (it needs their deployment)."""
+
+
 @pytest.fixture(scope="module")
 def package() -> Path:
     return build()
