@@ -14,6 +14,10 @@ Two kinds of figures, each the median of --reps runs (modes alternate within a r
     emit_many-N   Publisher.emit_many() of N messages
     async-emit-N  AsyncPublisher.emit(), N in flight (asyncio.gather windows, uvloop)
     async-pipeline-N  AsyncPublisher.pipeline(), N emits per round trip
+    node-package-emit  the Node package clients/node-publisher (its dist/: `npm ci && npm run
+                  build` there first), sendToUser() awaited one at a time; node-package-N: N in
+                  flight (auto-pipelined by ioredis). Worker: node_package_worker.mjs,
+                  process.cpuUsage() (Node's CPU, every thread) instead of time.process_time
 - whole process (`emitter`): the bench producers as run.py starts them (`--bench 1000 EVENTS 0`),
   CPU from wait4 (start-up included, as run.py's producer_cpu_s and the yardstick's "~50 µs"
   for the Node emitter), and net of start-up: minus the CPU of the same command publishing 0 events.
@@ -51,6 +55,8 @@ import run as bench  # noqa: E402 - the yardstick's process and /proc helpers
 
 PROJECT_PY = os.path.join(HERE, ".venv-project", "bin", "python")
 MODES = ["emit", "pipeline-64", "pipeline-500", "emit_many-500", "async-emit-64", "async-pipeline-64"]
+NODE_MODES = ["node-package-emit", "node-package-64"]
+NODE_PACKAGE_DIST = os.path.join(HERE, "..", "clients", "node-publisher", "dist", "index.js")
 EMITTERS = ["node", "vanilla", "project", "project-batch64"]
 WARMUP = 500
 USERS = 1000
@@ -242,6 +248,10 @@ def run_bridge(a, procs, redis, url):
 # the parent
 def run_mode(mode, a, redis, url):
     cmd = [PROJECT_PY, os.path.abspath(__file__), "--worker", mode, "--events", str(a.events), "--redis-url", url]
+    if mode.startswith("node-package-"):
+        if not os.path.exists(NODE_PACKAGE_DIST):
+            raise bench.BenchError("no clients/node-publisher/dist: run `npm ci && npm run build` there")
+        cmd = ["node", os.path.join(HERE, "node_package_worker.mjs"), mode, str(a.events), url]
     p = subprocess.Popen(bench.pinned(a.producer_cpu, cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          env=a.env, text=True)
     try:
@@ -376,7 +386,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=20000)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--modes", default=",".join(MODES + NODE_MODES))
     p.add_argument("--emitters", default=",".join(EMITTERS), help="'' for none")
     p.add_argument("--no-emitters", action="store_true")
     p.add_argument("--bridge", action="store_true", help="also measure the Node emitter through the bridge")
