@@ -184,19 +184,36 @@ class Bridge:
             batch = [await self._queue.get()]
             while len(batch) < BATCH_LIMIT and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            if not self.lease.active():  # lost since they were received: the new holder has them
-                for source, _ in batch:
-                    self.metrics.skipped.labels(source=source).inc()
-                continue
+            await self._carry_out_batch(batch)
+
+    async def _carry_out_batch(self, batch: list[tuple[str, Operation]]) -> None:
+        """The lease is checked before each bus operation, not once per batch: a batch can take
+        many round trips (room controls take two each), and a bridge that lost the lease must
+        stop at once. What it read while active and had not sent then is lost: the standby left
+        those messages to this bridge when they came, so they are counted and logged as lost."""
+        i = 0
+        while i < len(batch):
+            if not self.lease.active():
+                self._lost_with_lease(batch[i:])
+                return
             run: list[tuple[str, Emit]] = []
-            for source, op in batch:
-                if isinstance(op, Emit) and simple(op):
-                    run.append((source, op))
-                    continue
+            while i + len(run) < len(batch):
+                source, op = batch[i + len(run)]
+                if not (isinstance(op, Emit) and simple(op)):
+                    break
+                run.append((source, op))
+            if run:
                 await self._emits(run)
-                run = []
-                await self._carry_out(source, op)
-            await self._emits(run)
+                i += len(run)
+            else:
+                await self._carry_out(*batch[i])
+                i += 1
+
+    def _lost_with_lease(self, items: list[tuple[str, Operation]]) -> None:
+        for source, _ in items:
+            self.metrics.lost.labels(source=source, reason="lease_lost").inc()
+        log.error("lease lost: %d messages read while active and not yet on the bus are lost", len(items),
+                  extra={"lost": len(items)})
 
     async def _carry_out(self, source: str, op: Operation) -> None:
         try:

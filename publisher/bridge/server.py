@@ -42,6 +42,9 @@ class BridgeMetrics:
         self.publish_errors = Counter("bridge_publish_errors_total",
                                       "Bus operations that failed after the publisher's retries (message lost).",
                                       registry=self.registry)
+        self.lost = Counter("bridge_messages_lost_total",
+                            "Messages read while active that never reached the bus, by reason.",
+                            ["source", "reason"], registry=self.registry)
         self.role = Gauge("bridge_role", "1 for this bridge's current lease role.", ["role"],
                           registry=self.registry)
         self.subscribed = Gauge("bridge_subscribed", "1 while subscribed to the producers' channels.",

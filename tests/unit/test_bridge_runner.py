@@ -92,7 +92,8 @@ def make() -> tuple[Bridge, FakePublisher, FakeLease, BridgeMetrics]:
 def count(metrics: BridgeMetrics, name: str, **labels: str) -> float:
     """One sample, read from the bridge's own counters (the registry's process collector reads
     /proc, a blocking call in the event loop)."""
-    for metric in (metrics.received, metrics.bridged, metrics.refused, metrics.skipped, metrics.publish_errors):
+    for metric in (metrics.received, metrics.bridged, metrics.refused, metrics.skipped, metrics.publish_errors,
+                   metrics.lost):
         for family in metric.collect():
             for sample in family.samples:
                 if sample.name == name and sample.labels == labels:
@@ -154,3 +155,29 @@ async def test_nothing_is_delivered_without_the_lease_and_failures_are_counted()
     await feed_and_work(bridge, [(CH, emitter("a", 1, ["user:1"])), (CH, emitter("b", 2, ["user:2"]))])
     assert count(metrics, "bridge_publish_errors_total") == 2
     assert bridge.not_ready() == "not subscribed to the producers' channels"
+
+
+async def test_a_lease_lost_mid_batch_stops_publishing_and_counts_what_it_held_as_lost() -> None:
+    """Messages read while active but not yet on the bus when the lease lapses: the standby left
+    them to this bridge when they came, so nobody will deliver them. They must not go out (a
+    bridge that lost the lease stops at once, not at the end of its batch), and they are counted
+    as lost, not as 'left to the active bridge'."""
+    bridge, pub, lease, metrics = make()
+    real_emit_rooms = pub.emit_rooms
+
+    async def emit_rooms_then_lose_the_lease(*args: Any, **kwargs: Any) -> dict[str, str]:
+        out = await real_emit_rooms(*args, **kwargs)
+        lease.holding = False  # the renewal failed while this went out
+        return out
+
+    pub.emit_rooms = emit_rooms_then_lose_the_lease  # type: ignore[method-assign]
+    await feed_and_work(bridge, [
+        (CH, emitter("a", 1, ["x", "y"])),
+        (CH, emitter("b", 2, ["x", "y"])),
+        (CH, emitter("c", 3, ["user:1"])),
+        (CH, emitter("d", 4, ["user:2"])),
+    ])
+    assert pub.calls == [("emit_rooms", "a", 1, ("x", "y"), ())]
+    assert count(metrics, "bridge_messages_lost_total", source="emitter", reason="lease_lost") == 3
+    assert count(metrics, "bridge_messages_standby_total", source="emitter") == 0
+    assert count(metrics, "bridge_messages_bridged_total", source="emitter") == 1
