@@ -36,6 +36,8 @@ def _unpack(raw: bytes) -> Any:
         return msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise Refused("malformed", f"not msgpack: {exc}") from None
+    except TypeError as exc:  # a map keyed by an array or a map: no Python dict can hold it
+        raise Refused("malformed", f"not msgpack that maps to JSON: {exc}") from None
 
 
 def _rooms(value: Any, what: str) -> tuple[str, ...]:
