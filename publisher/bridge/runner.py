@@ -5,7 +5,9 @@ One worker carries messages out in the order received: a producer's events for a
 bus in the order it sent them (what it relied on with Node's adapter). What waits when the
 worker comes round is sent together: consecutive single-target emits in one pipeline. A standby is subscribed
 too (hot) but leaves every message to the active bridge; the lease is checked again right before
-each publish, so a bridge that lost it stops at once.
+each bus operation, so a bridge that lost it stops at once. Which messages are whose is decided
+by the fences on the lease's channel (`lease`): a holder delivers what follows its own, which
+also lets a planned stop hand over without a gap.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from aiohttp import web
 
 from publisher.bridge import emitter, socketio_json
 from publisher.bridge.config import BridgeSettings
-from publisher.bridge.lease import ACTIVE, STANDBY, Lease
+from publisher.bridge.lease import ACTIVE, RELEASED, STANDBY, TAKE, Lease
 from publisher.bridge.operations import (
     Emit,
     Operation,
@@ -66,6 +68,12 @@ class Bridge:
         self.subscribed = False
         self._queue: asyncio.Queue[tuple[str, Operation]] = asyncio.Queue(QUEUE_LIMIT)
         self._request_head = settings.emitter_prefix + "-request#"
+        # The term of this bridge's own TAKE fence, read on the subscriber connection (0: none,
+        # or another bridge's TAKE read since): messages read from there on are this bridge's.
+        self._fenced_term = 0
+        self._handover_until: float | None = None  # stopping: may deliver until then, or another's TAKE
+        self.wake_lease = asyncio.Event()  # another bridge released the lease: try to take it now
+        self._superseded = asyncio.Event()  # another bridge's TAKE fence read
 
     # -- readiness -----------------------------------------------------------------------------
 
@@ -93,12 +101,50 @@ class Bridge:
             return emitter.decode_request(raw)
         return emitter.decode_broadcast(raw)
 
+    # -- whose messages: the lease and the fences ----------------------------------------------
+
+    def fenced(self) -> bool:
+        """Has this bridge read its own TAKE fence for the lease it holds now?"""
+        return self._fenced_term != 0 and self._fenced_term == self.lease.term
+
+    def may_send(self) -> bool:
+        """Sure of the lease (or handing it over, until the new holder's fence or a deadline)."""
+        if self.lease.active():
+            return True
+        return self._handover_until is not None and asyncio.get_running_loop().time() < self._handover_until
+
+    def delivering(self) -> bool:
+        """Are the messages read now this bridge's?"""
+        return self.fenced() and self.may_send()
+
+    def on_fence(self, raw: bytes) -> None:
+        """A fence splits the producers' stream: from this point on, messages are the TAKE
+        fence's bridge's. Read by every bridge at the same place among the messages."""
+        try:
+            kind, token, term = raw.decode().split(" ")
+            number = int(term)
+        except ValueError:
+            log.warning("lease fence not understood: %r", raw[:100])
+            return
+        if kind == TAKE:
+            mine = token == self.lease.token
+            if not mine and self._fenced_term:
+                log.info("lease: another bridge's fence read, its messages are not this one's")
+            self._fenced_term = number if mine else 0
+            if not mine:
+                self._superseded.set()
+        elif kind == RELEASED and token != self.lease.token:
+            self.wake_lease.set()
+
     def on_message(self, channel: str, raw: bytes) -> tuple[str, Operation] | None:
         """What to carry out for one message, or None (refused, counted; or left to the active
         bridge)."""
+        if channel == self.lease.fence_channel:
+            self.on_fence(raw)
+            return None
         source = self.source_of(channel)
         self.metrics.received.labels(source=source).inc()
-        if not self.lease.active():
+        if not self.delivering():
             self.metrics.skipped.labels(source=source).inc()
             return None
         try:
@@ -115,11 +161,11 @@ class Bridge:
         log.warning("message refused: %s", detail, extra={"source": source, "reason": reason})
 
     def _channels(self) -> tuple[list[str], list[str]]:
-        patterns, channels = [], []
+        patterns, channels = [], [self.lease.fence_channel]
         if "emitter" in self.settings.sources:
             patterns = [self.settings.emitter_prefix + "#*", self._request_head + "*"]
         if "python-socketio" in self.settings.sources:
-            channels = [self.settings.socketio_channel]
+            channels.append(self.settings.socketio_channel)
         return patterns, channels
 
     async def listen(self) -> None:
@@ -167,6 +213,8 @@ class Bridge:
             except (redis.RedisError, OSError) as exc:
                 log.warning("producers' channels lost, subscribing again: %s", exc)
             finally:
+                # Fences may have gone by unread: deliver again only after one read anew
+                self._fenced_term = 0
                 self.subscribed = False
                 self.metrics.subscribed.set(0)
                 with contextlib.suppress(Exception):
@@ -184,7 +232,11 @@ class Bridge:
             batch = [await self._queue.get()]
             while len(batch) < BATCH_LIMIT and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._carry_out_batch(batch)
+            try:
+                await self._carry_out_batch(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
 
     async def _carry_out_batch(self, batch: list[tuple[str, Operation]]) -> None:
         """The lease is checked before each bus operation, not once per batch: a batch can take
@@ -193,7 +245,7 @@ class Bridge:
         those messages to this bridge when they came, so they are counted and logged as lost."""
         i = 0
         while i < len(batch):
-            if not self.lease.active():
+            if not self.may_send():
                 self._lost_with_lease(batch[i:])
                 return
             run: list[tuple[str, Emit]] = []
@@ -250,9 +302,49 @@ class Bridge:
         for source in queued:
             self.metrics.bridged.labels(source=source).inc()
 
+    async def hand_over(self) -> None:
+        """A planned stop of the holder: release the lease, have the standbys try at once, and
+        go on delivering until the new holder's TAKE fence is read (what precedes it is this
+        bridge's, what follows it the new holder's), for one lease TTL at most (no standby: the
+        stop waits that long). The lease task must be stopped first, or it would retake it."""
+        self._handover_until = asyncio.get_running_loop().time() + self.lease.ttl_s
+        self._superseded.clear()
+        await self.lease.release()
+        await self.lease.fence(RELEASED)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._superseded.wait(), self.lease.ttl_s)
+        if self.fenced():
+            log.warning("lease handed over without a new holder's fence within the lease TTL")
+            self._fenced_term = 0
+        else:
+            log.info("lease handed over: the new holder's fence read")
+
+    async def drain(self, timeout: float) -> None:
+        """Carry out what was read while this bridge delivered, before the process ends."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+        left = self._queue.qsize()
+        if left:
+            log.error("stopping: %d messages read and not yet on the bus are lost", left)
+            while not self._queue.empty():
+                source, _ = self._queue.get_nowait()
+                self.metrics.lost.labels(source=source, reason="stopped").inc()
+
     def _lost(self, source: str, exc: Exception) -> None:
         self.metrics.publish_errors.inc()
         log.error("bus operation failed, message lost: %s", exc, extra={"source": source})
+
+
+async def _stop(bridge: Bridge, tasks: dict[str, asyncio.Task[None]]) -> None:
+    """A planned stop: the lease renewals end first; a holder hands the lease over while still
+    reading and delivering, then stops reading and carries out what it read."""
+    tasks["lease"].cancel()
+    await asyncio.gather(tasks["lease"], return_exceptions=True)
+    if bridge.lease.active():
+        await bridge.hand_over()
+    tasks["listen"].cancel()
+    await asyncio.gather(tasks["listen"], return_exceptions=True)
+    await bridge.drain(bridge.lease.ttl_s)
 
 
 def _text(value: Any) -> str:
@@ -281,18 +373,21 @@ async def serve(settings: BridgeSettings, stop: asyncio.Event | None = None) -> 
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     log.info("bridge started", extra={"settings": settings.public_view()})
-    tasks = [loop.create_task(coro, name=name) for name, coro in (
-        ("lease", lease.run()), ("listen", bridge.listen()), ("work", bridge.work()))]
+    tasks = {name: loop.create_task(coro, name=name) for name, coro in (
+        ("lease", lease.run(bridge.wake_lease, bridge.fenced)), ("listen", bridge.listen()),
+        ("work", bridge.work()))}
     try:
         done = loop.create_task(stop.wait())
-        await asyncio.wait([done, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
+        await asyncio.wait([done, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+        done.cancel()
+        for task in tasks.values():
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+        await _stop(bridge, tasks)
     finally:
-        for task in tasks:
+        for task in tasks.values():
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
         if lease.role == ACTIVE:
             await lease.release()
         await runner.cleanup()

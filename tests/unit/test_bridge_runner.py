@@ -22,6 +22,9 @@ class FakeLease:
         self.holding = True
         self.role = "active"
         self.reachable = True
+        self.token = "me"
+        self.term = 1
+        self.fence_channel = "lease:fence"
 
     def active(self) -> bool:
         return self.holding
@@ -86,7 +89,9 @@ def emitter(event: str, data: Any, rooms: list[str], excluded: list[str] | None 
 
 def make() -> tuple[Bridge, FakePublisher, FakeLease, BridgeMetrics]:
     pub, lease, metrics = FakePublisher(), FakeLease(), BridgeMetrics()
-    return Bridge(load({}, env={}), pub, lease, metrics), pub, lease, metrics  # type: ignore[arg-type]
+    bridge = Bridge(load({}, env={}), pub, lease, metrics)  # type: ignore[arg-type]
+    bridge.on_message(lease.fence_channel, b"take me 1")  # its own fence read: it delivers
+    return bridge, pub, lease, metrics
 
 
 def count(metrics: BridgeMetrics, name: str, **labels: str) -> float:
@@ -181,3 +186,33 @@ async def test_a_lease_lost_mid_batch_stops_publishing_and_counts_what_it_held_a
     assert count(metrics, "bridge_messages_lost_total", source="emitter", reason="lease_lost") == 3
     assert count(metrics, "bridge_messages_standby_total", source="emitter") == 0
     assert count(metrics, "bridge_messages_bridged_total", source="emitter") == 1
+
+
+async def test_fences_split_the_stream_between_the_holders() -> None:
+    """What precedes another bridge's TAKE fence is this bridge's, what follows it is not; a
+    bridge that holds the lease delivers only after reading its own fence for that term (a
+    message that reached it late, from before it took the lease, is the old holder's)."""
+    bridge, pub, lease, metrics = make()
+    await feed_and_work(bridge, [
+        (CH, emitter("a", 1, ["user:1"])),
+        (lease.fence_channel, b"take other 7"),
+        (CH, emitter("b", 2, ["user:1"])),
+    ])
+    assert pub.calls == [("emit", "a", 1, "user:1")]
+    assert count(metrics, "bridge_messages_standby_total", source="emitter") == 1
+
+    lease.term = 2  # this bridge took the lease again: its new fence is not read yet
+    await feed_and_work(bridge, [
+        (CH, emitter("c", 3, ["user:1"])),
+        (lease.fence_channel, b"take me 1"),  # an old one: not this term's
+        (CH, emitter("d", 4, ["user:1"])),
+        (lease.fence_channel, b"take me 2"),
+        (CH, emitter("e", 5, ["user:1"])),
+        (lease.fence_channel, b"bad fence"),  # logged, changes nothing
+        (CH, emitter("f", 6, ["user:1"])),
+    ])
+    assert pub.calls[1:] == [("pipeline", ("emit", "e", 5, "user:1"), ("emit", "f", 6, "user:1"))]
+    assert count(metrics, "bridge_messages_standby_total", source="emitter") == 3
+    assert not bridge.wake_lease.is_set()
+    bridge.on_message(lease.fence_channel, b"released other 7")
+    assert bridge.wake_lease.is_set()
