@@ -209,9 +209,12 @@ class Bridge:
                         if confirmed == wanted:
                             self.subscribed = True
                             self.metrics.subscribed.set(1)
+                            self.wake_lease.set()  # a holder publishes its fence now, to be read here
                             log.info("subscribed", extra={"patterns": patterns, "channels": channels})
             except (redis.RedisError, OSError) as exc:
+                # What producers publish until the subscription is back is lost: say so, count it
                 log.warning("producers' channels lost, subscribing again: %s", exc)
+                self.metrics.resubscribes.inc()
             finally:
                 # Fences may have gone by unread: deliver again only after one read anew
                 self._fenced_term = 0
@@ -220,7 +223,8 @@ class Bridge:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                     await client.aclose()
-            await asyncio.sleep(RESUBSCRIBE_AFTER_S)
+            # at once after a connection that worked (every moment away loses messages), then paced
+            await asyncio.sleep(0 if confirmed == wanted else RESUBSCRIBE_AFTER_S)
 
     # -- out: the bus -------------------------------------------------------------------------
 

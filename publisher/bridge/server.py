@@ -45,6 +45,9 @@ class BridgeMetrics:
         self.lost = Counter("bridge_messages_lost_total",
                             "Messages read while active that never reached the bus, by reason.",
                             ["source", "reason"], registry=self.registry)
+        self.resubscribes = Counter("bridge_resubscribes_total",
+                                    "Subscriber connections lost and made again (messages lost meanwhile).",
+                                    registry=self.registry)
         self.role = Gauge("bridge_role", "1 for this bridge's current lease role.", ["role"],
                           registry=self.registry)
         self.subscribed = Gauge("bridge_subscribed", "1 while subscribed to the producers' channels.",

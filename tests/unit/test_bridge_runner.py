@@ -98,7 +98,7 @@ def count(metrics: BridgeMetrics, name: str, **labels: str) -> float:
     """One sample, read from the bridge's own counters (the registry's process collector reads
     /proc, a blocking call in the event loop)."""
     for metric in (metrics.received, metrics.bridged, metrics.refused, metrics.skipped, metrics.publish_errors,
-                   metrics.lost):
+                   metrics.lost, metrics.resubscribes):
         for family in metric.collect():
             for sample in family.samples:
                 if sample.name == name and sample.labels == labels:
