@@ -9,7 +9,7 @@ fence, which both read in the same order.
 
 from __future__ import annotations
 
-from tests.e2e.producers.support import Producers, active, metric, wait_for
+from tests.e2e.producers.support import Producers, active, metric
 from tests.e2e.recovery.support import EVENT, connect, settle, token, uid
 from tests.support.node_emitter import NodeEmitter
 from tests.support.sio_client import NodeClients
@@ -19,10 +19,7 @@ AFTER = 100  # events sent once the standby holds the lease, while the old one i
 
 def test_a_sigterm_hands_over_without_losing_or_repeating_an_event(
         node_clients: NodeClients, producers: Producers, emitter: NodeEmitter) -> None:
-    first = producers.start_bridge()
-    second = producers.start_bridge()
-    wait_for(lambda: active(first) or active(second), "one bridge holds the lease")
-    holder, standby = (first, second) if active(first) else (second, first)
+    holder, standby = producers.two_bridges()
     user = uid()
     connect(node_clients, "a", producers.replicas[0].ns_url, token(user, ()))
 
