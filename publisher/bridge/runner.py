@@ -307,10 +307,13 @@ class Bridge:
         go on delivering until the new holder's TAKE fence is read (what precedes it is this
         bridge's, what follows it the new holder's), for one lease TTL at most (no standby: the
         stop waits that long). The lease task must be stopped first, or it would retake it."""
+        delivering = self.fenced()  # not while subscribing again: then nothing to hand over
         self._handover_until = asyncio.get_running_loop().time() + self.lease.ttl_s
         self._superseded.clear()
         await self.lease.release()
         await self.lease.fence(RELEASED)
+        if not delivering:
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._superseded.wait(), self.lease.ttl_s)
         if self.fenced():

@@ -25,6 +25,18 @@ class FakeLease:
         self.token = "me"
         self.term = 1
         self.fence_channel = "lease:fence"
+        self.ttl_s = 0.3
+        self.fences: list[str] = []
+        self.on_fence: Any = None
+
+    async def release(self) -> None:
+        self.holding = False
+
+    async def fence(self, kind: str) -> bool:
+        self.fences.append(kind)
+        if self.on_fence is not None:
+            self.on_fence(kind)
+        return True
 
     def active(self) -> bool:
         return self.holding
@@ -216,3 +228,33 @@ async def test_fences_split_the_stream_between_the_holders() -> None:
     assert not bridge.wake_lease.is_set()
     bridge.on_message(lease.fence_channel, b"released other 7")
     assert bridge.wake_lease.is_set()
+
+
+async def test_a_planned_stop_delivers_until_the_new_holders_fence() -> None:
+    """Released, the standbys told; what is read before the new holder's TAKE fence is still
+    this bridge's (the standby leaves it), what follows it is not."""
+    bridge, pub, lease, metrics = make()
+
+    def standby_takes_over(kind: str) -> None:  # what the subscriber reads meanwhile
+        for channel, raw in [(CH, emitter("a", 1, ["user:1"])), (lease.fence_channel, b"take other 3"),
+                             (CH, emitter("b", 2, ["user:1"]))]:
+            item = bridge.on_message(channel, raw)
+            if item is not None:
+                bridge._queue.put_nowait(item)
+
+    lease.on_fence = standby_takes_over
+    lease.ttl_s = 60.0
+    await asyncio.wait_for(bridge.hand_over(), 5)  # at the fence, not after a lease TTL
+    assert lease.fences == ["released"]
+    assert not lease.holding
+    assert not bridge.fenced()
+    await feed_and_work(bridge, [])
+    assert pub.calls == [("emit", "a", 1, "user:1")]
+    assert count(metrics, "bridge_messages_standby_total", source="emitter") == 1
+
+
+async def test_a_planned_stop_without_a_standby_stops_delivering_after_one_lease_ttl() -> None:
+    bridge, _, lease, _ = make()
+    await asyncio.wait_for(bridge.hand_over(), 2)
+    assert lease.fences == ["released"]
+    assert not bridge.delivering()
