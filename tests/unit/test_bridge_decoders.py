@@ -76,6 +76,7 @@ def test_emitter_requests() -> None:
     (b"[1,2]", "malformed"),
     (b"\xc1", "malformed"),
     (b"\x81\x91\x01\x01", "malformed"),  # msgpack: a map keyed by an array (unhashable)
+    (b'{"type": 2, "rooms": ["' + b"a" * emitter.MAX_MESSAGE_BYTES + b'"]}', "too_large"),  # JSON too
 ])
 def test_emitter_requests_refused(raw: bytes, reason: str) -> None:
     with pytest.raises(Refused) as caught:
