@@ -10,32 +10,10 @@ import asyncio
 import atexit
 import logging
 import sys
-import time
-from typing import Any
 
-import orjson
+from publisher.opsurface import JsonFormatter
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-# A field named like a credential is dropped whatever it holds (the settings are logged through
-# Settings.public_view, which masks them; this is the net under a future `extra=`).
-_SECRET_FIELDS = {"token", "jwt", "authorization", "password", "secret", "cookie", "api_key",
-                  "publish_api_key", "jwt_secret", "jwt_secrets", "sentinel_password"}
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and key.lower() not in _SECRET_FIELDS:
-                line[key] = value
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+__all__ = ["BatchingHandler", "JsonFormatter", "configure"]
 
 
 class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -165,7 +165,7 @@ def _bridge(args: argparse.Namespace) -> int:
     """Run the bridge until SIGTERM / SIGINT; 2 on a bad setting (named in the message)."""
     import asyncio
 
-    from publisher.bridge import config, runner
+    from publisher.bridge import config, process
 
     values = {env: getattr(args, env) for _, env, _ in BRIDGE_FLAGS}
     values.update(REDIS_URL=args.redis_url, CHANNEL_PREFIX=args.channel_prefix, KEY_PREFIX=args.key_prefix)
@@ -174,7 +174,7 @@ def _bridge(args: argparse.Namespace) -> int:
     except config.ConfigError as exc:
         _complain(str(exc))
         return EXIT_USAGE
-    asyncio.run(runner.serve(settings))
+    asyncio.run(process.serve(settings))
     return 0
 
 

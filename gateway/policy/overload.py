@@ -30,7 +30,14 @@ PROBE_EVERY = 0.1  # seconds from a probe's arming to its due time: lag shows wi
 class LoopLag:
     """The running event loop's lag, measured by a timer callback armed when the question is
     asked: while handshakes arrive (a storm) a probe is always pending and the answer is at most
-    `every` s old; an idle replica runs no timer at all."""
+    one probe old; an idle replica runs no timer at all.
+
+    A measure stands until the next probe has measured, provided that probe was armed within
+    two periods of it (handshakes kept coming: the measures form a chain). In a loop that stays behind,
+    the next probe is late too, and before it comes due its own overdue time reads near zero:
+    dropping the old measure after a fixed age would report a lagging loop as fine for most of
+    each of its turns. After a pause in the questions the chain is broken and an old measure,
+    which may be from minutes ago, no longer counts."""
 
     def __init__(self, every: float = PROBE_EVERY) -> None:
         self._every = every
@@ -38,6 +45,7 @@ class LoopLag:
         self._due: float | None = None  # the pending probe's due time
         self._last = 0.0  # the last probe's delay...
         self._last_at = float("-inf")  # ...measured then (loop time)
+        self._chained = False  # the pending probe was armed right after the last measure
 
     def seconds(self) -> float:
         """How far behind the loop runs now (0.0 outside a running loop)."""
@@ -48,13 +56,14 @@ class LoopLag:
             except RuntimeError:
                 return 0.0
             self._due = None
+            self._last_at = float("-inf")
         now = loop.time()
-        recent = self._last if now - self._last_at <= 2 * self._every else 0.0
         if self._due is None:
+            self._chained = now - self._last_at <= 2 * self._every
             self._due = now + self._every
             loop.call_at(self._due, self._tick)
-            return recent
-        return max(recent, now - self._due)
+            return self._last if self._chained else 0.0
+        return max(self._last if self._chained else 0.0, now - self._due)
 
     def _tick(self) -> None:
         loop, due = self._loop, self._due

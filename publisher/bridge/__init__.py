@@ -6,7 +6,8 @@ Python services with python-socketio's `RedisManager` / `AsyncRedisManager(write
 (JSON on the `socketio` channel). What they send is decoded (`emitter`, `socketio_json`), turned
 into bus operations (`operations`), and put on the bus through `AsyncPublisher`, so bridged
 events get history and recovery like any other. One bridge per bus is active, the others wait
-on a Redis lease (`lease`); `server` answers /healthz, /readyz and /metrics; `runner` wires it.
+on a Redis lease (`lease`); `server` answers /healthz, /readyz and /metrics; `runner` reads and
+carries out; `process` wires it all and hands the lease over on a planned stop.
 
 Those producers publish fire-and-forget on classic Redis pub/sub: what they send while no
 bridge is active (between an active one dying and a standby taking over) is lost.

@@ -27,15 +27,21 @@ REQUEST_NAMES = {0: "sockets", 1: "allRooms", 5: "fetchSockets", 6: "serverSideE
 MAX_MESSAGE_BYTES = 1 << 20  # msgpack of a 64 KiB payload is far smaller; beyond this, refused
 
 
-def _unpack(raw: bytes) -> Any:
+def _check_size(raw: bytes) -> None:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise Refused("too_large", f"a message of {len(raw)} bytes (at most {MAX_MESSAGE_BYTES})")
+
+
+def _unpack(raw: bytes) -> Any:
+    _check_size(raw)
     try:
         # strict_map_key=False: a payload may use integer keys (then refused by the publisher's
         # payload checks with a clear message, not here with msgpack's)
         return msgpack.unpackb(raw, raw=False, strict_map_key=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise Refused("malformed", f"not msgpack: {exc}") from None
+    except TypeError as exc:  # a map keyed by an array or a map: no Python dict can hold it
+        raise Refused("malformed", f"not msgpack that maps to JSON: {exc}") from None
 
 
 def _rooms(value: Any, what: str) -> tuple[str, ...]:
@@ -71,6 +77,7 @@ def decode_broadcast(raw: bytes) -> Emit:
 
 def decode_request(raw: bytes) -> Operation:
     """A request of the emitter (socketsJoin, socketsLeave, disconnectSockets)."""
+    _check_size(raw)  # JSON as msgpack: parsing a huge one whole is what the limit prevents
     if raw[:1] == b"{":
         try:
             request = orjson.loads(raw)

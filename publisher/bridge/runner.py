@@ -5,7 +5,9 @@ One worker carries messages out in the order received: a producer's events for a
 bus in the order it sent them (what it relied on with Node's adapter). What waits when the
 worker comes round is sent together: consecutive single-target emits in one pipeline. A standby is subscribed
 too (hot) but leaves every message to the active bridge; the lease is checked again right before
-each publish, so a bridge that lost it stops at once.
+each bus operation, so a bridge that lost it stops at once. Which messages are whose is decided
+by the fences on the lease's channel (`lease`): a holder delivers what follows its own, which
+also lets a planned stop hand over without a gap.
 """
 
 from __future__ import annotations
@@ -13,16 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from typing import Any
 
 import redis
 import redis.asyncio
-from aiohttp import web
 
 from publisher.bridge import emitter, socketio_json
 from publisher.bridge.config import BridgeSettings
-from publisher.bridge.lease import ACTIVE, STANDBY, Lease
+from publisher.bridge.lease import RELEASED, STANDBY, TAKE, Lease
 from publisher.bridge.operations import (
     Emit,
     Operation,
@@ -32,12 +32,10 @@ from publisher.bridge.operations import (
     check_namespace,
     simple,
 )
-from publisher.bridge.server import BridgeMetrics, routes, setup_logging
-from publisher.client import AsyncPublisher
+from publisher.bridge.server import BridgeMetrics
 from publisher.cluster.urls import is_cluster_url, parse_cluster_url
 from publisher.errors import PublisherError
 from publisher.redis_url import async_client
-from publisher.transports import async_transport
 
 log = logging.getLogger("publisher.bridge")
 QUEUE_LIMIT = 10_000  # messages decoded and waiting for the bus; beyond it, reading waits
@@ -66,6 +64,12 @@ class Bridge:
         self.subscribed = False
         self._queue: asyncio.Queue[tuple[str, Operation]] = asyncio.Queue(QUEUE_LIMIT)
         self._request_head = settings.emitter_prefix + "-request#"
+        # The term of this bridge's own TAKE fence, read on the subscriber connection (0: none,
+        # or another bridge's TAKE read since): messages read from there on are this bridge's.
+        self._fenced_term = 0
+        self._handover_until: float | None = None  # stopping: may deliver until then, or another's TAKE
+        self.wake_lease = asyncio.Event()  # another bridge released the lease: try to take it now
+        self._superseded = asyncio.Event()  # another bridge's TAKE fence read
 
     # -- readiness -----------------------------------------------------------------------------
 
@@ -93,12 +97,50 @@ class Bridge:
             return emitter.decode_request(raw)
         return emitter.decode_broadcast(raw)
 
+    # -- whose messages: the lease and the fences ----------------------------------------------
+
+    def fenced(self) -> bool:
+        """Has this bridge read its own TAKE fence for the lease it holds now?"""
+        return self._fenced_term != 0 and self._fenced_term == self.lease.term
+
+    def may_send(self) -> bool:
+        """Sure of the lease (or handing it over, until the new holder's fence or a deadline)."""
+        if self.lease.active():
+            return True
+        return self._handover_until is not None and asyncio.get_running_loop().time() < self._handover_until
+
+    def delivering(self) -> bool:
+        """Are the messages read now this bridge's?"""
+        return self.fenced() and self.may_send()
+
+    def on_fence(self, raw: bytes) -> None:
+        """A fence splits the producers' stream: from this point on, messages are the TAKE
+        fence's bridge's. Read by every bridge at the same place among the messages."""
+        try:
+            kind, token, term = raw.decode().split(" ")
+            number = int(term)
+        except ValueError:
+            log.warning("lease fence not understood: %r", raw[:100])
+            return
+        if kind == TAKE:
+            mine = token == self.lease.token
+            if not mine and self._fenced_term:
+                log.info("lease: another bridge's fence read, its messages are not this one's")
+            self._fenced_term = number if mine else 0
+            if not mine:
+                self._superseded.set()
+        elif kind == RELEASED and token != self.lease.token:
+            self.wake_lease.set()
+
     def on_message(self, channel: str, raw: bytes) -> tuple[str, Operation] | None:
         """What to carry out for one message, or None (refused, counted; or left to the active
         bridge)."""
+        if channel == self.lease.fence_channel:
+            self.on_fence(raw)
+            return None
         source = self.source_of(channel)
         self.metrics.received.labels(source=source).inc()
-        if not self.lease.active():
+        if not self.delivering():
             self.metrics.skipped.labels(source=source).inc()
             return None
         try:
@@ -115,11 +157,11 @@ class Bridge:
         log.warning("message refused: %s", detail, extra={"source": source, "reason": reason})
 
     def _channels(self) -> tuple[list[str], list[str]]:
-        patterns, channels = [], []
+        patterns, channels = [], [self.lease.fence_channel]
         if "emitter" in self.settings.sources:
             patterns = [self.settings.emitter_prefix + "#*", self._request_head + "*"]
         if "python-socketio" in self.settings.sources:
-            channels = [self.settings.socketio_channel]
+            channels.append(self.settings.socketio_channel)
         return patterns, channels
 
     async def listen(self) -> None:
@@ -163,16 +205,22 @@ class Bridge:
                         if confirmed == wanted:
                             self.subscribed = True
                             self.metrics.subscribed.set(1)
+                            self.wake_lease.set()  # a holder publishes its fence now, to be read here
                             log.info("subscribed", extra={"patterns": patterns, "channels": channels})
             except (redis.RedisError, OSError) as exc:
+                # What producers publish until the subscription is back is lost: say so, count it
                 log.warning("producers' channels lost, subscribing again: %s", exc)
+                self.metrics.resubscribes.inc()
             finally:
+                # Fences may have gone by unread: deliver again only after one read anew
+                self._fenced_term = 0
                 self.subscribed = False
                 self.metrics.subscribed.set(0)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                     await client.aclose()
-            await asyncio.sleep(RESUBSCRIBE_AFTER_S)
+            # at once after a connection that worked (every moment away loses messages), then paced
+            await asyncio.sleep(0 if confirmed == wanted else RESUBSCRIBE_AFTER_S)
 
     # -- out: the bus -------------------------------------------------------------------------
 
@@ -184,19 +232,40 @@ class Bridge:
             batch = [await self._queue.get()]
             while len(batch) < BATCH_LIMIT and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            if not self.lease.active():  # lost since they were received: the new holder has them
-                for source, _ in batch:
-                    self.metrics.skipped.labels(source=source).inc()
-                continue
+            try:
+                await self._carry_out_batch(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _carry_out_batch(self, batch: list[tuple[str, Operation]]) -> None:
+        """The lease is checked before each bus operation, not once per batch: a batch can take
+        many round trips (room controls take two each), and a bridge that lost the lease must
+        stop at once. What it read while active and had not sent then is lost: the standby left
+        those messages to this bridge when they came, so they are counted and logged as lost."""
+        i = 0
+        while i < len(batch):
+            if not self.may_send():
+                self._lost_with_lease(batch[i:])
+                return
             run: list[tuple[str, Emit]] = []
-            for source, op in batch:
-                if isinstance(op, Emit) and simple(op):
-                    run.append((source, op))
-                    continue
+            while i + len(run) < len(batch):
+                source, op = batch[i + len(run)]
+                if not (isinstance(op, Emit) and simple(op)):
+                    break
+                run.append((source, op))
+            if run:
                 await self._emits(run)
-                run = []
-                await self._carry_out(source, op)
-            await self._emits(run)
+                i += len(run)
+            else:
+                await self._carry_out(*batch[i])
+                i += 1
+
+    def _lost_with_lease(self, items: list[tuple[str, Operation]]) -> None:
+        for source, _ in items:
+            self.metrics.lost.labels(source=source, reason="lease_lost").inc()
+        log.error("lease lost: %d messages read while active and not yet on the bus are lost", len(items),
+                  extra={"lost": len(items)})
 
     async def _carry_out(self, source: str, op: Operation) -> None:
         try:
@@ -233,6 +302,37 @@ class Bridge:
         for source in queued:
             self.metrics.bridged.labels(source=source).inc()
 
+    async def hand_over(self) -> None:
+        """A planned stop of the holder: release the lease, have the standbys try at once, and
+        go on delivering until the new holder's TAKE fence is read (what precedes it is this
+        bridge's, what follows it the new holder's), for one lease TTL at most (no standby: the
+        stop waits that long). The lease task must be stopped first, or it would retake it."""
+        delivering = self.fenced()  # not while subscribing again: then nothing to hand over
+        self._handover_until = asyncio.get_running_loop().time() + self.lease.ttl_s
+        self._superseded.clear()
+        await self.lease.release()
+        await self.lease.fence(RELEASED)
+        if not delivering:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._superseded.wait(), self.lease.ttl_s)
+        if self.fenced():
+            log.warning("lease handed over without a new holder's fence within the lease TTL")
+            self._fenced_term = 0
+        else:
+            log.info("lease handed over: the new holder's fence read")
+
+    async def drain(self, timeout: float) -> None:
+        """Carry out what was read while this bridge delivered, before the process ends."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), timeout)
+        left = self._queue.qsize()
+        if left:
+            log.error("stopping: %d messages read and not yet on the bus are lost", left)
+            while not self._queue.empty():
+                source, _ = self._queue.get_nowait()
+                self.metrics.lost.labels(source=source, reason="stopped").inc()
+
     def _lost(self, source: str, exc: Exception) -> None:
         self.metrics.publish_errors.inc()
         log.error("bus operation failed, message lost: %s", exc, extra={"source": source})
@@ -240,45 +340,3 @@ class Bridge:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-async def serve(settings: BridgeSettings, stop: asyncio.Event | None = None) -> None:
-    """Run the bridge until `stop` is set (or SIGTERM / SIGINT)."""
-    setup_logging(settings.log_level)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    metrics = BridgeMetrics()
-    pub = AsyncPublisher(settings.redis_url, channel_prefix=settings.channel_prefix,
-                         key_prefix=settings.key_prefix, history_max_len=settings.history_max_len,
-                         recovery_window_s=settings.recovery_window_s)
-    lease_transport = async_transport(settings.redis_url)
-    lease = Lease(lease_transport, settings.lease_key, settings.bridge_id, ttl_ms=settings.lease_ttl_ms,
-                  renew_ms=settings.lease_renew_ms, on_role=metrics.set_role)
-    bridge = Bridge(settings, pub, lease, metrics)
-    app = web.Application()
-    app.add_routes(routes(metrics, bridge.not_ready))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
-    log.info("bridge started", extra={"settings": settings.public_view()})
-    tasks = [loop.create_task(coro, name=name) for name, coro in (
-        ("lease", lease.run()), ("listen", bridge.listen()), ("work", bridge.work()))]
-    try:
-        done = loop.create_task(stop.wait())
-        await asyncio.wait([done, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if lease.role == ACTIVE:
-            await lease.release()
-        await runner.cleanup()
-        await pub.close()
-        await lease_transport.close()
-        log.info("bridge stopped")

@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
-from collections.abc import Callable
-from typing import Any
 
-import orjson
-from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+
+from publisher.opsurface import JsonFormatter, routes
+
+__all__ = ["BridgeMetrics", "routes", "setup_logging"]
 
 ROLES = ("starting", "active", "standby")
 
@@ -42,6 +34,12 @@ class BridgeMetrics:
         self.publish_errors = Counter("bridge_publish_errors_total",
                                       "Bus operations that failed after the publisher's retries (message lost).",
                                       registry=self.registry)
+        self.lost = Counter("bridge_messages_lost_total",
+                            "Messages read while active that never reached the bus, by reason.",
+                            ["source", "reason"], registry=self.registry)
+        self.resubscribes = Counter("bridge_resubscribes_total",
+                                    "Subscriber connections lost and made again (messages lost meanwhile).",
+                                    registry=self.registry)
         self.role = Gauge("bridge_role", "1 for this bridge's current lease role.", ["role"],
                           registry=self.registry)
         self.subscribed = Gauge("bridge_subscribed", "1 while subscribed to the producers' channels.",
@@ -51,41 +49,6 @@ class BridgeMetrics:
     def set_role(self, role: str) -> None:
         for name in ROLES:
             self.role.labels(role=name).set(1 if name == role else 0)
-
-
-def routes(metrics: BridgeMetrics, ready: Callable[[], str | None]) -> list[web.RouteDef]:
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        reason = ready()
-        if reason is None:
-            return web.json_response({"status": "ready"})
-        return web.json_response({"status": "not_ready", "reason": reason}, status=503)
-
-    async def metrics_text(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics_text)]
-
-
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, the gateway's fields (ts, level, logger, msg, extras)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        line.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD)
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
 
 
 def setup_logging(level: str) -> None:

@@ -42,6 +42,7 @@ def test_emitter_broadcasts_become_emits() -> None:
     (broadcast(["e", 1], id=4), "ack", "acknowledgement"),
     (broadcast(["e", 1], rooms=[1]), "malformed", "opts.rooms"),  # type: ignore[list-item]
     (b"\x93" + b"\x00" * (emitter.MAX_MESSAGE_BYTES + 1), "too_large", "bytes"),
+    (b"\x93\xa1u\x81\x91\x01\x01\x80", "malformed", "not msgpack"),  # a map keyed by an array
 ])
 def test_emitter_broadcasts_refused(raw: bytes, reason: str, words: str) -> None:
     with pytest.raises(Refused) as caught:
@@ -74,6 +75,8 @@ def test_emitter_requests() -> None:
     (b"{not json", "malformed"),
     (b"[1,2]", "malformed"),
     (b"\xc1", "malformed"),
+    (b"\x81\x91\x01\x01", "malformed"),  # msgpack: a map keyed by an array (unhashable)
+    (b'{"type": 2, "rooms": ["' + b"a" * emitter.MAX_MESSAGE_BYTES + b'"]}', "too_large"),  # JSON too
 ])
 def test_emitter_requests_refused(raw: bytes, reason: str) -> None:
     with pytest.raises(Refused) as caught:

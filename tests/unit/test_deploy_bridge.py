@@ -95,3 +95,14 @@ def test_compose_runs_a_bridge_on_the_replicas_redis() -> None:
     assert f"{settings.port}/readyz" in " ".join(bridge["healthcheck"]["test"])
     assert bridge["depends_on"]["redis"]["condition"] == "service_healthy"
     assert bridge["image"] == services["gateway-1"]["image"]
+
+
+def test_the_stop_grace_covers_a_handover_and_the_drain() -> None:
+    """A stopping bridge waits up to one lease TTL for the new holder's fence, then up to one
+    more to carry out what it read: killed before that, it would lose what it holds."""
+    settings = load({}, env=bridge_env())
+    grace = float(find("Deployment", BRIDGE)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+    assert grace >= 2 * settings.lease_ttl_ms / 1000 + 5
+    bridge = compose()["services"]["bridge"]
+    env = {k: compose_default(v) for k, v in bridge["environment"].items()}
+    assert int(str(bridge["stop_grace_period"]).rstrip("s")) >= 2 * load({}, env=env).lease_ttl_ms / 1000 + 5

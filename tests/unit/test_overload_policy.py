@@ -103,3 +103,33 @@ def test_an_idle_replica_runs_no_probe() -> None:
 
 def test_no_loop_no_lag() -> None:
     assert LoopLag().seconds() == 0.0
+
+
+def test_a_lag_that_lasts_is_reported_until_a_newer_measure_says_otherwise() -> None:
+    """A storm's backlog: every loop turn takes 0.5 s (25 handshake steps of 20 ms). Once the
+    probe has measured the lag, no step may read it as gone before a newer probe has measured
+    again: a measure counted only for two probe periods let every other turn admit its
+    handshakes while the loop was as far behind as ever."""
+    lag = LoopLag(every=0.05)
+    seen: list[float] = []
+
+    async def backlog() -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def turn(left: int) -> None:
+            for _ in range(25):
+                time.sleep(0.02)  # on purpose: a handshake's CPU, blocking the loop
+                seen.append(lag.seconds())
+            if left:
+                loop.call_soon(turn, left - 1)
+            else:
+                done.set()
+
+        loop.call_soon(turn, 4)
+        await done.wait()
+
+    asyncio.run(backlog())
+    first = next(i for i, value in enumerate(seen) if value >= 0.3)
+    assert first < 50, seen  # measured within two turns
+    assert min(seen[first:]) >= 0.3, [round(v, 2) for v in seen]

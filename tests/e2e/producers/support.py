@@ -67,6 +67,12 @@ class Producers:
         bridge.wait_ready(20)
         return bridge
 
+    def two_bridges(self) -> tuple[GatewayProcess, GatewayProcess]:
+        """Two bridges on the bus, once one holds the lease: (the holder, the standby)."""
+        first, second = self.start_bridge(), self.start_bridge()
+        wait_for(lambda: active(first) or active(second), "one bridge holds the lease")
+        return (first, second) if active(first) else (second, first)
+
     def emitter(self) -> NodeEmitter:
         return NodeEmitter(self.redis.url, self.emitter_prefix)
 

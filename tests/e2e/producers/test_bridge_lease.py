@@ -17,10 +17,7 @@ from tests.support.sio_client import NodeClients
 
 def test_two_bridges_deliver_once_and_the_standby_takes_over_after_sigkill(
         node_clients: NodeClients, producers: Producers, emitter: NodeEmitter) -> None:
-    first = producers.start_bridge()
-    second = producers.start_bridge()
-    wait_for(lambda: active(first) or active(second), "one bridge holds the lease")
-    holder, standby = (first, second) if active(first) else (second, first)
+    holder, standby = producers.two_bridges()
     assert not active(standby)
     assert metric(standby, "bridge_role", role="standby") == 1
 
