@@ -135,7 +135,7 @@ def test_emits_land_in_each_rooms_stream_on_its_shard_spread_over_the_primaries(
     cluster.reset_stats()
 
     positions = pub.emit_many([Message("x", i, room=room) for i, room in enumerate(rooms)])  # grouped by shard
-    singles = [pub.emit("y", i, room=room) for i, room in enumerate(rooms)]  # one call each: no planning
+    singles = [pub.emit("y", i, room=room).result() for i, room in enumerate(rooms)]  # one call each: no planning
     for room, first, second in zip(rooms, positions, singles, strict=True):
         assert stream_ids(cluster, owners.of(NAMES.history_key(room)), NAMES.history_key(room)) == [first, second]
     calls = {port: script_calls(cluster, port) for port in primaries}
@@ -166,7 +166,7 @@ def test_a_sharded_subscriber_on_the_owner_gets_the_publish_with_its_position(
         [replica] = cluster.replicas_of(node.port)
         on_owner, on_replica = sharded(cluster, node.port, channel), sharded(cluster, replica, channel)
         try:
-            position = pub.emit("coins:earned", {"n": 1}, room=room)
+            position = pub.emit("coins:earned", {"n": 1}, room=room).result()
             for pubsub in (on_owner, on_replica):
                 message = next_message(pubsub)
                 assert message is not None
@@ -185,7 +185,7 @@ def test_broadcasts_and_users_have_their_own_slots(cluster: RedisCluster, pub: P
     everyone = NAMES.history_key(EVERYONE)
     listener = sharded(cluster, owners.of(everyone), NAMES.room_channel(EVERYONE))
     try:
-        position = pub.emit("maintenance", {"at": "22:00"}, broadcast=True)
+        position = pub.emit("maintenance", {"at": "22:00"}, broadcast=True).result()
         message = next_message(listener)
         assert message is not None
         event = decode(message["data"])
@@ -195,7 +195,7 @@ def test_broadcasts_and_users_have_their_own_slots(cluster: RedisCluster, pub: P
     finally:
         listener.close()
     user = fresh("u")
-    position = pub.coins_earned(user, amount=1, reason="r", new_balance=1)
+    position = pub.coins_earned(user, amount=1, reason="r", new_balance=1).result()
     key = NAMES.history_key(f"user:{user}")
     assert stream_ids(cluster, owners.of(key), key) == [position]
 
@@ -211,7 +211,7 @@ def test_join_and_leave_edit_sessions_on_the_users_shard_and_publish_there(
     # rooms on the other shards: their positions are read there, the sessions edited at home
     away = [port for port in (node.port for node in owners.primaries) if port != home]
     rooms = [owners.rooms_on(port)[0] for port in away]
-    before = {room: pub.emit("x", 0, room=room) for room in rooms}
+    before = {room: pub.emit("x", 0, room=room).result() for room in rooms}
     save_session(cluster, home, user, "p1", [f"user:{user}"])
     channel = NAMES.room_channel(f"user:{user}")
     assert owners.of(channel) == home
@@ -230,7 +230,7 @@ def test_join_and_leave_edit_sessions_on_the_users_shard_and_publish_there(
         assert (control.kind, control.user) == ("join", user)
         assert {room: str(at) for room, at in control.rooms} == joined
 
-        later = pub.emit("x", 1, room=rooms[0])
+        later = pub.emit("x", 1, room=rooms[0]).result()
         left = pub.leave(user, rooms[0])
         assert left == {rooms[0]: later}
         record = load_session(cluster, home, user, "p1")
@@ -344,7 +344,7 @@ def test_a_plain_url_at_a_cluster_node_is_refused_naming_redis_cluster(cluster: 
     with Publisher(f"redis://127.0.0.1:{port}/0", key_prefix=prefix) as pub:
         for _ in range(2):  # every call, not only the first
             with pytest.raises(ClusterModeError) as info:
-                pub.emit("x", 1, room=fresh())
+                pub.emit("x", 1, room=fresh()).result()
             assert f"write redis+cluster://127.0.0.1:{port}" in str(info.value)
         with pytest.raises(ClusterModeError):
             pub.join("u", "quiz:1")
@@ -360,7 +360,7 @@ def test_a_plain_url_at_a_cluster_node_is_refused_naming_redis_cluster(cluster: 
     runner.close()
     given = cluster.client(port)
     with Publisher(client=given) as pub, pytest.raises(ClusterModeError, match=r"redis\+cluster://"):
-        pub.emit("x", 1, broadcast=True)
+        pub.emit("x", 1, broadcast=True).result()
     given.close()
 
 

@@ -65,7 +65,7 @@ def test_publisher_emits_spread_over_the_three_primaries(
     half = PER_ROOM // 2
     for n in range(half):
         for room in rooms.values():
-            pub.emit(EVENT, payload(n, room), room=room)
+            pub.emit(EVENT, payload(n, room), room=room).result()
     pub.emit_many([Message(EVENT, payload(n, room), room=room)
                    for n in range(half, PER_ROOM) for room in rooms.values()])
     _assert_spread(cluster, rooms)
