@@ -59,12 +59,20 @@ class Emitted(Future[str]):
     observed = False
     error: BaseException | None = None  # the failure, for `flush` (reading it observes nothing)
 
+    def __init__(self, hurry: Callable[[], None]) -> None:
+        super().__init__()
+        self._hurry = hurry
+
     def result(self, timeout: float | None = None) -> str:
         self.observed = True
+        if not self.done():
+            self._hurry()  # someone waits: no point lingering
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self.observed = True
+        if not self.done():
+            self._hurry()
         return super().exception(timeout)
 
 
@@ -107,8 +115,8 @@ class Sender:
 
     def __init__(self, runner: SyncRunner, commands: Commands, *, linger: float = DEFAULT_LINGER,
                  max_batch: int = MAX_BATCH, max_queue: int = MAX_QUEUE) -> None:
-        if isinstance(linger, bool) or not isinstance(linger, int | float) or not 0 <= linger <= 1:
-            raise ValueError(f"linger must be seconds from 0 to 1, got {linger!r}")
+        if isinstance(linger, bool) or not isinstance(linger, int | float) or not 0 <= linger <= 60:
+            raise ValueError(f"linger must be seconds from 0 to 60, got {linger!r}")
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be a positive integer, got {max_queue!r}")
         self._runner = runner
@@ -160,13 +168,13 @@ class Sender:
 
     def emit(self, emit: Emit) -> Emitted:
         """Queue one checked event; the future resolves to its position, or its failure."""
-        future = Emitted()
+        future = Emitted(self._hurry)
         self._submit([(emit, future)], False)
         return future
 
     def emit_all(self, emits: list[Emit]) -> list[Emitted]:
         """Queue several events, in order, for a caller about to wait for them."""
-        futures = [Emitted() for _ in emits]
+        futures = [Emitted(self._hurry) for _ in emits]
         self._submit(list(zip(emits, futures, strict=True)), True)
         return futures
 
@@ -175,6 +183,13 @@ class Sender:
         task = _Task(fn)
         self._submit([task], True)
         return task.future.result()  # type: ignore[no-any-return]
+
+    def _hurry(self) -> None:
+        """Write what is queued without waiting out the linger: someone waits for it."""
+        state = self._current()
+        with state.lock:
+            state.urgent = True
+            state.not_empty.notify()
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything handed in is written and acknowledged. `PublishTimeout` if
@@ -260,7 +275,7 @@ class Sender:
             while queue and len(items) < self._max_batch and not isinstance(queue[0], _Task):
                 items.append(queue.popleft())
         if queue:  # what is left waited already: written next, without lingering
-            state.first_at = 0.0
+            state.first_at = float("-inf")
         else:
             state.urgent = False
         state.not_full.notify_all()

@@ -23,6 +23,7 @@ import redis
 from publisher import AsyncPublisher, ClusterModeError, Message, Publisher, parse_position
 from publisher.cluster import key_slot
 from publisher.envelope import EVERYONE, BusNames, Control, Event, decode
+from publisher.scripts import PUBLISH
 from publisher.session import SessionRecord
 from publisher.transports import StandaloneTransport, async_transport, sync_transport
 from tests.support.redis_cluster import RedisCluster
@@ -383,3 +384,45 @@ def test_the_command_line_refuses_a_plain_url_at_a_cluster_node(cluster: RedisCl
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1
     assert f"redis+cluster://127.0.0.1:{port}" in proc.stderr
+
+
+def test_one_flush_writes_one_script_call_per_slot_to_each_slots_primary(cluster: RedisCluster) -> None:
+    """Auto-pipelining on a cluster: the emits queued for one write are grouped by slot, one
+    publish.lua call per slot group, each to its slot's primary; a room's events keep their
+    order."""
+    owners = Owners(cluster)
+    rooms = [room for port in cluster.primary_ports() for room in owners.rooms_on(port, 4)]
+    with Publisher(cluster.url(), linger=30.0) as pub:  # written by the flush, not the linger
+        pub.emit("warm", 0, broadcast=True).result()
+        for port in cluster.primary_ports():  # every node knows the script: EVALSHA from now on
+            cluster.client(port).script_load(PUBLISH.source)
+        cluster.reset_stats()
+        futures = {room: [pub.emit("x", i, room=room) for i in range(3)] for room in rooms}
+        pub.flush()
+    slots = {key_slot(NAMES.history_key(room)) for room in rooms}
+    assert sum(script_calls(cluster, port) for port in cluster.primary_ports()) == len(slots)
+    for port in cluster.primary_ports():
+        mine = {key_slot(NAMES.history_key(room)) for room in rooms if owners.of(NAMES.history_key(room)) == port}
+        assert script_calls(cluster, port) == len(mine), "one call per slot, on the slot's primary"
+    for room, room_futures in futures.items():
+        key = NAMES.history_key(room)
+        assert stream_ids(cluster, owners.of(key), key) == [f.result() for f in room_futures]
+
+
+async def test_the_async_publisher_groups_one_loop_turn_by_slot(cluster: RedisCluster) -> None:
+    owners = await asyncio.to_thread(Owners, cluster)
+    ports = await asyncio.to_thread(cluster.primary_ports)
+    rooms = [room for port in ports for room in owners.rooms_on(port, 2)]
+    async with AsyncPublisher(cluster.url()) as pub:
+        await pub.emit("warm", 0, broadcast=True)
+        for port in ports:
+            await asyncio.to_thread(cluster.client(port).script_load, PUBLISH.source)
+        await asyncio.to_thread(cluster.reset_stats)
+        positions = await asyncio.gather(*(pub.emit("x", i, room=room) for room in rooms for i in range(2)))
+    slots = {key_slot(NAMES.history_key(room)) for room in rooms}
+    calls = await asyncio.to_thread(lambda: sum(script_calls(cluster, port) for port in ports))
+    assert calls == len(slots)
+    for n, room in enumerate(rooms):
+        key = NAMES.history_key(room)
+        stored = await asyncio.to_thread(stream_ids, cluster, owners.of(key), key)
+        assert stored == list(positions[2 * n:2 * n + 2])

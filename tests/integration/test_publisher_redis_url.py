@@ -101,6 +101,21 @@ async def test_sentinel_async(redis_server: RedisServer, sentinel: Sentinel) -> 
     await master.aclose()
 
 
+def test_sentinel_writes_queued_emits_together(redis_server: RedisServer, sentinel: Sentinel) -> None:
+    url = f"redis+sentinel://:s3cret@127.0.0.1:{sentinel.port}/0/mymaster"
+    with Publisher(url, linger=30.0) as pub:  # written because of the flush, not the linger
+        futures = [pub.emit("x", i, user=i % 3) for i in range(9)]
+        pub.flush()
+    master = redis.Redis(port=redis_server.port, password="s3cret")
+    try:
+        for user in range(3):
+            stored = [entry_id.decode() for entry_id, _ in master.xrange(f"ngw:{{user:{user}}}:h")]
+            assert stored == [f.result() for f in futures[user::3]]
+        assert master.info("commandstats")["cmdstat_evalsha"]["calls"] == 1
+    finally:
+        master.close()
+
+
 def test_sentinel_wrong_password(sentinel: Sentinel) -> None:
     url = f"redis+sentinel://:wrong@127.0.0.1:{sentinel.port}/0/mymaster"
     with Publisher(url, retries=0) as pub, pytest.raises(PublishError) as info:
