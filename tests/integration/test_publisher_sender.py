@@ -6,9 +6,14 @@ a cluster: test_publisher_cluster.py.)"""
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 
+import orjson
 import pytest
 import redis
 
@@ -18,6 +23,7 @@ from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 SLOW = 30.0  # a linger no test waits out: writes happen because someone waits, or a batch fills
 
 
@@ -170,3 +176,19 @@ def test_a_forked_child_never_uses_the_parents_queue_or_thread(redis_server: Red
     assert [e.count(b'"parent"') for e in entries].count(1) == 1, "written exactly once"
     assert from_child in ids(r, "user:1")
 
+
+
+def test_a_process_that_ends_without_close_still_writes_what_it_queued(
+        redis_server: RedisServer, r: redis.Redis) -> None:
+    """The atexit hook flushes: a script that emits (with a linger it never waits out) and just
+    ends loses nothing."""
+    script = (
+        "from publisher import Publisher\n"
+        f"pub = Publisher({redis_server.url!r}, linger=30.0)\n"
+        "for i in range(5):\n"
+        "    pub.emit('x', i, room='quiz:exit')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert [orjson.loads(fields[b"m"])["d"] for _, fields in r.xrange("ngw:{quiz:exit}:h")] == [0, 1, 2, 3, 4]
