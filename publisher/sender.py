@@ -50,6 +50,7 @@ MAX_QUEUE: Final = 10_000  # items waiting before `submit` blocks
 AT_EXIT_WAIT: Final = 5.0  # s the atexit hook waits for the queue to be written
 _IDLE_EXIT: Final = 30.0  # s without work before the thread ends (started again on demand)
 _LOG_EVERY: Final = 10.0  # s between two logs of failed writes
+SENDER_THREAD: Final = "publisher-sender"
 
 
 class Emitted(Future[str]):
@@ -66,14 +67,33 @@ class Emitted(Future[str]):
     def result(self, timeout: float | None = None) -> str:
         self.observed = True
         if not self.done():
+            _refuse_waiting_on_the_sender()
             self._hurry()  # someone waits: no point lingering
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self.observed = True
         if not self.done():
+            _refuse_waiting_on_the_sender()
             self._hurry()
         return super().exception(timeout)
+
+
+class _SenderThread(threading.Thread):
+    """A sender's thread: done callbacks run on it, and it must never wait for itself."""
+
+
+def _on_a_sender() -> bool:
+    return isinstance(threading.current_thread(), _SenderThread)
+
+
+def _refuse_waiting_on_the_sender() -> None:
+    """A done callback runs on the sender thread: waiting there for the sender would hang it."""
+    if _on_a_sender():
+        raise PublisherError(
+            "a publisher call that waits (result(), flush(), join(), emit_many()...) was made on "
+            "the publisher's sender thread, from a done callback; it would wait for itself. Hand "
+            "the work to another thread, or use emit() without waiting")
 
 
 class _Task:
@@ -92,7 +112,7 @@ _Item = tuple[Emit, Emitted] | _Task
 class _State:
     """Everything a process's sender has: made again in a child after fork."""
 
-    __slots__ = ("closing", "failed", "first_at", "idle", "lock", "not_empty",
+    __slots__ = ("closing", "failed", "first_at", "flushing", "idle", "lock", "not_empty",
                  "not_full", "pid", "queue", "thread", "unfinished", "urgent")
 
     def __init__(self) -> None:
@@ -105,6 +125,7 @@ class _State:
         self.unfinished = 0  # items handed in and not done
         self.first_at = 0.0  # when the oldest queued item came (monotonic)
         self.urgent = False  # someone waits: write without lingering
+        self.flushing = 0  # callers in flush(): no lingering until they are done
         self.thread: threading.Thread | None = None
         self.closing = False
         self.failed: deque[Emitted] = deque(maxlen=MAX_QUEUE)  # since the last flush
@@ -149,8 +170,9 @@ class Sender:
                 raise PublisherError("this publisher is closed")
             if state.thread is None:
                 self._start(state)  # it takes the lock once this call waits or is done
+            patient = not _on_a_sender()  # a done callback's emit may not wait for its own thread
             for item in items:
-                while len(state.queue) >= self._max_queue:  # backpressure, never a drop
+                while patient and len(state.queue) >= self._max_queue:  # backpressure, never a drop
                     state.urgent = True
                     state.not_empty.notify()
                     state.not_full.wait()
@@ -180,6 +202,7 @@ class Sender:
 
     def call(self, fn: Callable[[SyncRunner], T]) -> T:
         """Run `fn(runner)` on the sender thread after everything queued before; its result."""
+        _refuse_waiting_on_the_sender()
         task = _Task(fn)
         self._submit([task], True)
         return task.future.result()  # type: ignore[no-any-return]
@@ -195,11 +218,16 @@ class Sender:
         """Wait until everything handed in is written and acknowledged. `PublishTimeout` if
         that takes longer than `timeout` s; `PublishError` if an emit failed since the last
         flush and nobody looked at its future's outcome (`result()`, `exception()`)."""
+        _refuse_waiting_on_the_sender()
         state = self._current()
         with state.lock:
-            state.urgent = True
+            state.flushing += 1
             state.not_empty.notify()
-            if not state.idle.wait_for(lambda: state.unfinished == 0, timeout):
+            try:
+                idle = state.idle.wait_for(lambda: state.unfinished == 0, timeout)
+            finally:
+                state.flushing -= 1
+            if not idle:
                 raise PublishTimeout(
                     f"flush: {state.unfinished} item(s) still not acknowledged by Redis at "
                     f"{self._runner.where} after {timeout} s")
@@ -236,8 +264,8 @@ class Sender:
 
     def _start(self, state: _State) -> None:
         """Under `state.lock`: the thread, and (once) the exit hook."""
-        state.thread = threading.Thread(target=self._loop, args=(state,),
-                                        name="publisher-sender", daemon=True)
+        state.thread = _SenderThread(target=self._loop, args=(state,), name=SENDER_THREAD,
+                                     daemon=True)
         state.thread.start()
         if self._hook is None:
             this = weakref.ref(self)
@@ -263,7 +291,7 @@ class Sender:
                 state.thread = None
                 return None
         if self._linger:
-            while not state.urgent and not state.closing and len(queue) < self._max_batch:
+            while not (state.urgent or state.flushing or state.closing) and len(queue) < self._max_batch:
                 left = state.first_at + self._linger - time.monotonic()
                 if left <= 0:
                     break

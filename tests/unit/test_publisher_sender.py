@@ -14,7 +14,7 @@ import pytest
 
 from publisher.commands import Call, Commands
 from publisher.envelope import BusNames
-from publisher.errors import PublishError
+from publisher.errors import PublisherError, PublishError
 from publisher.sender import Sender
 
 COMMANDS = Commands(BusNames())
@@ -135,4 +135,25 @@ def test_a_batch_is_at_most_max_batch_items() -> None:
     sender.flush(10)
     assert [runner.events(i) for i in range(len(runner.writes))] == [4, 4, 2]
     assert [f.result() for f in futures] == [f"{n}-0" for n in range(1, 11)]
+    sender.close(10)
+
+
+def test_a_done_callback_may_emit_but_not_wait() -> None:
+    """Done callbacks run on the sender thread: an emit there is queued (never blocked), a wait
+    there is refused with an explanation instead of hanging the sender."""
+    runner = Runner()
+    sender = Sender(runner, COMMANDS, linger=60, max_queue=1)
+    seen: list[Any] = []
+
+    def callback(_future: Any) -> None:
+        try:
+            sender.flush(1)
+        except PublisherError as exc:
+            seen.append(str(exc))
+        seen.append([emit(sender, n) for n in range(3)])  # over max_queue: not blocked
+
+    emit(sender, 0).add_done_callback(callback)
+    sender.flush(10)
+    assert "wait for itself" in seen[0]
+    assert [f.result() for f in seen[1]] == ["2-0", "3-0", "4-0"]
     sender.close(10)
