@@ -46,4 +46,6 @@ STOPSIGNAL SIGTERM
 # balancer's business. No curl in slim: Python's urllib raises, so exits non-zero, on non-2xx.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=2)"]
+# No ulimit wrapper: the gateway raises its soft open-files limit to the hard one itself at
+# start (one descriptor per socket); the hard limit is the runtime's (compose `ulimits`).
 CMD ["gateway"]

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""(Copied from the benchmark yardstick's loadgen.py; lint fixes only.)
+"""(Copied from the benchmark yardstick's loadgen.py; lint fixes, and the reconnect storm's clients
+(`--recover`, `--source-addrs`, `--reconnect-port`: see storm.py) added.)
 
 A swarm of raw Socket.IO v5 / Engine.IO v4 clients over aiohttp websockets, for gateway benchmarks.
 
@@ -14,6 +15,11 @@ Standalone: python loadgen.py --ports 3000 --clients 1000 --secret S --expect 20
 Controlled (--control, used by run.py): prints {"phase":"connected",...}, then reads commands on
 stdin: "go EXPECTED [DEADLINE_S]" (reset counters, start a measurement), "sent" (producer finished: the phase
 ends EXPECTED events later or --idle-timeout s after the last one), "quit".
+Storm (--recover, run.py --scenario storm): every client keeps the session id (`pid`) of its
+CONNECT answer and the offset of the last event (the trailing string argument), as socket.io-client
+>= 4.6 does, and when its connection drops it reconnects to --reconnect-port with socket.io-client's
+backoff, presenting `{pid, offset, token}`. "killed T" tells it when the replica was killed; the
+"done" line then carries a `storm` summary (storm.py).
 Every wait is bounded.
 """
 import argparse
@@ -30,6 +36,7 @@ from array import array
 import aiohttp
 import jwt
 import orjson
+import storm
 
 try:
     import uvloop
@@ -64,6 +71,7 @@ class Phase:
         self.received = 0
         self.unique = 0
         self.duplicates = 0
+        self.dup_by_client = {}
         self.bad = 0
         self.lat = array("d")
         self.seen = [None] * nclients
@@ -80,18 +88,20 @@ class Phase:
     def on_event(self, i, raw):
         now = time.time() * 1000.0
         try:
-            payload = orjson.loads(raw)[1]
+            arr = orjson.loads(raw)
+            payload = arr[1]
             seq = payload["seq"]
             sent = payload["sentAt"]
         except Exception:  # noqa: BLE001 - whatever the gateway sent, it is counted as malformed
             self.bad += 1
-            return
+            return None
         self.received += 1
         s = self.seen[i]
         if s is None:
             s = self.seen[i] = set()
         if seq in s:
             self.duplicates += 1
+            self.dup_by_client[i] = self.dup_by_client.get(i, 0) + 1
         else:
             s.add(seq)
             self.unique += 1
@@ -105,6 +115,7 @@ class Phase:
         self.last_recv = now
         if self.expected is not None and self.unique >= self.expected:
             self.done.set()
+        return arr
 
     def summary(self):
         lat = sorted(self.lat)
@@ -146,6 +157,7 @@ class Swarm:
         self.connect_times = array("d")
         self.ready = asyncio.Event()
         self.pending = self.n
+        self.storm = None
 
     def err(self, kind):
         self.connect_errors[kind] = self.connect_errors.get(kind, 0) + 1
@@ -259,6 +271,8 @@ async def measure(sw, a, expected, sent, deadline_s=None):
         now = time.time()
         if now > deadline:
             break
+        if sw.storm is not None and not sw.storm.settled():
+            continue  # a storm phase lasts until every dropped client is back (or the deadline)
         if sent is None or sent.time is not None:
             ref = sent.time if sent is not None else ph.t0
             if ph.last_recv is not None:
@@ -267,6 +281,8 @@ async def measure(sw, a, expected, sent, deadline_s=None):
                 break
     out = ph.summary()
     out["timed_out"] = not ph.done.is_set()
+    if sw.storm is not None:
+        out["storm"] = sw.storm.summary(ph, expected or 0, a.recovery_window)
     return out
 
 
@@ -281,15 +297,26 @@ async def main(a):
     ports = [int(p) for p in a.ports.split(",")]
     tokens = make_tokens(a)
     sw = Swarm(a)
-    conn = aiohttp.TCPConnector(limit=0, force_close=False, ttl_dns_cache=None)
-    session = aiohttp.ClientSession(connector=conn)
+    # one session per source address: client i connects from addrs[i % K] (all of 127/8 is lo)
+    addrs = [s for s in a.source_addrs.split(",") if s] if a.source_addrs else [None]
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+        limit=0, force_close=False, ttl_dns_cache=None, local_addr=(ad, 0) if ad else None)) for ad in addrs]
     sem = asyncio.Semaphore(a.concurrency)
     urls = [f"ws://{a.host}:{p}/socket.io/?EIO=4&transport=websocket" for p in ports]
     cpu0, t0 = cpu_s(), time.perf_counter()
     sw.last_connect = t0
     # keep the tasks referenced: the event loop holds them weakly
-    sw.tasks = [asyncio.ensure_future(sw.client(i, session, urls[i % len(urls)], tokens[i], sem))
-                for i in range(a.clients)]
+    if a.recover:
+        again = f"ws://{a.host}:{a.reconnect_port}/socket.io/?EIO=4&transport=websocket" if a.reconnect_port else None
+        sw.storm = storm.Storm(a.clients, a.users, again, a.deadline)
+        auths = [orjson.loads(t.split(",", 1)[1]) for t in tokens]
+        sw.tasks = [asyncio.ensure_future(storm.client(sw, sw.storm, i, sessions[i % len(sessions)],
+                                                       urls[i % len(urls)], auths[i], sem))
+                    for i in range(a.clients)]
+    else:
+        sw.tasks = [asyncio.ensure_future(sw.client(i, sessions[i % len(sessions)], urls[i % len(urls)],
+                                                    tokens[i], sem))
+                    for i in range(a.clients)]
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(sw.ready.wait(), a.connect_deadline)
     cs = sw.connect_summary(t0, sw.last_connect, cpu_s() - cpu0)
@@ -329,6 +356,8 @@ async def main(a):
                         os._exit(0)
                     if c[0] == "sent":
                         sent.set()
+                    elif c[0] == "killed" and sw.storm is not None:
+                        sw.storm.killed_at = float(c[1])
                 else:
                     rl.cancel()
                     if not m.done():
@@ -337,6 +366,8 @@ async def main(a):
             res.update({"phase": "done", "connected_now": sw.connected - sw.dropped, "dropped": sw.dropped,
                         "server_disconnects": sw.server_disconnects, "pings": sw.pings})
             emit_line(res)
+        elif cmd[0] == "killed" and sw.storm is not None:  # outside a phase: the storm starts now
+            sw.storm.killed_at = float(cmd[1])
         elif cmd[0] == "stats":
             emit_line({"phase": "stats", "connected_now": sw.connected - sw.dropped, "dropped": sw.dropped,
                        "pings": sw.pings, "loadgen_cpu_s": round(cpu_s(), 3)})
@@ -360,6 +391,13 @@ def parse(argv=None):
     p.add_argument("--idle-timeout", type=float, default=3.0)
     p.add_argument("--deadline", type=float, default=40.0, help="max seconds of one measurement phase")
     p.add_argument("--control", action="store_true", help="take go/sent/quit commands on stdin")
+    p.add_argument("--recover", action="store_true",
+                   help="storm clients: keep pid/offset and reconnect with socket.io-client's backoff (storm.py)")
+    p.add_argument("--reconnect-port", type=int, default=0, help="--recover: where dropped clients reconnect")
+    p.add_argument("--recovery-window", type=float, default=120.0,
+                   help="--recover: the gateway's RECOVERY_WINDOW, s (loss counted apart for clients back within it)")
+    p.add_argument("--source-addrs", default="",
+                   help="comma-separated local addresses; client i connects from the (i %% K)th (e.g. 127.0.0.1..20)")
     a = p.parse_args(argv)
     a.users = a.users or a.clients
     return a

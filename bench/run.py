@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One benchmark run of a Socket.IO gateway: prints one JSON line.
 
-  python run.py --target node|vanilla|project --scenario targeted|fanout|idle|recovery [--replicas R] ...
+  python run.py --target node|vanilla|project --scenario targeted|fanout|idle|recovery|storm [--replicas R] ...
 
 Starts its own redis-server (spare port, no persistence), R gateway replicas of TARGET on
 consecutive ports pinned to CPU 0 (taskset), and the load generator (loadgen.py), the producer
@@ -19,7 +19,10 @@ commands per session and per event of history), a verdict on what limited each p
 the project producer's batching (`--producer-batch`), a py-spy summary with `--profile`, and
 `--redis cluster`: a 3-primary Redis Cluster instead of the one redis-server (REDIS_URL=
 redis+cluster://... for the gateways and the producer), each redis-server's CPU sampled apart and
-reported per shard (`redis_shards`: CPU µs per event, the events it took and their share).
+reported per shard (`redis_shards`: CPU µs per event, the events it took and their share),
+and the `storm` scenario: replica A killed with SIGKILL while events flow, its clients reconnecting
+to B with socket.io-client's backoff and recovery (loadgen --recover, storm.py), from --source-addrs
+addresses, with the project's per-IP admission on (--admission).
 """
 import argparse
 import contextlib
@@ -32,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -49,9 +53,10 @@ CLUSTER_PRIMARIES = 3  # --redis cluster
 RUN_BUDGET_S = 85.0  # every run must end well under 90 s
 SETUP_HINT = "run bench/setup.sh"
 # Settings given to the project's gateways on top of its defaults. Every client of a run comes
-# from 127.0.0.1, which the default per-IP handshake limit (20/s, burst 100) would refuse past the
-# first hundred; behind a load balancer the real clients have their own addresses. Everything
-# else, recovery history included, stays at the project's defaults. --gateway-env overrides.
+# from 127.0.0.1, which the default per-IP handshake limit (100/s, burst 500) would refuse past
+# the first five hundred; behind a load balancer the real clients have their own addresses.
+# Everything else, recovery history included, stays at the project's defaults. --gateway-env
+# overrides. The storm scenario runs with admission on instead (--admission, --source-addrs).
 PROJECT_ENV = {"HANDSHAKE_RATE_PER_IP": "100000"}
 SCRIPT_COMMANDS = {"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"}
 # Phase verdicts: a core busier than this was the limit.
@@ -734,6 +739,161 @@ def summarise_profiles(result, top=25):
 
 
 # ---------------------------------------------------------------------------------------------
+# storm scenario
+class CpuSampler(threading.Thread):
+    """(wall time, CPU seconds) of one process every `every` s, and /proc/stat's cores, from a
+    thread: the storm's figures are cut at times known only afterwards (the last client back)."""
+
+    def __init__(self, pid, every=0.05):
+        super().__init__(daemon=True, name="cpu-sampler")
+        self.pid, self.every = pid, every
+        self.samples = []
+        self.halt = threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            self.samples.append((time.time(), proc_cpu_s(self.pid), core_times()))
+            self.halt.wait(self.every)
+
+    def stop(self):
+        self.halt.set()
+        self.join(5)
+
+    def _at(self, t, after):
+        """The last sample at or before t (after=False), the first at or after t (after=True)."""
+        good = [x for x in self.samples if x[1] is not None]
+        if not good:
+            return None
+        if after:
+            return next((x for x in good if x[0] >= t), good[-1])
+        return next((x for x in reversed(good) if x[0] <= t), good[0])
+
+    def between(self, t0, t1):
+        a, b = self._at(t0, False), self._at(t1, True)
+        if a is None or b is None or b[0] <= a[0]:
+            return None
+        util = core_util(a[2], b[2])
+        return {"wall_s": round(b[0] - a[0], 3), "cpu_s": round(b[1] - a[1], 3),
+                "core_util": round((b[1] - a[1]) / (b[0] - a[0]), 3),
+                "cpu0_busy": util.get(f"cpu{GATEWAY_CPU}", {}).get("busy"),
+                "cpu1_busy": util.get(f"cpu{DRIVER_CPU}", {}).get("busy")}
+
+    def peak(self, t0, t1, window=0.5):
+        """The busiest `window` s of the process between t0 and t1 (core share)."""
+        good = [x for x in self.samples if x[1] is not None and t0 <= x[0] <= t1 + window]
+        best = None
+        for k, x in enumerate(good):
+            y = next((z for z in good[k:] if z[0] - x[0] >= window), None)
+            if y is None:
+                break
+            u = (y[1] - x[1]) / (y[0] - x[0])
+            best = u if best is None else max(best, u)
+        return round(best, 3) if best is not None else None
+
+
+def wait_subscribed(a, timeout, warn):
+    end = time.time() + timeout
+    subs = redis_subscribers(a.redis_port)
+    while subs < a.replicas and time.time() < end:
+        time.sleep(0.1)
+        subs = redis_subscribers(a.redis_port)
+    if subs < a.replicas:
+        warn(f"only {subs}/{a.replicas} gateways subscribed to redis")
+
+
+def scrape_counters(port, names):
+    """{name{labels}: value} of the Prometheus counters NAMES on a replica's /metrics."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            body = b""
+            while chunk := s.recv(65536):
+                body += chunk
+    except OSError as e:
+        return {"error": str(e)}
+    out = {}
+    for line in body.decode(errors="replace").split("\r\n\r\n", 1)[-1].splitlines():
+        if line.startswith(tuple(names)) and " " in line:
+            k, v = line.rsplit(" ", 1)
+            with contextlib.suppress(ValueError):
+                out[k] = float(v)
+    return out
+
+
+def storm_phase(a, procs, gateways, others, lg, result, spec, prod_env, left, lg_why):
+    """Events flow at --rate to the clients, all on replica A; after --kill-after s, A gets
+    SIGKILL; the clients reconnect to B (storm.py); the phase ends once all are back and every
+    event arrived (or --idle-timeout s after the last one). B's CPU is sampled all along."""
+    a_gw, b_gw = gateways[0], gateways[1]
+    s1 = Sample(gateways, others)
+    send(lg, f"go {a.events} {max(2.0, left(60) - 8):.1f}")
+    pcmd, pcwd = spec["producer"](["--bench", str(a.users), str(a.events), str(a.rate)])
+    prod = procs.start("producer", pcmd, DRIVER_CPU, env=prod_env, cwd=pcwd,
+                       log=os.path.join(a.logdir, "producer.log"))
+    sampler = CpuSampler(b_gw.pid)
+    sampler.start()
+    time.sleep(a.kill_after)
+    t_kill = time.time()
+    os.kill(a_gw.pid, signal.SIGKILL)
+    a_gw.wait(5)
+    send(lg, f"killed {t_kill:.6f}")
+    rc, prod_cpu = wait_rusage(prod, left(60))
+    if rc is None:
+        result["warning"] = "producer did not finish in time"
+    send(lg, "sent")
+    try:
+        done = read_json_line(lg, left(a.idle_timeout + 50), "storm summary")
+    except BenchError as e:
+        sampler.stop()
+        raise BenchError(f"{e}; loadgen.log: {lg_why()}") from None
+    t_end = time.time()
+    sampler.stop()
+    s2 = Sample(gateways, others)
+    st = done.pop("storm", {}) or {}
+    result["delivery"] = done
+    result["delivery_phase"] = delta(s1, s2)
+    result["producer_cpu_s"] = round(prod_cpu, 3) if prod_cpu is not None else None
+    back_at = st.get("all_back_at") or t_end
+    during = sampler.between(t_kill, back_at) or {}
+    result["storm"] = st
+    result["b_storm"] = during
+    back = st.get("back") or 0
+    result.update({
+        "kill_after_s": a.kill_after,
+        "all_back_s": st.get("all_back_s"),
+        "back": back,
+        "recovered": st.get("recovered"),
+        "not_recovered": st.get("not_recovered"),
+        "gave_up": st.get("gave_up"),
+        "refused": st.get("refused"),
+        "refused_total": st.get("refused_total"),
+        "lost": st.get("lost_total"),
+        "lost_within_window": st.get("lost_within_window"),
+        "clients_with_loss": st.get("clients_with_loss"),
+        "duplicates": st.get("duplicates_total"),
+        "clients_with_duplicates": st.get("clients_with_duplicates"),
+        "replayed_events": st.get("replayed_events"),
+        "b_cpu_s_storm": during.get("cpu_s"),
+        "b_core_util_storm": during.get("core_util"),
+        "b_core_util_peak_500ms": sampler.peak(t_kill, back_at),
+        "b_cpu_us_per_reconnect": round(during["cpu_s"] * 1e6 / back, 1) if back and during.get("cpu_s") else None,
+        "cpu1_busy_storm": during.get("cpu1_busy"),
+        "cpu0_busy_storm": during.get("cpu0_busy"),
+        "latency_ms_after_all_back": (st.get("latency_ms") or {}).get("after_all_back"),
+        "latency_ms_first_s_after_all_back": (st.get("latency_ms") or {}).get("first_s_after_all_back"),
+        "latency_ms_during_storm": (st.get("latency_ms") or {}).get("during_storm"),
+    })
+    # the verdict: the gateway's core saturated by B, or the driver's by the load generator
+    # (the driver's share: over the whole phase, its processes are not sampled at the kill)
+    result["bottleneck_storm"] = verdict(during.get("core_util"), during.get("cpu0_busy"),
+                                         during.get("cpu1_busy"), driver_util(result["delivery_phase"]),
+                                         "driver")
+    if a.target == "project":
+        result["b_counters"] = scrape_counters(a.base_port + 1, ("ws_handshakes_total", "ws_recoveries_total",
+                                                                 "ws_errors_total"))
+
+
+# ---------------------------------------------------------------------------------------------
 def run(a):
     t_start = time.time()
     deadline = t_start + RUN_BUDGET_S
@@ -776,11 +936,16 @@ def run(a):
     procs = Procs()
     prod_env = dict(os.environ, REDIS_URL=redis_url, **spec.get("producer_env", {}))
     gw_env = dict(spec["env"])
+    if a.target == "project" and a.admission == "on":
+        # the per-IP limit at its defaults, loopback not exempt: each 127.0.0.x is a client host
+        gw_env.pop("HANDSHAKE_RATE_PER_IP", None)
+        gw_env["HANDSHAKE_RATE_EXEMPT"] = ""
     gw_env.update(kv.split("=", 1) for kv in a.gateway_env)
     result = {"target": a.target, "scenario": a.scenario, "replicas": a.replicas, "clients": a.clients,
               "events": a.events if a.scenario != "idle" else None, "rate": a.rate or None,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "logdir": logdir,
-              "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+              "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+              "source_addrs": a.source_addrs, "admission": a.admission if a.target == "project" else None}
     if a.target == "project":
         result["project_commit"] = a.project_commit
         result["project_src"] = a.project_src or REPO
@@ -827,12 +992,18 @@ def run(a):
                 time.sleep(0.1)
         time.sleep(a.settle)
 
-        lg_cmd = [BENCH_PY, os.path.join(HERE, "loadgen.py"), "--control", "--ports", ",".join(map(str, ports)),
+        lg_ports = ports[:1] if a.scenario == "storm" else ports  # storm: everyone on A, then B
+        lg_cmd = [BENCH_PY, os.path.join(HERE, "loadgen.py"), "--control", "--ports", ",".join(map(str, lg_ports)),
                   "--clients", str(a.clients), "--users", str(a.users), "--secret", secret,
                   "--concurrency", str(a.concurrency), "--idle-timeout", str(a.idle_timeout),
                   "--deadline", str(min(45.0, RUN_BUDGET_S - 25)), "--connect-deadline", "35"]
         if a.scenario == "fanout":
             lg_cmd += ["--classrooms", "1"]
+        if a.source_addrs > 0:
+            lg_cmd += ["--source-addrs", ",".join(f"127.0.0.{x}" for x in range(1, a.source_addrs + 1))]
+        if a.scenario == "storm":
+            window = gw_env.get("RECOVERY_WINDOW", "120") if a.target == "project" else "0"
+            lg_cmd += ["--recover", "--reconnect-port", str(ports[1]), "--recovery-window", window]
         others = {f"redis:{p}": proc for p, proc in shards} if cluster else {"redis": redis}
         spy = None
         if a.profile and a.scenario == "idle":
@@ -888,7 +1059,10 @@ def run(a):
             result["redis_sessions"] = redis_delta(rs0, rs1, n)
             result["redis_rest"] = dict(rest, calls_per_s={k: round(v, 1) for k, v in rest_rate.items()})
 
-        if a.scenario == "idle":
+        if a.scenario == "storm":
+            wait_subscribed(a, left(10), warn)
+            storm_phase(a, procs, gateways, others, lg, result, spec, prod_env, left, lg_why)
+        elif a.scenario == "idle":
             time.sleep(min(a.hold, max(0.0, deadline - time.time() - 10)))
             s2 = Sample(gateways, others)
             stop_pyspy(spy, result)
@@ -1006,7 +1180,7 @@ def run(a):
                     "heartbeat_commands_per_s": round(sum(result["redis_rest"]["calls_per_s"].values()), 1),
                 }
         for k, g in enumerate(gateways):
-            if g.poll() is not None:
+            if g.poll() is not None and not (a.scenario == "storm" and k == 0):  # storm: A was killed
                 warn(f"gateway {k} exited with code {g.returncode} (see {logdir})")
         if lg.poll() is not None:
             warn(f"the load generator ended early, code {lg.returncode}: {lg_why()}")
@@ -1027,8 +1201,8 @@ def run(a):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", required=True, choices=["node", "vanilla", "project"])
-    p.add_argument("--scenario", default="targeted", choices=["targeted", "fanout", "idle", "recovery"])
-    p.add_argument("--clients", type=int, default=None, help="default: 1000 (idle: 5000)")
+    p.add_argument("--scenario", default="targeted", choices=["targeted", "fanout", "idle", "recovery", "storm"])
+    p.add_argument("--clients", type=int, default=None, help="default: 1000 (idle: 5000, storm: 2000)")
     p.add_argument("--users", type=int, default=None, help="distinct users (default: --clients)")
     p.add_argument("--events", type=int, default=None,
                    help="targeted/recovery: events to user rooms (default 20000); fanout: events to "
@@ -1079,11 +1253,29 @@ def main(argv=None):
     p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second")
     p.add_argument("--profile-native", action="store_true", help="py-spy --native: C frames too (uvloop, orjson)")
     p.add_argument("--out", default=None, help="also append the JSON line to this file")
+    p.add_argument("--source-addrs", type=int, default=None, metavar="K",
+                   help="client i connects from 127.0.0.(i %% K + 1), one 'client host' each, as behind a load "
+                        "balancer (Linux routes 127/8 to lo). Default: 20 for storm, else 0 (127.0.0.1)")
+    p.add_argument("--admission", choices=["on", "off"], default=None,
+                   help="project: `on` runs the gateways with the per-IP handshake limit at its defaults and "
+                        "no loopback exemption (HANDSHAKE_RATE_EXEMPT=); `off` with HANDSHAKE_RATE_PER_IP=100000 "
+                        "(the bench's usual). Default: on for storm, else off")
+    p.add_argument("--kill-after", type=float, default=2.0,
+                   help="storm: seconds of events flowing to replica A before it gets SIGKILL")
     a = p.parse_args(argv)
+    storm = a.scenario == "storm"
     if a.clients is None:
-        a.clients = 5000 if a.scenario == "idle" else 1000
+        a.clients = {"idle": 5000, "storm": 2000}.get(a.scenario, 1000)
+    if storm:
+        a.replicas = 2  # A, killed, and B, where everyone reconnects
+        a.rate = a.rate or 1000.0
     if a.events is None:
-        a.events = 100 if a.scenario == "fanout" else 20000
+        # storm: events flow through the kill, the storm and ~8 s after it
+        a.events = 100 if a.scenario == "fanout" else int(a.rate * (a.kill_after + 12)) if storm else 20000
+    if a.source_addrs is None:
+        a.source_addrs = 20 if storm else 0
+    if a.admission is None:
+        a.admission = "on" if storm else "off"
     if a.hold is None:
         a.hold = 6.0 if a.scenario == "recovery" else 3.0
     if a.producer_batch is None:

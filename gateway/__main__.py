@@ -23,9 +23,11 @@ from collections.abc import Sequence
 import jwt
 from aiohttp import web
 
-from gateway.app import GATEWAY, create_app
+from gateway.app import GATEWAY, create_app, native_acceptor
 from gateway.config import SETTINGS, ConfigError, Settings, load_settings
+from gateway.fdlimit import LOW_OPEN_FILES, raise_open_files_limit
 from gateway.logs import configure
+from gateway.ws import listen
 from publisher.cluster import ClusterModeError
 from publisher.redis_url import redact
 
@@ -67,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure(settings.log_level, "text" if dev and "LOG_FORMAT" not in env else settings.log_format)
     for advice in settings.advisories():
         log.warning(advice)
+    files, files_hard = raise_open_files_limit()  # one per socket: the ceiling of connections
+    log.info("open files limit", extra={"soft": files, "hard": files_hard})
+    if files < LOW_OPEN_FILES and not dev:
+        log.warning(f"the open files limit is {files} (hard limit {files_hard}): this replica cannot hold more "
+                    f"sockets than that; raise the hard limit (docs/operations.md, 'Connections at scale')")
     if settings.dev and settings.beyond_loopback:
         log.warning(_beyond_loopback(settings))
     try:
@@ -90,9 +97,18 @@ async def serve(settings: Settings) -> None:
     except ClusterModeError as exc:
         sys.stderr.write(f"gateway: REDIS_URL: {exc}\n")
         raise SystemExit(2) from None
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=4096)
+    gateway = app[GATEWAY]
+    http = runner.server
+    assert http is not None  # set by setup()
+    listener: asyncio.Server | None = None
     try:
-        await site.start()
+        if settings.ws_accept == "native":
+            # One listening socket: WebSocket sessions are accepted natively (gateway/ws), every
+            # other request is handed to aiohttp's server.
+            listener = await listen(native_acceptor(gateway), http, settings.host, settings.port,
+                                    head_timeout=settings.handshake_timeout)
+        else:
+            await web.TCPSite(runner, settings.host, settings.port, reuse_address=True, backlog=4096).start()
     except OSError as exc:
         await runner.cleanup()
         if exc.errno == errno.EADDRINUSE:
@@ -101,7 +117,6 @@ async def serve(settings: Settings) -> None:
         else:
             sys.stderr.write(f"gateway: cannot listen on {settings.host}:{settings.port}: {exc.strerror}\n")
         raise SystemExit(1) from None
-    gateway = app[GATEWAY]
     _tune_gc()
     log.info("listening", extra={"host": settings.host, "port": settings.port,
                                  "bus": gateway.backend.name, "settings": settings.public_view()})
@@ -126,6 +141,9 @@ async def serve(settings: Settings) -> None:
         await gateway.drain(settings.drain_seconds)
     else:
         await gateway.drain(0)
+    if listener is not None:
+        listener.close()
+        gateway.close_websockets()  # what the drain left (sessions that never connected a namespace)
     await runner.cleanup()
     log.info("stopped")
 

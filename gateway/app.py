@@ -26,6 +26,7 @@ from gateway.http.jwks import jwks_lifecycle
 from gateway.metrics import Metrics
 from gateway.policy.admission import Admission
 from gateway.policy.auth import Authenticator
+from gateway.sio.native import NativeAcceptor
 from gateway.sio.server import GatewayServer
 from publisher.envelope import BusNames
 
@@ -79,7 +80,24 @@ class Gateway:
             await asyncio.sleep(0.05)
 
 
+    def close_websockets(self) -> None:
+        """Cut every WebSocket still open at shutdown (aiohttp closes only the connections it
+        has; the native ones are not among them)."""
+        for sock in list(self.sio.eio.sockets.values()):
+            if sock.is_websocket:
+                sock.close_transport()
+
+
 GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def native_acceptor(gateway: Gateway) -> NativeAcceptor:
+    """What decides on the WebSocket requests the listener accepts itself (`gateway.ws`)."""
+    if gateway.settings.dev:  # the console's page may open sockets to the replica that served it
+        from gateway.http.console import own_page_origin
+
+        return NativeAcceptor(gateway.sio.eio, own_origin=own_page_origin)
+    return NativeAcceptor(gateway.sio.eio)
 
 
 def build(settings: Settings) -> Gateway:

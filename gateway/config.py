@@ -145,12 +145,24 @@ SETTINGS: tuple[Setting, ...] = (
             "reconnecting at once)."),
     Setting("handshake_rate_exempt", "HANDSHAKE_RATE_EXEMPT", "127.0.0.0/8,::1/128", networks,
             "Client networks the per-IP handshake rate does not apply to (local probes, sidecars)."),
+    Setting("handshake_shed_lag", "HANDSHAKE_SHED_LAG", "1.0", float_between(0, 60),
+            "Seconds the event loop may run behind before new connections are refused with a retryable 503 "
+            "(a reconnect storm bigger than the replica: the refused clients come back after their backoff, "
+            "the admitted ones finish inside socket.io-client's 20 s timeout). 0: off."),
+    Setting("max_connects_in_flight", "MAX_CONNECTS_IN_FLIGHT", "10000", int_between(0, 1_000_000),
+            "Socket.IO CONNECTs being processed at once (token check, recovery reads from Redis) past which new "
+            "connections are refused with a retryable 503: a bound for a Redis that stalls, far above what a "
+            "storm queues on a healthy one (queued CONNECTs are cheap; refused clients only come back later). "
+            "0: off."),
     Setting("max_connections_per_user", "MAX_CONNECTIONS_PER_USER", "20", int_between(1, 100_000),
             "Sockets one user may hold on one replica."),
     Setting("trusted_proxies", "TRUSTED_PROXIES", "127.0.0.1/32,::1/128", networks,
             "Networks whose X-Forwarded-For is believed (the load balancer)."),
     Setting("handshake_timeout", "HANDSHAKE_TIMEOUT", "10", float_between(1, 300),
             "Seconds a connection may stay without completing its Socket.IO handshake."),
+    Setting("ws_accept", "WS_ACCEPT", "native", choice("native", "aiohttp"),
+            "Who accepts WebSocket connections: native (the gateway's own protocol on the listening "
+            "socket; every other request still goes to aiohttp) or aiohttp (the former path, a fallback)."),
     Setting("channel_prefix", "CHANNEL_PREFIX", "socket.io", text,
             "Prefix of the Redis pub/sub channels (same scheme as @socket.io/redis-adapter)."),
     Setting("key_prefix", "KEY_PREFIX", "ngw", text, "Prefix of the Redis keys (history, sessions, presence)."),
@@ -201,11 +213,14 @@ class Settings:
     handshake_rate_exempt: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default_factory=lambda: networks("127.0.0.0/8,::1/128")
     )
+    handshake_shed_lag: float = 1.0
+    max_connects_in_flight: int = 10000
     max_connections_per_user: int = 20
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default_factory=lambda: networks("127.0.0.1/32,::1/128")
     )
     handshake_timeout: float = 10.0
+    ws_accept: str = "native"
     channel_prefix: str = "socket.io"
     key_prefix: str = "ngw"
     log_level: str = "info"

@@ -21,7 +21,14 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from gateway.config_parsers import ConfigError, algorithms
-from gateway.policy.keys import HMAC_ALGORITHMS, AlgorithmMismatch, jwks_keys, pem_keys, secret_key
+from gateway.policy.keys import (
+    HMAC_ALGORITHMS,
+    AlgorithmMismatch,
+    jwks_keys,
+    pem_keys,
+    read_jwks_file,
+    secret_key,
+)
 
 MIN_SECRET_BYTES = 32
 MIN_PUBLISH_KEY_BYTES = 24
@@ -99,9 +106,11 @@ def _key_or_config_error(setting: str, load: Callable[[], object]) -> None:
 def _read_jwks_file(url: str, allowed: frozenset[str] | None) -> bytes:
     path = unquote(urlparse(url).path)
     try:
-        document = Path(path).read_bytes()
+        document = read_jwks_file(Path(path))
     except OSError as exc:
         raise ConfigError(f"JWT_JWKS_URL: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"JWT_JWKS_URL: {path}: {exc}") from None
     try:
         result = jwks_keys(document, allowed, allow_secrets=True, min_secret_bytes=MIN_SECRET_BYTES)
     except ValueError as exc:

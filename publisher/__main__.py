@@ -4,6 +4,7 @@
     python -m publisher emit maintenance '{"at": "22:00"}' --all
     python -m publisher join 42 classroom:7      leave 42 classroom:7      kick 42
     python -m publisher online 42                count
+    python -m publisher bridge                   (runs until stopped: publisher.bridge)
     python -m publisher --redis-url redis+cluster://10.0.0.1:6379,10.0.0.2:6379 emit news '{}' --all
 
 Prints the message's position in its room (emit), the position of each room at the join or
@@ -88,7 +89,25 @@ def build_parser() -> argparse.ArgumentParser:
     online = commands.add_parser("online", help="is the user connected? prints true or false")
     online.add_argument("user", help="the user's id")
     commands.add_parser("count", help="how many users the live replicas hold (one on two replicas counts twice)")
+
+    bridge = commands.add_parser(
+        "bridge", help="carry @socket.io/redis-emitter and python-socketio RedisManager messages onto the bus")
+    for flag, env, what in BRIDGE_FLAGS:
+        bridge.add_argument(flag, dest=env, default=None, help=f"{what} (default: ${env})")
     return parser
+
+
+# The bridge's own flags: each one's value, when given, wins over its environment variable.
+BRIDGE_FLAGS = (
+    ("--emitter-prefix", "BRIDGE_EMITTER_PREFIX", "the emitters' `key` option, socket.io by default"),
+    ("--socketio-channel", "BRIDGE_SOCKETIO_CHANNEL", "python-socketio's channel, socketio by default"),
+    ("--sources", "BRIDGE_SOURCES", "emitter,python-socketio (both by default)"),
+    ("--port", "BRIDGE_PORT", "port of /healthz, /readyz, /metrics, 9100 by default"),
+    ("--host", "BRIDGE_HOST", "address of /healthz, /readyz, /metrics, 0.0.0.0 by default"),
+    ("--lease-ttl-ms", "BRIDGE_LEASE_TTL_MS", "lease lifetime, 5000 by default"),
+    ("--lease-renew-ms", "BRIDGE_LEASE_RENEW_MS", "lease renewal interval, 1000 by default"),
+    ("--bridge-id", "BRIDGE_ID", "this bridge's name in logs and in the lease, hostname-random by default"),
+)
 
 
 def _payload(text: str) -> object:
@@ -127,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         _complain(str(exc))
         return EXIT_USAGE
+    if args.command == "bridge":
+        return _bridge(args)
     try:
         with Publisher(args.redis_url, channel_prefix=args.channel_prefix,
                        key_prefix=args.key_prefix) as pub:
@@ -137,6 +158,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         _complain(str(exc))
         return EXIT_USAGE
+    return 0
+
+
+def _bridge(args: argparse.Namespace) -> int:
+    """Run the bridge until SIGTERM / SIGINT; 2 on a bad setting (named in the message)."""
+    import asyncio
+
+    from publisher.bridge import config, runner
+
+    values = {env: getattr(args, env) for _, env, _ in BRIDGE_FLAGS}
+    values.update(REDIS_URL=args.redis_url, CHANNEL_PREFIX=args.channel_prefix, KEY_PREFIX=args.key_prefix)
+    try:
+        settings = config.load(values)
+    except config.ConfigError as exc:
+        _complain(str(exc))
+        return EXIT_USAGE
+    asyncio.run(runner.serve(settings))
     return 0
 
 

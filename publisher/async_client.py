@@ -29,6 +29,7 @@ from publisher.envelope import (
 )
 from publisher.events import MAX_PAYLOAD_BYTES
 from publisher.helpers import TypedEmitters
+from publisher.room_sockets import AsyncRoomSockets
 from publisher.transports import (
     AsyncRunner,
     AsyncStandaloneTransport,
@@ -53,7 +54,7 @@ async def _publish(commands: Commands, transport: AsyncRunner, emits: list[Emit]
     return positions
 
 
-class AsyncPublisher(TypedEmitters[Coroutine[Any, Any, str]]):
+class AsyncPublisher(TypedEmitters[Coroutine[Any, Any, str]], AsyncRoomSockets):
     """`Publisher` for asyncio: the same constructor and methods, awaitable.
 
     `pipeline()` is used with `async with` (its emits queue without awaiting).

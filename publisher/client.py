@@ -48,6 +48,7 @@ from publisher.envelope import (
 )
 from publisher.events import MAX_PAYLOAD_BYTES
 from publisher.helpers import TypedEmitters
+from publisher.room_sockets import RoomSockets
 from publisher.sender import DEFAULT_LINGER, MAX_QUEUE, Sender
 from publisher.transports import (
     StandaloneTransport,
@@ -57,7 +58,7 @@ from publisher.transports import (
 )
 
 
-class Publisher(TypedEmitters["Future[str]"]):
+class Publisher(TypedEmitters["Future[str]"], RoomSockets):
     """Puts events and control messages on the gateway's bus (sync).
 
     Options must match the gateway's settings: `channel_prefix`, `key_prefix`

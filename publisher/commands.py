@@ -29,15 +29,20 @@ from publisher.envelope import (
     KIND_JOIN,
     KIND_KICK,
     KIND_LEAVE,
+    KIND_ROOM_KICK,
+    MAX_SCOPE_ROOMS,
     REPLICA_TTL_MS,
+    ROOM_CONTROL_KINDS,
     BusNames,
     Position,
     encode_control,
     encode_event,
+    encode_room_control,
+    encode_scope,
 )
 from publisher.events import MAX_PAYLOAD_BYTES, check_event_name, sanitize, validate
 from publisher.rooms import check_room, normalize_user_id, parse_room, user_room
-from publisher.scripts import ONLINE, POSITION, PUBLISH, REPLICAS, REVOKE, ROOMS, Script
+from publisher.scripts import CONTROL, ONLINE, POSITION, PUBLISH, REPLICAS, REVOKE, ROOMS, Script
 
 Arg = str | bytes | int
 
@@ -178,9 +183,10 @@ class Commands:
 
     def event(self, event: str, data: Any, room: str | None = None,
               user: str | int | None = None, broadcast: bool = False,
-              strict: bool | None = None) -> Emit:
+              strict: bool | None = None, *, scope: bytes = b"") -> Emit:
         """An event for one target: a room, a user's room, or everyone (the room `*`), checked
-        and encoded; `publish` makes the call that sends it (with others).
+        and encoded; `publish` makes the call that sends it (with others). `scope`: the `rs`
+        and `x` members of an event for several rooms (`scoped`).
 
         Any sanitised payload goes (the contract: any JSON-serialisable payload under the size
         limit). With `strict` (None: the publisher's setting) a payload of one of the five
@@ -207,12 +213,55 @@ class Commands:
         if strict:
             validate(event, data)
         body = sanitize(data, self._max_payload)
-        envelope = encode_event(event, body, room, _now_ms())
+        envelope = encode_event(event, body, room, _now_ms(), scope)
         tag = EVERYONE if room is None else room
         history = self._history_head + tag + "}:h"
         channel = self._channel_head + tag + "}#"
         return Emit(history, channel, envelope, _bulk(history.encode()),
                     _bulk(channel.encode()) + _bulk(envelope))
+
+    def scoped(self, event: str, data: Any, rooms: Iterable[str] | None,
+               excluded: Iterable[str] = (), strict: bool | None = None) -> list[Emit]:
+        """An event for several rooms (None: everyone), minus the sockets in `excluded`: one
+        copy per target room, each carrying every target and except room, so that a socket in
+        two targets gets it once and one in an except room not at all (`envelope.Scope`)."""
+        targets = sorted({check_room(room) for room in rooms}) if rooms is not None else []
+        if rooms is not None and not targets:
+            raise ValueError("emit_rooms needs at least one room (None: everyone)")
+        skip = sorted({check_room(room) for room in excluded})
+        if max(len(targets), len(skip)) > MAX_SCOPE_ROOMS:
+            raise ValueError(f"an event takes at most {MAX_SCOPE_ROOMS} target and {MAX_SCOPE_ROOMS} except rooms")
+        scope = encode_scope(targets, skip)
+        if not targets:
+            return [self.event(event, data, broadcast=True, strict=strict, scope=scope)]
+        return [self.event(event, data, room, strict=strict, scope=scope) for room in targets]
+
+    def room_control(self, kind: str, room: str | None, positions: Mapping[str, Position] | None,
+                     excluded: Iterable[str] = ()) -> Call:
+        """A control about the sockets in `room` (None: every socket) and in none of
+        `excluded`: they join or leave the rooms of `positions` (each room's position from
+        `positions()`), or are disconnected. On the room's shard, no history (`control.lua`).
+
+        The room policy is the gateway's: a replica applies a join only where `may_join`
+        allows it, so no producer can put a socket into another user's room."""
+        if kind not in ROOM_CONTROL_KINDS:
+            raise ValueError(f"unknown room control {kind!r}; expected rjoin, rleave or rkick")
+        if room is not None:
+            check_room(room)
+        skip = sorted({check_room(name) for name in excluded})
+        at = None
+        if kind != KIND_ROOM_KICK:
+            if not positions:
+                raise ValueError(f"{kind} needs at least one room")
+            at = {}
+            for name, position in positions.items():
+                check_room(name)
+                if not isinstance(position, Position):
+                    raise TypeError(f"{kind}: the position of {name} must be a Position, got {position!r}")
+                at[name] = position
+        tag = EVERYONE if room is None else room
+        envelope = encode_room_control(kind, room, at, skip, _now_ms())
+        return Call.of(CONTROL, 1, self.names.history_key(tag), self.names.room_channel(tag), envelope)
 
     def message(self, message: Message) -> Emit:
         return self.event(message.event, message.data, message.room, message.user,

@@ -16,6 +16,7 @@ ordered within the room, unrelated across rooms.
 from __future__ import annotations
 
 import re
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -34,6 +35,13 @@ KIND_JOIN: Final = "join"
 KIND_LEAVE: Final = "leave"
 KIND_KICK: Final = "kick"
 CONTROL_KINDS: Final = frozenset({KIND_JOIN, KIND_LEAVE, KIND_KICK})
+# Controls about the sockets in a room rather than a user's: published on the room's channel,
+# each replica applies them to its own sockets in that room (docs/wire-protocol.md).
+KIND_ROOM_JOIN: Final = "rjoin"
+KIND_ROOM_LEAVE: Final = "rleave"
+KIND_ROOM_KICK: Final = "rkick"
+ROOM_CONTROL_KINDS: Final = frozenset({KIND_ROOM_JOIN, KIND_ROOM_LEAVE, KIND_ROOM_KICK})
+MAX_SCOPE_ROOMS: Final = 100  # target or except rooms of one event: bounded per-socket work
 
 # The room that stands for "everyone": its stream holds the events sent to all.
 EVERYONE: Final = "*"
@@ -120,6 +128,29 @@ class Position:
         return f"{self.ms}-{self.seq}"
 
 
+class Scope(NamedTuple):
+    """Who among a copy's room gets it, for an event sent to several rooms and/or except rooms.
+
+    An event for rooms A and B is published once in each room (each copy has its own position
+    in its own room). A socket gets the copy of room r only if r is the first of `targets` that
+    the socket is in, and the socket is in none of `excluded`: once, or not at all, on live
+    delivery and on replay alike.
+    """
+
+    targets: tuple[str, ...]  # rs: every target room, in canonical (sorted) order; () for one
+    excluded: frozenset[str]  # x
+
+    def admits(self, room: str, member_of: Container[str]) -> bool:
+        """Does a socket in the rooms `member_of` get the copy published in `room`?"""
+        for other in self.excluded:
+            if other in member_of:
+                return False
+        for target in self.targets:
+            if target in member_of:
+                return target == room
+        return True
+
+
 class Event(NamedTuple):
     """`k: "e"`: a Socket.IO event for `room` (None: everyone).
 
@@ -134,6 +165,7 @@ class Event(NamedTuple):
     position: str  # o, "<ms>-<seq>" in the room's stream
     ms: int
     seq: int
+    scope: Scope | None = None  # rs, x: absent for the common single-room event
 
 
 class Control(NamedTuple):
@@ -145,7 +177,31 @@ class Control(NamedTuple):
     sent_ms: float  # t
 
 
-def encode_event(event: str, data: Any, room: str | None, t_ms: float) -> bytes:
+class RoomControl(NamedTuple):
+    """`k: "rjoin" | "rleave" | "rkick"` about the sockets in `room` (None: every socket) that
+    are in none of `excluded`: they join or leave `rooms`, or are disconnected."""
+
+    kind: str  # k
+    room: str | None  # r
+    rooms: tuple[tuple[str, Position], ...]  # rjoin, rleave: room -> its position at that moment
+    excluded: frozenset[str]  # x
+    sent_ms: float  # t
+
+
+def encode_scope(targets: Iterable[str], excluded: Iterable[str]) -> bytes:
+    """The members `,"rs":[...],"x":[...]` that `Scope` reads, to splice into an envelope (the
+    caller has checked the room names); empty when there is nothing to say."""
+    rs = sorted(set(targets))
+    x = sorted(set(excluded))
+    out = b""
+    if len(rs) > 1:
+        out += b',"rs":' + orjson.dumps(rs)
+    if x:
+        out += b',"x":' + orjson.dumps(x)
+    return out
+
+
+def encode_event(event: str, data: Any, room: str | None, t_ms: float, scope: bytes = b"") -> bytes:
     """The envelope of an event, without `o`.
 
     `data` given as bytes is taken as already-encoded JSON (what `events.sanitize` returns)
@@ -164,7 +220,7 @@ def encode_event(event: str, data: Any, room: str | None, t_ms: float) -> bytes:
         b',"ev":', orjson.dumps(event),
         b',"d":', body,
         b',"r":', orjson.dumps(room),
-        b"}",
+        scope, b"}",
     ))
 
 
@@ -181,6 +237,25 @@ def encode_control(kind: str, user: str, rooms: dict[str, Position] | None, t_ms
         raise EnvelopeError(f"{kind} needs at least one room")
     else:
         message["rooms"] = {room: str(at) for room, at in rooms.items()}
+    return orjson.dumps(message)
+
+
+def encode_room_control(kind: str, room: str | None, rooms: dict[str, Position] | None,
+                        excluded: Iterable[str], t_ms: float) -> bytes:
+    """The envelope of a control about the sockets in `room` (None: every socket)."""
+    if kind not in ROOM_CONTROL_KINDS:
+        raise EnvelopeError(f"unknown room control kind {kind!r}; expected rjoin, rleave or rkick")
+    message: dict[str, Any] = {"v": VERSION, "k": kind, "t": t_ms, "r": room}
+    x = sorted(set(excluded))
+    if x:
+        message["x"] = x
+    if kind == KIND_ROOM_KICK:
+        if rooms is not None:
+            raise EnvelopeError("a room kick takes no rooms")
+    elif not rooms:
+        raise EnvelopeError(f"{kind} needs at least one room")
+    else:
+        message["rooms"] = {name: str(at) for name, at in rooms.items()}
     return orjson.dumps(message)
 
 
@@ -212,7 +287,7 @@ def parse_position(text: object) -> Position:
     return Position(int(match[1]), int(match[2]))
 
 
-def decode(message: bytes) -> Event | Control:
+def decode(message: bytes) -> Event | Control | RoomControl:
     """Parse a message from a bus channel, or raise EnvelopeError saying what is wrong."""
     if message[:1] != b"{":
         raise _not_json_object(bytes(message[:1]))
@@ -242,9 +317,13 @@ def decode(message: bytes) -> Event | Control:
         r = obj.get("r", False)
         if r is not None and type(r) is not str:
             raise EnvelopeError(f"'r' must be a room name or null, got {_show(r)}")
+        if "rs" in obj or "x" in obj:
+            return Event(ev, obj["d"], r, t, o, at.ms, at.seq, _scope(obj, r))
         return Event(ev, obj["d"], r, t, o, at.ms, at.seq)
     if type(k) is str and k in CONTROL_KINDS:
         return _control(obj, k, t)
+    if type(k) is str and k in ROOM_CONTROL_KINDS:
+        return _room_control(obj, k, t)
     raise EnvelopeError(f"unknown kind {_show(k)}")
 
 
@@ -275,3 +354,46 @@ def _control(obj: dict[str, Any], k: str, t: float) -> Control:
             raise EnvelopeError(f"{k}: 'rooms' holds a name that is not a room: {exc}") from None
         out.append((room, parse_position(at)))
     return Control(k, u, tuple(out), t)
+
+
+def _room_list(obj: dict[str, Any], key: str) -> list[str]:
+    value = obj.get(key, [])
+    if type(value) is not list or len(value) > MAX_SCOPE_ROOMS:
+        raise EnvelopeError(f"{key!r} must be a list of at most {MAX_SCOPE_ROOMS} room names, got {_show(value)}")
+    for room in value:
+        _check_room(key, room)
+    return value
+
+
+def _check_room(what: str, room: object) -> None:
+    if type(room) is not str:
+        raise EnvelopeError(f"{what!r} holds a name that is not a string: {_show(room)}")
+    try:
+        parse_room(room)
+    except InvalidRoom as exc:
+        raise EnvelopeError(f"{what!r} holds a name that is not a room: {exc}") from None
+
+
+def _scope(obj: dict[str, Any], r: str | None) -> Scope:
+    """`rs` and `x` of an event, checked: its own room must be among its targets."""
+    targets = _room_list(obj, "rs")
+    if targets and r not in targets:
+        raise EnvelopeError(f"'r' {_show(r)} is not among the event's target rooms 'rs'")
+    return Scope(tuple(targets), frozenset(_room_list(obj, "x")))
+
+
+def _room_control(obj: dict[str, Any], k: str, t: float) -> RoomControl:
+    r = obj.get("r")
+    if r is not None:
+        _check_room("r", r)
+    excluded = frozenset(_room_list(obj, "x"))
+    if k == KIND_ROOM_KICK:
+        return RoomControl(k, r, (), excluded, t)
+    rooms = obj.get("rooms")
+    if type(rooms) is not dict or not rooms:
+        raise EnvelopeError(f"{k}: 'rooms' must be a non-empty object of room -> position, got {_show(rooms)}")
+    out = []
+    for room, at in rooms.items():
+        _check_room("rooms", room)
+        out.append((room, parse_position(at)))
+    return RoomControl(k, r, tuple(out), excluded, t)

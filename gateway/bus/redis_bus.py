@@ -7,8 +7,8 @@ kept connections, EVAL on NOSCRIPT, bounded retries; on a cluster, routed by slo
 per shard). Every script touches one slot: a room's stream and channel, or one user's sessions
 and presence, which carry the room `user:<id>` as their hash tag.
 
-Writes that nobody waits for (session records, presence) are queued and sent once per
-event-loop turn, one script call per slot (per call on a single node), in order, by one task.
+Writes that nobody waits for (session records, presence) go through a `WriteQueue`: once per
+event-loop turn, one script call per slot, in order, sent again when the bus refused them.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from redis.exceptions import RedisError
 from gateway.bus.contract import BusSink, BusUnavailable, Entries, Span
 from gateway.bus.endpoint import parse_endpoint
 from gateway.bus.shards import ShardedChannels
+from gateway.bus.write_queue import WriteQueue
 from publisher.async_sender import AsyncSender
-from publisher.cluster import ClusterModeError, async_expect_standalone, is_cluster_url, key_slot, parse_cluster_url
+from publisher.cluster import ClusterModeError, async_expect_standalone, is_cluster_url, parse_cluster_url
 from publisher.commands import Call, Commands
 from publisher.envelope import (
     EVERYONE,
@@ -54,6 +55,11 @@ CONNECTED_SESSION_SLACK_MS = 2 * REPLICA_HEARTBEAT_MS * FULL_BEAT_EVERY
 # drops transports in a loop cannot fill Redis).
 MAX_SESSIONS_PER_USER = 100
 HISTORY_READ_MAX = 100_000  # entries one replay reads at most (a stream holds ~HISTORY_MAX_LEN)
+# Command round trips in flight at once. redis-py's asyncio pool holds at most 100 connections
+# (per node) and, past them, fails the call ("Too many connections") rather than wait: a
+# reconnect storm starts hundreds of recoveries at once, and each would come back
+# `recovered: false` for nothing. Waiting here for a turn costs the client microseconds.
+MAX_CALLS_IN_FLIGHT = 64
 # The fields the "S" operation of writes.lua takes after pid and user, in its order.
 SAVED_FIELDS = ("sid", "rooms", "starts", "left", "extra", "created", "alive")
 
@@ -114,7 +120,9 @@ class RedisBackend:
         self._commands = Commands(names, history_max_len=history_max_len, recovery_window_s=window_s,
                                   max_payload_bytes=max_payload_bytes)
         self._transport: AsyncRunner = async_transport(url, retries=2)
-        # /api/emit: the requests of one loop turn publish in one write (auto-pipelining)
+        self._in_flight = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        # /api/emit: the requests of one loop turn publish in one write (auto-pipelining; one
+        # write in flight at a time, so it needs no share of _in_flight)
         self._publisher = AsyncSender(self._transport, self._commands)
         self._sink_adapter = _Channels(names)
         source = parse_cluster_url(url) if is_cluster_url(url) else parse_endpoint(url)
@@ -122,11 +130,12 @@ class RedisBackend:
                                         replica_id=replica_id, names=names)
         self._cluster = is_cluster_url(url)
         self._sink: BusSink | None = None
-        self._writes: dict[int, list[str]] = {}  # slot (0 on a single node) -> queued operations
-        self._routing: dict[int, str] = {}  # slot -> a key of that slot, to route its call
-        self._flush_scheduled = False
-        self._writer_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writes = WriteQueue(
+            WRITES, run=self._run, spawn=self._spawn, routing_key=names.user_sessions_key,
+            cluster=self._cluster, count=metrics.bus_event,
+            head=(names.key_prefix, replica_id, self._window_ms + CONNECTED_SESSION_SLACK_MS, self._window_ms,
+                  MAX_SESSIONS_PER_USER, PRESENCE_TTL_MS))
         self._heartbeat_task: asyncio.Task[None] | None = None
 
     @property
@@ -183,7 +192,7 @@ class RedisBackend:
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(RedisError, OSError, BusUnavailable):
-            await self._flush()
+            await self._writes.flush()
         with contextlib.suppress(PublisherError, RedisError, OSError):
             await self._publisher.close()
         await self._transport.close()
@@ -200,7 +209,8 @@ class RedisBackend:
 
     async def _run(self, calls: Sequence[Call]) -> list[Any]:
         try:
-            return await self._transport.run(calls)
+            async with self._in_flight:
+                return await self._transport.run(calls)
         except (PublisherError, RedisError, OSError) as exc:
             raise BusUnavailable(str(exc)) from exc
 
@@ -272,33 +282,7 @@ class RedisBackend:
         self._queue(user, "O" if online else "F", user)
 
     def _queue(self, user: str, *operation: str) -> None:
-        key = self.names.user_sessions_key(user)
-        slot = key_slot(key) if self._cluster else 0
-        queued = self._writes.get(slot)
-        if queued is None:
-            queued = self._writes[slot] = []
-            self._routing[slot] = key
-        queued.extend(operation)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._spawn, self._flush())
-
-    async def _flush(self) -> None:
-        """Everything queued in this loop turn: one script call per slot (`lua/writes.lua`)."""
-        async with self._writer_lock:  # one flush at a time: writes land in the order queued
-            self._flush_scheduled = False
-            writes, self._writes = self._writes, {}
-            routing, self._routing = self._routing, {}
-            if not writes:
-                return
-            head = (self.names.key_prefix, self.replica_id, self._window_ms + CONNECTED_SESSION_SLACK_MS,
-                    self._window_ms, MAX_SESSIONS_PER_USER, PRESENCE_TTL_MS)
-            calls = [Call.of(WRITES, 1, routing[slot], *head, *ops) for slot, ops in writes.items()]
-            try:
-                await self._run(calls)
-            except BusUnavailable as exc:
-                # Session records and presence are rewritten by the next full heartbeat.
-                log.warning("bus write batch failed: %s", exc, extra={"calls": len(calls)})
+        self._writes.queue(user, *operation)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

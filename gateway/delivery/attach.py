@@ -10,7 +10,10 @@ and a recovery replays from there what the client did not process.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.bus.contract import Backend, BusUnavailable, Span
 from gateway.delivery.offsets import component, key_of, position_of
@@ -27,6 +30,16 @@ RoomsChanged = Callable[[Conn, list[str], str, str, Position | None], None]
 Replay = Callable[[str, Iterable[tuple[Position, bytes]]], list[Outgoing]]
 
 
+@dataclass(slots=True)
+class _Turn:
+    """The joins and leaves of one socket waiting or under way, taken in order."""
+
+    lock: asyncio.Lock
+    waiting: int = 0
+    issued: int = 0  # tickets handed out, joins and leaves alike, in the order they came
+    left: dict[str, int] = field(default_factory=dict)  # room -> ticket of its latest leave
+
+
 class HistoryLost(Exception):
     """A recovery cannot be complete: events the client missed are gone, or cannot be read."""
 
@@ -40,17 +53,36 @@ class Attacher:
         self._counters = counters
         self._replay = replay
         self._rooms_changed = rooms_changed
-        self._locks: dict[str, asyncio.Lock] = {}
+        # A socket's joins wait on the bus (subscription, history) and take turns; a leave is
+        # applied at once (events after it must not reach the socket) and ticketed, so that a
+        # join still under way that came before it does not put the socket back in the room.
+        self._turns: dict[str, _Turn] = {}
         # sids between their CONNECT and its reply: the reply releases what they hold
         self.connecting: set[str] = set()
 
-    def busy(self, conn: Conn) -> bool:
-        """Is `conn` held by a connect or a join under way (which will release it itself)?"""
-        return conn.sid in self.connecting or conn.sid in self._locks
-
     def forget(self, sid: str) -> None:
         self.connecting.discard(sid)
-        self._locks.pop(sid, None)
+        self._turns.pop(sid, None)
+
+    def _queue(self, conn: Conn) -> tuple[_Turn, int]:
+        """Take the socket's next turn and ticket now, synchronously: the order of the calls is
+        the order of the turns, whenever the coroutines that wait for them start running."""
+        turn = self._turns.setdefault(conn.sid, _Turn(asyncio.Lock()))
+        turn.waiting += 1
+        turn.issued += 1
+        return turn, turn.issued
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, conn: Conn, turn: _Turn) -> AsyncIterator[bool]:
+        """Wait for the socket's earlier joins and leaves; yields whether it is still connected."""
+        try:
+            async with turn.lock:
+                yield self._registry.get(conn.sid) is conn
+        finally:
+            turn.waiting -= 1
+            if not turn.waiting and self._turns.get(conn.sid) is turn:
+                del self._turns[conn.sid]
+
 
     async def _starts(self, conn: Conn, rooms: Sequence[str]) -> dict[str, Position]:
         """Join `rooms` (and follow EVERYONE), then where the socket starts in each: the
@@ -106,15 +138,21 @@ class Attacher:
             conn.pending = []
         conn.pending[:0] = held
 
-    async def enter(self, conn: Conn, rooms: Mapping[str, Position | None]) -> None:
-        """Add rooms to a connected socket. A room given with a position (a producer's join,
-        read on the room's shard before the join was published) gets its events after it; one
-        without starts at its cursor (the API's join)."""
-        lock = self._locks.setdefault(conn.sid, asyncio.Lock())
-        async with lock:
-            if self._registry.get(conn.sid) is not conn:
+    def enter(self, conn: Conn, rooms: Mapping[str, Position | None]) -> Coroutine[Any, Any, None]:
+        """Add rooms to a connected socket, in its turn (taken now); await or spawn the result.
+        A room given with a position (a producer's join, read on the room's shard before the
+        join was published) gets its events after it; one without starts at its cursor (the
+        API's join)."""
+        return self._enter(conn, rooms, *self._queue(conn))
+
+    async def _enter(self, conn: Conn, rooms: Mapping[str, Position | None], turn: _Turn, ticket: int) -> None:
+        def left_since(room: str) -> bool:
+            return turn.left.get(room, 0) > ticket
+
+        async with self._turn(conn, turn) as connected:
+            if not connected:
                 return
-            fresh = [r for r in rooms if r not in conn.rooms]
+            fresh = [r for r in rooms if r not in conn.rooms and not left_since(r)]
             if not fresh:
                 return
             conn.hold()
@@ -128,6 +166,8 @@ class Attacher:
                 if since:
                     replies = await self._backend.history([(room, at, None) for room, at in since.items()])
                     for room, entries in replies.items():
+                        if left_since(room):  # left meanwhile: what it replays may follow the leave
+                            continue
                         if entries is None:  # never short: its client reconnects and is told
                             self._counters.bus_event("join_gap")
                             conn.eio.close_transport()
@@ -145,18 +185,26 @@ class Attacher:
                     self._counters.bus_event("join_gap")
                     conn.eio.close_transport()
             finally:
+                for room in fresh:
+                    if left_since(room):  # the leave came first to the socket, but after this join
+                        self._subscriptions.leave(conn, room)
                 conn.release(history, self._counters)
+            if rooms_now:
+                rooms_now = [r for r in rooms_now if not left_since(r)]
             for room in fresh if rooms_now else ():
-                self._rooms_changed(conn, rooms_now, room, "j", starts.get(room))
-        if not lock.locked():
-            self._locks.pop(conn.sid, None)
+                if not left_since(room):
+                    self._rooms_changed(conn, rooms_now, room, "j", starts.get(room))
 
     def leave(self, conn: Conn, room: str, at: Position | None = None) -> None:
-        """Take `conn` out of `room`; `at` is where in the room's stream it left (a producer's
-        leave), kept in its session so that a recovery replays the room up to there."""
+        """Take `conn` out of `room` now; `at` is where in the room's stream it left (a
+        producer's leave), kept in its session so that a recovery replays the room up to there.
+        A join of the room under way, that came before, will not put it back."""
+        turn = self._turns.get(conn.sid)
+        if turn is not None:
+            turn.issued += 1
+            turn.left[room] = turn.issued
         if self._subscriptions.leave(conn, room):
             if at is None:
                 key = conn.positions.get(room)
                 at = position_of(key) if key is not None else None
             self._rooms_changed(conn, list(conn.rooms), room, "l", at)
-

@@ -26,7 +26,16 @@ from gateway.delivery.ports import Counters, SocketLayer
 from gateway.delivery.registry import Conn, Outgoing, Registry
 from gateway.delivery.subscriptions import Subscriptions
 from gateway.policy.rooms import may_join, may_leave
-from publisher.envelope import KIND_JOIN, KIND_KICK, KIND_LEAVE, Control, Position
+from publisher.envelope import (
+    KIND_JOIN,
+    KIND_KICK,
+    KIND_LEAVE,
+    KIND_ROOM_JOIN,
+    KIND_ROOM_KICK,
+    Control,
+    Position,
+    RoomControl,
+)
 from publisher.rooms import user_room
 
 __all__ = ["DeliveryCore", "HistoryLost"]
@@ -92,8 +101,9 @@ class DeliveryCore:
     async def recover_rooms(self, conn: Conn, spans: Sequence[Span], offset: Mapping[str, Position]) -> None:
         await self._attacher.recover(conn, spans, offset)
 
-    async def enter(self, conn: Conn, rooms: Mapping[str, Position | None]) -> None:
-        await self._attacher.enter(conn, rooms)
+    def enter(self, conn: Conn, rooms: Mapping[str, Position | None]) -> Coroutine[Any, Any, None]:
+        """The socket's turn is taken at the call, so joins and leaves apply in the order called."""
+        return self._attacher.enter(conn, rooms)
 
     def leave(self, conn: Conn, room: str, at: Position | None = None) -> None:
         self._attacher.leave(conn, room, at)
@@ -123,21 +133,35 @@ class DeliveryCore:
                     if conn.pid is not None]
         return self.registry.online_users(), sessions
 
-    def _control(self, control: Control) -> None:
-        """A producer's join, leave or kick about the sockets of `control.user`."""
-        members = self.registry.rooms.get(user_room(control.user))
-        if not members:
-            return
-        for conn in list(members.values()):
-            if control.kind == KIND_KICK:
-                conn.pid = None  # its sessions were deleted by the publisher: never save it again
+    def _control(self, control: Control | RoomControl) -> None:
+        """A producer's join, leave or kick about the sockets of `control.user`, or about this
+        replica's sockets in `control.room` (all of them for None) that are in no except room.
+
+        The same path either way: the room policy decides what each socket may enter, and
+        `enter` / `leave` update its session record as for a user's join or leave."""
+        if isinstance(control, RoomControl):
+            if control.room is None:
+                found: Iterable[Conn] = list(self.registry.by_sid.values())
+            else:
+                found = list(self.registry.rooms.get(control.room, {}).values())
+            targets = [conn for conn in found if control.excluded.isdisjoint(conn.rooms)]
+            kind = {KIND_ROOM_JOIN: KIND_JOIN, KIND_ROOM_KICK: KIND_KICK}.get(control.kind, KIND_LEAVE)
+        else:
+            targets = list(self.registry.rooms.get(user_room(control.user), {}).values())
+            kind = control.kind
+            if kind == KIND_KICK:
+                for conn in targets:
+                    conn.pid = None  # its sessions were deleted by the publisher: never save it again
+        for conn in targets:
+            if kind == KIND_KICK:
+                # A room's kick keeps `pid`: the socket layer drops its session as it goes.
                 self._spawn(self._sockets.kick(conn, "kicked"))
-            elif control.kind == KIND_JOIN:
+            elif kind == KIND_JOIN:
                 rooms: dict[str, Position | None] = {
                     room: at for room, at in control.rooms if may_join(conn.identity, room)}
                 if rooms:
                     self._spawn(self.enter(conn, rooms))
-            elif control.kind == KIND_LEAVE:
+            else:
                 for room, at in control.rooms:
                     if may_leave(conn.identity, room):
                         self.leave(conn, room, at)

@@ -3,7 +3,9 @@
 A bus message is decoded once, turned into one `Outgoing` (the packet's shared part built once),
 and written to the room's local sockets by a loop over a dict: no task, no queue per recipient.
 Each message moves the room's cursor (where a socket entering the room starts). Control
-messages (a producer's join, leave, kick) are handed to the core, which owns rooms.
+messages (a producer's join, leave, kick, of a user's sockets or of a room's) are handed to the
+core, which owns rooms. An event sent to several rooms or except some carries its `Scope`,
+which each socket applies when the copy is written (`Conn.deliver`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from gateway.delivery.frames import event_head
 from gateway.delivery.offsets import component, key_of
 from gateway.delivery.ports import Counters
 from gateway.delivery.registry import Conn, Outgoing, Registry
-from publisher.envelope import EVERYONE, Control, EnvelopeError, Event, Position, decode
+from publisher.envelope import EVERYONE, Control, EnvelopeError, Event, Position, RoomControl, decode
 
 log = logging.getLogger("gateway.delivery")
 
@@ -25,7 +27,8 @@ def outgoing(event: Event, with_offset: bool, *, replay: bool = False) -> Outgoi
     room = event.room if event.room is not None else EVERYONE
     return Outgoing(room, key_of(event.ms, event.seq), event.name,
                     event_head(event.name, event.data, with_offset=with_offset),
-                    component(room, event.ms, event.seq) if with_offset else b"", event.sent_ms, replay)
+                    component(room, event.ms, event.seq) if with_offset else b"", event.sent_ms, replay,
+                    event.scope)
 
 
 def from_history(room: str, entries: Iterable[tuple[Position, bytes]], counters: Counters, *,
@@ -48,7 +51,7 @@ class Fanout:
     """Decodes what the bus brings and writes events to the local sockets of their room."""
 
     def __init__(self, registry: Registry, counters: Counters, *, with_offset: bool,
-                 on_control: Callable[[Control], None]) -> None:
+                 on_control: Callable[[Control | RoomControl], None]) -> None:
         self._registry = registry
         self._counters = counters
         self._with_offset = with_offset

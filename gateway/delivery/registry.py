@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.delivery.frames import eio_message_frame
 from gateway.policy.rooms import Identity
+from publisher.envelope import Scope
 from publisher.rooms import user_room
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class Outgoing:
     own: bytes  # this room's offset component (empty: recovery is off, no offset is sent)
     t_ms: float  # publish time, for ws_latency_seconds
     replay: bool = False  # read from history (recovery, catch-up), not received live
+    scope: Scope | None = None  # an event for several rooms or with except rooms: who gets this copy
     _frames: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict)
 
     def packet(self, tail: bytes) -> tuple[bytes, bytes]:
@@ -113,6 +115,10 @@ class Conn:
             return False
         room = out.room
         self.positions[room] = out.key
+        # Decided when written, with the rooms the socket is in then (also after a hold): a copy
+        # of an event sent to several rooms, or except some, that is not this socket's is skipped.
+        if out.scope is not None and not out.scope.admits(room, self.rooms):
+            return False
         tail = b""
         if out.own:
             components = self.components

@@ -40,6 +40,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config import Settings
+from gateway.config_parsers import is_loopback
 from gateway.policy.keys import HMAC_ALGORITHMS
 from gateway.policy.rooms import ROLES
 from publisher.events import EVENT_SCHEMAS, ObjectSchema
@@ -80,7 +81,10 @@ def local_host(request: web.Request) -> bool:
     """Whether the request's Host names this machine directly: an IP address, `localhost`
     (or `*.localhost`) or the machine's name. A page reached under any other name may be a DNS
     rebinding attack reading the console's secrets, as dev servers such as Vite refuse it."""
-    host = request.url.host or ""
+    return _local_name(request.url.host or "")
+
+
+def _local_name(host: str) -> bool:
     if host == "localhost" or host.endswith(".localhost") or host == socket.gethostname().lower():
         return True
     try:
@@ -96,13 +100,8 @@ def loopback_peer(request: web.Request) -> bool:
     peer = transport.get_extra_info("peername") if transport is not None else None
     if not isinstance(peer, tuple) or not peer or not isinstance(peer[0], str):
         return False  # closed, or not an IP socket
-    try:
-        address = ipaddress.ip_address(peer[0].split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+    # A name never comes from the socket, so only the address forms of is_loopback can match.
+    return is_loopback(peer[0].split("%", 1)[0])
 
 
 @web.middleware
@@ -122,6 +121,16 @@ async def same_origin_sockets(request: web.Request, handler: Handler) -> web.Str
         del headers["Origin"]
         request = request.clone(headers=headers)
     return await handler(request)
+
+
+def own_page_origin(origin: str, host: str, peer: str | None) -> bool:
+    """`same_origin_sockets` for the WebSocket requests the gateway accepts below aiohttp
+    (gateway/ws, plain HTTP): whether a socket request with this Origin, Host header and peer
+    address comes from the console's page that this process served."""
+    if origin != f"http://{host}" or peer is None or not is_loopback(peer.split("%", 1)[0]):
+        return False
+    name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return _local_name(name.lower())
 
 
 def _refusal(request: web.Request) -> web.Response | None:

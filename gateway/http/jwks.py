@@ -27,12 +27,11 @@ from aiohttp import web
 
 from gateway.config import MIN_SECRET_BYTES
 from gateway.policy.auth import Authenticator
-from gateway.policy.keys import jwks_keys
+from gateway.policy.keys import MAX_JWKS_BYTES, jwks_keys, read_jwks_file
 from publisher.redis_url import redact
 
 log = logging.getLogger("gateway.jwks")
 
-MAX_DOCUMENT_BYTES = 1 << 20
 FETCH_TIMEOUT = 10.0
 FIRST_FETCH_TIMEOUT = 10.0
 MIN_INTERVAL = 30.0
@@ -82,13 +81,11 @@ class JwksRefresher:
     def _read_file(self) -> bytes:
         path = Path(unquote(urlparse(self._url).path))
         try:
-            with path.open("rb") as f:
-                document = f.read(MAX_DOCUMENT_BYTES + 1)
+            return read_jwks_file(path)
         except OSError as exc:
             raise JwksError(f"cannot read {path}: {exc.strerror}") from None
-        if len(document) > MAX_DOCUMENT_BYTES:
-            raise JwksError(f"the document is over {MAX_DOCUMENT_BYTES} bytes")
-        return document
+        except ValueError as exc:
+            raise JwksError(str(exc)) from None
 
     async def _fetch(self) -> bytes:
         if self._session is None:
@@ -99,11 +96,11 @@ class JwksRefresher:
                                          headers={"Accept": "application/json"}) as resp:
                 if resp.status != 200:
                     raise JwksError(f"HTTP {resp.status}")
-                document = await resp.content.read(MAX_DOCUMENT_BYTES + 1)
+                document = await resp.content.read(MAX_JWKS_BYTES + 1)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise JwksError(f"{type(exc).__name__}: {redact(str(exc)) if '://' in str(exc) else exc}") from None
-        if len(document) > MAX_DOCUMENT_BYTES:
-            raise JwksError(f"the document is over {MAX_DOCUMENT_BYTES} bytes")
+        if len(document) > MAX_JWKS_BYTES:
+            raise JwksError(f"the document is over {MAX_JWKS_BYTES} bytes")
         return document
 
     async def run(self) -> None:

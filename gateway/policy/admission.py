@@ -1,4 +1,5 @@
-"""Who may open a connection: per-address handshake rate, per-user socket count, draining, and
+"""Who may open a connection: per-address handshake rate, per-user socket count, draining,
+overload (`gateway.policy.overload`: a reconnect storm bigger than the replica can take), and
 connections that never finish their Socket.IO handshake.
 
 Pure policy, no I/O: a request is read through `RequestView` (what aiohttp's request offers),
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config import Settings
+from gateway.policy.overload import Overload
 from gateway.policy.ratelimit import KeyedBuckets, address_key
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -59,6 +61,8 @@ class Refusal:
 
 DRAINING = Refusal(503, "draining")
 IP_RATE_LIMITED = Refusal(429, "too_many_connections_from_address")
+# socket.io-client treats any refused handshake as a failed attempt and retries after its backoff
+OVERLOADED = Refusal(503, "overloaded")
 
 
 class Admission:
@@ -72,6 +76,7 @@ class Admission:
         self._pending: dict[str, float] = {}
         self._connecting: dict[str, int] = {}
         self._metrics = metrics
+        self.overload = Overload(settings.handshake_shed_lag, settings.max_connects_in_flight)
         self.draining = False
 
     def client_address(self, request: RequestView) -> tuple[str, bool]:
@@ -101,6 +106,12 @@ class Admission:
         if self.draining:
             self._metrics.handshake("draining")  # type: ignore[attr-defined]
             return DRAINING
+        # Before the per-IP bucket: a shed handshake spends none of its address's tokens. For
+        # exempt addresses too: this protects the replica, not other clients.
+        overloaded = self.overload.reason()
+        if overloaded is not None:
+            self._metrics.handshake(overloaded)  # type: ignore[attr-defined]
+            return OVERLOADED
         address, forwarded = self.client_address(request)
         if not forwarded and _within(address, self._exempt):
             return None
@@ -116,9 +127,11 @@ class Admission:
         if current + pending >= self._max_per_user:
             return False
         self._connecting[user_id] = pending + 1
+        self.overload.connect_started()
         return True
 
     def connect_done(self, user_id: str) -> None:
+        self.overload.connect_finished()
         left = self._connecting.get(user_id, 0) - 1
         if left > 0:
             self._connecting[user_id] = left

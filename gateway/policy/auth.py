@@ -250,6 +250,7 @@ class Authenticator:
         self._static = tuple(self._entry(k) for k in static_keys(settings, allowed))
         self._dynamic: tuple[_Entry, ...] = ()
         self._entries = self._static
+        self._kids = frozenset(e.kid for e in self._entries if e.kid is not None)
         self.jwks_url = settings.jwt_jwks_url
         self.jwks_refresh = settings.jwt_jwks_refresh
         # Set when a token names a kid no key has: the JWKS refresher fetches early (rate-limited).
@@ -285,6 +286,7 @@ class Authenticator:
         """Swap in the keys of a newly fetched JWKS document (the static keys stay first)."""
         self._dynamic = tuple(self._entry(k) for k in keys)
         self._entries = self._static + self._dynamic
+        self._kids = frozenset(e.kid for e in self._entries if e.kid is not None)
         self.jwks_loaded = True
 
     def _entry(self, key: VerificationKey) -> _Entry:
@@ -307,7 +309,7 @@ class Authenticator:
         alg: str = header["alg"]
         kid: str | None = header.get("kid")
         entries = choose(self._entries, alg, kid)
-        unknown_kid = kid is not None and not any(e.kid == kid for e in self._entries)
+        unknown_kid = kid is not None and kid not in self._kids  # a set: no scan per handshake
         if unknown_kid and self.jwks_url:
             self.refresh_wanted.set()
         if not entries:

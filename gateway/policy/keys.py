@@ -22,9 +22,27 @@ import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import orjson
+
+# A JWKS document bigger than this is refused, from a file or over HTTP: a real one holds a few
+# keys (a few KiB), and the start check and the refresher both read it into memory.
+MAX_JWKS_BYTES = 1 << 20
+
+
+def read_jwks_file(path: Path) -> bytes:
+    """The document at `path`, read at most MAX_JWKS_BYTES + 1 bytes far.
+
+    Raises OSError when it cannot be read and ValueError when it is too big, so the start check
+    and the refresher refuse the same files for the same reason.
+    """
+    with path.open("rb") as f:
+        document = f.read(MAX_JWKS_BYTES + 1)
+    if len(document) > MAX_JWKS_BYTES:
+        raise ValueError(f"the document is over {MAX_JWKS_BYTES} bytes")
+    return document
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})

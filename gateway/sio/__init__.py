@@ -2,8 +2,9 @@
 python-engineio's or aiohttp's internals.
 
 The gateway keeps python-socketio's packet parsing and sid bookkeeping and python-engineio's
-polling transport, and replaces what costs most with a large idle fleet (see engine.py and
-socket.py). That reaches past the libraries' public API. Every name listed here is relied on;
+polling transport, and replaces what costs most with a large idle fleet (see engine.py,
+socket.py, and native.py: WebSocket sessions accepted below aiohttp by gateway/ws). That reaches
+past the libraries' public API. Every name listed here is relied on;
 tests/unit/test_library_fence.py fails, naming it, when one is gone or changed shape, and also
 when the code here starts using a library's private name that is not listed. pyproject.toml pins
 the three libraries to the versions checked (`scripts/test --versions oldest|newest`).
@@ -25,6 +26,7 @@ Private names of python-socketio:
 - `socketio.AsyncServer._engineio_server_class`: returns GatewayEngineIO; the only way to choose
   the Engine.IO server python-socketio builds.
 - `socketio.AsyncServer._handle_eio_connect`: overridden: a transport starts its handshake timer.
+  native.py runs it (through `_trigger_event('connect')`) inline, without a task: it must not suspend.
 - `socketio.AsyncServer._handle_eio_message`: overridden: binary packets with too many
   attachments, and packets python-socketio cannot parse, close the transport.
 - `socketio.AsyncServer._handle_eio_disconnect`: overridden: the handshake timer stops.
@@ -35,9 +37,11 @@ Private names of python-socketio:
 - `socketio.AsyncServer._handle_disconnect`: overridden: the reason is kept for the metrics.
 - `socketio.AsyncServer._send_packet`: CONNECT, CONNECT_ERROR and ACK replies are sent with it.
 
-Private name of aiohttp:
+Private names of aiohttp:
 - `aiohttp.web.WebSocketResponse._writer`: its `transport` is where engine.py writes the OPEN
   packet and FastSocket every frame (prebuilt, one write per loop turn).
+- `aiohttp._websocket.helpers.websocket_mask`: gateway/ws/frames.py unmasks client frames of 64
+  bytes and more with it (C, in place on a bytearray); without it, a slower pure-Python way.
 
 Undocumented state and hooks, not underscored but internal all the same:
 - `engineio.async_socket.AsyncSocket.__class__`: a polling socket python-engineio made becomes a
@@ -53,7 +57,8 @@ Undocumented state and hooks, not underscored but internal all the same:
   WebSocket.
 - `engineio.async_socket.AsyncSocket.upgrading`: set while FastSocket runs an upgrade.
 - `engineio.async_socket.AsyncSocket.upgraded`: set once a socket is on WebSocket.
-- `engineio.async_socket.AsyncSocket.connected`: set by serve_websocket for a direct WebSocket.
+- `engineio.async_socket.AsyncSocket.connected`: set by serve_websocket (and NativeSocket.attach) for a
+  direct WebSocket.
 - `engineio.async_socket.AsyncSocket.closed`: read before every write and by the heartbeat.
 - `engineio.async_socket.AsyncSocket.closing`: read by the heartbeat.
 - `engineio.AsyncServer.create_queue`: overridden: LiteQueue allocates nothing while idle.

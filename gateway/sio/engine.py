@@ -45,23 +45,26 @@ log = logging.getLogger("gateway.sio.engine")
 
 
 class LiteQueue:
-    """The part of `asyncio.Queue` python-engineio uses, with nothing allocated while idle."""
+    """The part of `asyncio.Queue` python-engineio uses, with nothing allocated while idle: its
+    deque exists only while it holds packets (a WebSocket socket's queue is empty for life)."""
 
     __slots__ = ("_getters", "_items", "_joiners", "_unfinished")
 
     def __init__(self) -> None:
-        self._items: deque[Any] = deque()
+        self._items: deque[Any] | None = None
         self._getters: deque[asyncio.Future[None]] | None = None
         self._joiners: list[asyncio.Future[None]] | None = None
         self._unfinished = 0
 
     def qsize(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items else 0
 
     def empty(self) -> bool:
         return not self._items
 
     def put_nowait(self, item: Any) -> None:
+        if self._items is None:
+            self._items = deque()
         self._items.append(item)
         self._unfinished += 1
         getters = self._getters
@@ -78,10 +81,18 @@ class LiteQueue:
         """The next item, left in place; None when empty."""
         return self._items[0] if self._items else None
 
+    def _pop(self) -> Any:
+        items = self._items
+        assert items
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
     def get_nowait(self) -> Any:
         if not self._items:
             raise asyncio.QueueEmpty
-        return self._items.popleft()
+        return self._pop()
 
     async def get(self) -> Any:
         while not self._items:
@@ -94,9 +105,9 @@ class LiteQueue:
             except BaseException:
                 fut.cancel()
                 if self._items and not fut.cancelled():
-                    self.put_nowait(self._items.popleft())  # pass the wake-up on
+                    self.put_nowait(self._pop())  # pass the wake-up on
                 raise
-        return self._items.popleft()
+        return self._pop()
 
     def add_getter(self, fut: asyncio.Future[None]) -> None:
         """Wake `fut` on the next put (how `FastSocket.poll` waits, with its own release)."""
@@ -340,7 +351,7 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
     async def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
         if event == "connect":
             sock = self.sockets.get(args[0])
-            if sock is not None and type(sock) is not FastSocket:
+            if sock is not None and not isinstance(sock, FastSocket):
                 sock.__class__ = FastSocket  # a polling session: python-engineio made it
                 opening = sock.queue.peek()
                 if opening is not None and opening.packet_type == eio_packet.OPEN and isinstance(opening.data, dict):

@@ -125,7 +125,9 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             return
         self._reasons[conn.sid] = reason
         if reason == errors.KICKED.code:
-            conn.pid = None  # the publisher deleted its sessions: nothing to save on the way out
+            # A kicked client does not come back: a user's kick had the publisher delete its
+            # sessions (its `pid` is None already), a room's has its session dropped as it goes.
+            self._left.add(conn.sid)
         await self.disconnect(conn.sid, namespace=NAMESPACE)
         loop = asyncio.get_running_loop()
         loop.call_later(1.0, conn.eio.close_transport)

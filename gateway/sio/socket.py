@@ -302,8 +302,18 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         if transport.is_closing():
             await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
             return
-        # What was queued before the switch goes first, in order; then everything is direct. A
-        # NOOP was only there to end a poll (the upgrade's): nothing to tell the WebSocket.
+        self.take_over(transport)
+        try:
+            await self._read_loop(sock, self.server.ping_interval + self.server.ping_timeout)
+        finally:
+            self._tr = None
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            if not sock.closed:
+                await sock.close()
+
+    def take_over(self, transport: asyncio.Transport) -> None:
+        """From now on, write to `transport`. What was queued before the switch goes first, in
+        order. A NOOP was only there to end a poll (the upgrade's): nothing to tell the WebSocket."""
         while not self.queue.empty():
             pkt = self.queue.get_nowait()
             self.queue.task_done()
@@ -313,13 +323,6 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
                     ws_text_frame(encoded.encode()) if isinstance(encoded, str) else _binary_frame(encoded)
                 )
         self._tr = transport
-        try:
-            await self._read_loop(sock, self.server.ping_interval + self.server.ping_timeout)
-        finally:
-            self._tr = None
-            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-            if not sock.closed:
-                await sock.close()
 
     def schedule_ping(self) -> None:
         """One heartbeat scheduler for all sockets (`engine.Heartbeat`), not a task per socket."""

@@ -318,6 +318,9 @@ def test_a_rolling_restart_loses_no_event_for_clients_that_recover(
         if all(on.count(r) >= 3 for r in behind.replicas):
             break
         add(f"ws{i}", "websocket", ws_address(20 + i))
+    on = [where[n] for n in where if n.startswith("ws")]
+    assert all(on.count(r) >= 3 for r in behind.replicas), (
+        f"24 addresses did not give each replica three WebSocket clients: {on}")
     names = list(where)
     assert len({where[n] for n in names}) == 2, "the clients all landed on one replica"
 

@@ -78,3 +78,21 @@ def test_refused_connects_and_early_events_spend_the_same_budget(start_gateway, 
     with RawWS.connect(gw.port) as other:
         other.eio_open()
         assert other.sio_connect({"token": token(jwt_secret, uid())}).startswith(f"40{NS},")
+
+
+def test_early_events_alone_exhaust_the_budget(start_gateway, jwt_secret) -> None:  # type: ignore[no-untyped-def]
+    """Early EVENTs spend the budget by themselves (the test above mixes them with refused
+    CONNECTs, which would close the transport even if EVENTs cost nothing)."""
+    # A handshake timeout far longer than the wait below: only the budget can close it.
+    gw = start_gateway(base_env(jwt_secret, HANDSHAKE_TIMEOUT="60"))
+    with RawWS.connect(gw.port) as ws:
+        ws.eio_open()
+        try:
+            for _ in range(200):
+                ws.send_text(f"42{NS},[\"subscribe:notifications\"]")  # no CONNECT ever
+        except (Closed, OSError):
+            pass
+        assert ws.wait_closed(5.0), "200 EVENTs before any CONNECT left the transport open"
+    with RawWS.connect(gw.port) as other:
+        other.eio_open()
+        assert other.sio_connect({"token": token(jwt_secret, uid())}).startswith(f"40{NS},")

@@ -141,3 +141,23 @@ def test_no_producer_call_grants_what_the_policy_forbids(
     [event] = clients.wait_events("student", "coins:earned", 1)
     assert event.payload == {"to": "marker"}
     clients.assert_no_event("student", "coins:earned", within=QUIET, allowed=1)
+
+
+def test_a_leave_right_after_a_join_is_not_overtaken_by_it(
+    clients: NodeClients, pair: GatewayCluster, pub: Publisher,
+) -> None:
+    """A producer's join waits on the bus (subscription, history after its position) while a leave
+    is applied at once: a leave arriving during the join must still win, as it came last."""
+    r0, _ = pair
+    user = uid()
+    connect(clients, "flip", r0, user)
+    rooms = [f"quiz:{uuid.uuid4().hex[:8]}" for _ in range(8)]
+    for room in rooms:
+        pub.join(user, room)
+        pub.leave(user, room)
+    for n, room in enumerate(rooms):
+        pub.emit("quiz:question", {"n": n}, room=room)
+    pub.emit("quiz:question", {"n": "mine"}, user=user)  # a marker the socket does get, last
+    clients.wait_events("flip", "quiz:question", 1)
+    got = [e.payload["n"] for e in clients.events("flip", "quiz:question")]
+    assert got == ["mine"], f"left rooms still delivered: {got}"

@@ -1,7 +1,8 @@
 """The Node side of the end-to-end tests: `node`, `npm` and tests/e2e/driver/node_modules.
 
-`ensure_node_modules()` installs the driver's packages (the real `socket.io-client`, and
-`socket.io` for the harness self-test) from its lock file, once per session, and again only
+`ensure_node_modules()` installs the driver's packages (the real `socket.io-client`, the real
+`@socket.io/redis-emitter` with `redis` for the bridge tests, and `socket.io` for the harness
+self-test) from its lock file, once per session, and again only
 when package.json or package-lock.json changed since: a hash of both is kept in
 node_modules/.ngw-lock-hash. Several pytest processes may call it at once; a file lock makes
 them take turns.

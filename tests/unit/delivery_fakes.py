@@ -41,7 +41,15 @@ from gateway.delivery.recovery import Recovery
 from gateway.delivery.registry import Conn
 from gateway.policy.auth import TOKEN_INVALID, AuthError
 from gateway.policy.rooms import Identity, rooms_for
-from publisher.envelope import EVERYONE, NAMESPACE, Position, encode_control, encode_event
+from publisher.envelope import (
+    EVERYONE,
+    NAMESPACE,
+    Position,
+    encode_control,
+    encode_event,
+    encode_room_control,
+    encode_scope,
+)
 from publisher.rooms import user_room
 from publisher.session import SessionRecord
 
@@ -210,6 +218,28 @@ class FakeBus:
         at = {room: self.position_now(room) for room in rooms} if rooms is not None else None
         self._deliver(encode_control(kind, user, at, time.time() * 1000), user_room(user))
         return at
+
+    def emit_scoped(self, rooms: Sequence[str] | None, data: Any, excluded: Sequence[str] = ()) -> None:
+        """An event for several rooms (None: everyone) minus `excluded`, as
+        `Commands.scoped` publishes it: a copy per room, each naming every target and except room."""
+        scope = encode_scope(rooms or (), excluded)
+        for room in sorted(set(rooms)) if rooms is not None else [None]:
+            envelope = encode_event(EVENT, data, room, time.time() * 1000, scope)
+            stream_room = room if room is not None else EVERYONE
+            stream = self.streams.setdefault(stream_room, FakeStream())
+            last = stream.last
+            at = Position(last.ms, last.seq + 1) if last.ms >= self.ms else Position(self.ms, 0)
+            stream.entries.append((at, envelope))
+            stream.added += 1
+            stream.last = at
+            self._deliver(with_position(envelope, at), stream_room)
+
+    def room_control(self, kind: str, room: str | None, rooms: Sequence[str] | None = None,
+                     excluded: Sequence[str] = ()) -> None:
+        """A control about the sockets in `room` (None: every socket), on that room's channel."""
+        at = {name: self.position_now(name) for name in rooms} if rooms is not None else None
+        self._deliver(encode_room_control(kind, room, at, excluded, time.time() * 1000),
+                      room if room is not None else EVERYONE)
 
     def position_now(self, room: str) -> Position:
         """What position.lua answers: the stream's newest entry, or "empty at now"."""

@@ -184,6 +184,11 @@ def test_a_jwks_file_is_read_and_checked_at_start(tmp_path: Any) -> None:
     good = tmp_path / "good.json"
     good.write_text('{"keys": [{"kty": "oct", "kid": "a", "k": "' + "A" * 43 + '"}]}')
     assert load_settings({"JWT_JWKS_URL": good.as_uri()}).jwt_jwks_document == good.read_bytes()
+    # The start check reads no more of a file than the refresher would accept (1 MiB).
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b'{"keys": [], "pad": "' + b"x" * (1 << 20) + b'"}')
+    with pytest.raises(ConfigError, match=r"^JWT_JWKS_URL: .*huge.json: the document is over 1048576 bytes"):
+        load_settings({"JWT_JWKS_URL": huge.as_uri()})
 
 
 def test_jwt_require_exp_parses_as_a_flag() -> None:

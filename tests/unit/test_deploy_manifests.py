@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from gateway.config import SETTINGS, ConfigError, load_settings
+from publisher.bridge.server import BridgeMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -72,14 +73,21 @@ PROCESS_METRICS = frozenset({
     "process_max_fds",
     "process_start_time_seconds",
 })
+# What `python -m publisher bridge` exports (publisher/bridge/server.py), from its registry.
+BRIDGE_METRICS = frozenset(
+    family.name + ("_total" if family.type == "counter" else "")
+    for family in BridgeMetrics().registry.collect() if not family.name.startswith("process_")
+)
 KNOWN_METRICS = (
     GATEWAY_COUNTERS_GAUGES
+    | BRIDGE_METRICS
     | PROCESS_METRICS
     | {h + suffix for h in GATEWAY_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
 )
 # What the dashboard must show, at the least.
 REQUIRED_ON_DASHBOARD = (
     GATEWAY_COUNTERS_GAUGES
+    | BRIDGE_METRICS
     | {h + "_bucket" for h in GATEWAY_HISTOGRAMS}
     | {"process_cpu_seconds_total", "process_resident_memory_bytes"}
 )
@@ -203,7 +211,7 @@ def test_kustomization_lists_every_manifest(directory: Path) -> None:
     kustomization = load_docs(directory / "kustomization.yaml")[0]
     expected_kind = "Kustomization" if directory == K8S else "Component"
     assert kustomization["kind"] == expected_kind
-    listed = set(kustomization["resources"])
+    listed = set(kustomization.get("resources") or [])  # a component may only patch
     on_disk = {p.name for p in manifests_in(directory)}
     assert listed == on_disk, f"missing: {on_disk - listed}, listed but absent: {listed - on_disk}"
 
@@ -416,9 +424,11 @@ def test_selectors_and_ports_line_up() -> None:
         return all(labels.get(k) == v for k, v in selector.items())
 
     assert selects(service["spec"]["selector"], pod_labels)
-    assert selects(find("PodDisruptionBudget")["spec"]["selector"]["matchLabels"], pod_labels)
-    assert find("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
-    assert selects(find("NetworkPolicy")["spec"]["podSelector"]["matchLabels"], pod_labels)
+    pdb = find("PodDisruptionBudget", "notification-gateway")
+    assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    policy = find("NetworkPolicy", "notification-gateway")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod_labels)
     hpa = find("HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == gateway_deployment()["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] >= 2
@@ -434,7 +444,7 @@ def test_selectors_and_ports_line_up() -> None:
     redis_labels = redis["spec"]["template"]["metadata"]["labels"]
     egress_selectors = [
         peer["podSelector"]["matchLabels"]
-        for rule in find("NetworkPolicy")["spec"]["egress"]
+        for rule in policy["spec"]["egress"]
         for peer in rule["to"]
         if "podSelector" in peer and "namespaceSelector" not in peer
     ]
@@ -452,11 +462,12 @@ def test_ingress_timeouts_outlast_the_heartbeat() -> None:
     assert annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie"
 
 
-def test_servicemonitor_structure() -> None:
-    monitor = find("ServiceMonitor")
+@pytest.mark.parametrize("name", ["notification-gateway", "notification-bridge"])
+def test_servicemonitor_structure(name: str) -> None:
+    monitor = find("ServiceMonitor", name)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(monitor) <= {"apiVersion", "kind", "metadata", "spec"}
-    service = find("Service", "notification-gateway")
+    service = find("Service", name)
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert all(service["metadata"]["labels"].get(k) == v for k, v in selector.items())
     service_ports = {p["name"] for p in service["spec"]["ports"]}
@@ -516,6 +527,41 @@ def test_compose_wires_three_gateways_redis_nginx_and_producer() -> None:
     assert "python -m publisher emit coins:earned" in script
     assert "--user 1" in script
     assert producer["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_compose_gives_every_gateway_and_nginx_the_files_and_queues_for_many_sockets() -> None:
+    """One descriptor per socket (nginx: two), the accept queue as long as the gateway's listen
+    backlog, and nginx's ephemeral ports widened (docs/operations.md, "Connections at scale")."""
+    services = compose()["services"]
+    backlog = int(re.search(r"backlog=(\d+)", (ROOT / "gateway" / "__main__.py").read_text()).group(1))
+    for name, svc in [*gateway_services(services).items(), ("nginx", services["nginx"])]:
+        nofile = svc["ulimits"]["nofile"]
+        assert nofile["soft"] == nofile["hard"] >= 2 * 100_000, name
+    for name, svc in gateway_services(services).items():
+        assert int(svc["sysctls"]["net.core.somaxconn"]) >= backlog, name
+    low, high = map(int, services["nginx"]["sysctls"]["net.ipv4.ip_local_port_range"].split())
+    assert high - low >= 60_000
+
+
+def test_connections_at_scale_component_fits_the_sizing_formula(tmp_path: Path) -> None:
+    """The component's memory limit covers 100,000 sockets by the formula and the figures that
+    docs/operations.md states, and the request equals the limit (no overcommit of a replica
+    that holds that many clients)."""
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    figures = re.search(r"measured: base RSS ([\d.]+) MiB, ([\d.]+) KiB RSS per socket, "
+                        r"([\d.]+) KiB of kernel memory per socket", text)
+    assert figures, "docs/operations.md no longer states the measured figures of its formula"
+    base_mib, rss_kib, kernel_kib = map(float, figures.groups())
+    needed_mib = 1.2 * (base_mib + 100_000 * (rss_kib + kernel_kib) / 1024)
+    rendered = kustomize_build(overlay(tmp_path, [K8S / "components" / "connections-at-scale"]))
+    deployment = next(d for d in rendered
+                      if d["kind"] == "Deployment" and d["metadata"]["name"] == "notification-gateway")
+    resources = next(c for c in deployment["spec"]["template"]["spec"]["containers"]
+                     if c["name"] == "gateway")["resources"]
+    units = {"Mi": 1, "Gi": 1024}
+    limit_mib = float(resources["limits"]["memory"][:-2]) * units[resources["limits"]["memory"][-2:]]
+    assert limit_mib >= needed_mib, f"limit {limit_mib} MiB < {needed_mib:.0f} MiB by the formula"
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
 
 
 def test_nginx_upstream_lists_the_compose_gateways() -> None:

@@ -221,3 +221,14 @@ def test_function_level_relative_and_else_imports_are_edges_type_checking_ones_n
     edges = sorted(imported_modules("gateway.http.console", mod, known))
     assert edges == [("gateway.app", 2), ("gateway.config", 5), ("gateway.http.emit", 4),
                      ("gateway.http.jwks", 9)]
+
+
+def test_the_cycle_check_sees_the_real_graph_and_finds_cycles() -> None:
+    """Without this, an import graph drawn empty (a path or parsing mistake) would pass the
+    cycle test vacuously."""
+    graph = import_graph()
+    assert len(graph) > 50, "every module of gateway/ and publisher/ is in the graph"
+    assert "gateway.config" in graph["gateway.app"], "a known import is seen"
+    assert sum(map(len, graph.values())) > 100, "the graph has its edges"
+    made_up = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3}, "d": {"a": 4}}
+    assert cycles(made_up) == [["a", "b", "c", "a"]]

@@ -37,6 +37,7 @@ from packaging.version import Version
 import gateway.sio
 from gateway.sio.engine import GatewayEngineIO
 from gateway.sio.managers import NotificationManager
+from gateway.sio.native import NativeSocket, run_now
 from gateway.sio.packets import FastPacket
 from gateway.sio.server import GatewayServer
 from gateway.sio.socket import FastSocket, WebSocketAdapter
@@ -133,6 +134,7 @@ def test_the_list_is_not_empty() -> None:
 
 OVERRIDERS: list[tuple[type[Any], str]] = [
     (FastSocket, "engineio.async_socket.AsyncSocket"),
+    (NativeSocket, "engineio.async_socket.AsyncSocket"),
     (GatewayEngineIO, "engineio.AsyncServer"),
     (GatewayServer, "socketio.AsyncServer"),
     (NotificationManager, "socketio.AsyncManager"),
@@ -319,6 +321,65 @@ async def test_a_websocket_response_writes_through_its_transport() -> None:
     assert len(seen) == 1, "the WebSocket handler did not run"
     assert isinstance(seen[0], asyncio.Transport), gone(
         "aiohttp.web.WebSocketResponse._writer", f"a prepared WebSocket's _writer.transport is {seen[0]!r}")
+
+
+async def test_the_connect_event_runs_to_its_end_without_suspending() -> None:
+    """native.py runs python-engineio's 'connect' event (python-socketio's _handle_eio_connect,
+    through the gateway's override) inline in the accepting protocol, without a task: it must
+    never suspend."""
+    from gateway.app import build
+    from gateway.config import load_settings
+
+    eio = build(load_settings({"JWT_SECRET": "k" * 32})).sio.eio
+    sock = NativeSocket(eio, "sid1")
+    eio.sockets["sid1"] = sock
+    try:
+        accepted = run_now(eio._trigger_event("connect", "sid1", {}, run_async=False))
+    except RuntimeError as exc:
+        raise AssertionError(gone("socketio.AsyncServer._handle_eio_connect", f"now suspends: {exc}")) from None
+    assert accepted is None or accepted is True
+    assert type(sock) is NativeSocket, "the 'connect' hook must leave a native socket's class alone"
+
+
+async def test_aiohttps_server_is_a_protocol_factory_for_a_handed_over_connection() -> None:
+    """gateway/ws hands a connection to aiohttp by calling `AppRunner.server` (aiohttp's
+    low-level `web.Server`, documented as a protocol factory for `loop.create_server`) and
+    feeding the protocol it returns (tests/unit/test_ws_dispatch.py shows it end to end)."""
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    try:
+        assert isinstance(runner.server, web.Server)
+        handler = runner.server()
+        assert isinstance(handler, asyncio.Protocol)
+        assert callable(handler.connection_made)
+        assert callable(handler.data_received)
+    finally:
+        await runner.cleanup()
+
+
+def test_aiohttps_mask_helper_unmasks_in_place_as_rfc_6455_says() -> None:
+    from aiohttp._websocket.helpers import websocket_mask
+
+    from gateway.ws import frames
+
+    key, data = b"\x01\x80\xfe\x7f", bytes(range(256)) * 3
+    buf = bytearray(data)
+    websocket_mask(key, buf)
+    assert bytes(buf) == bytes(b ^ key[i % 4] for i, b in enumerate(data)), gone(
+        "aiohttp._websocket.helpers.websocket_mask", "no longer XORs the bytearray in place with the key")
+    assert frames.unmask(data, key) == frames._unmask_int(data, key) == bytes(buf)
+
+
+def test_gateway_ws_imports_only_listed_private_modules() -> None:
+    """gateway/ws may use a library's private module only for what the fence lists."""
+    listed = set(fence())
+    for path in sorted((ROOT / "gateway" / "ws").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__" and any(
+                    part.startswith("_") for part in node.module.split(".")):
+                for alias in node.names:
+                    assert f"{node.module}.{alias.name}" in listed, (
+                        f"{path.name} imports {node.module}.{alias.name}: list it in gateway/sio/__init__.py")
 
 
 # -- what the list must cover ----------------------------------------------------------------------

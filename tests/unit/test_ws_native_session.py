@@ -1,0 +1,230 @@
+"""Engine.IO sessions on the native accept path, in-process (one replica from `create_app`,
+listening through `gateway.ws.listen` as `gateway` does): a fresh WebSocket session, an upgrade
+from polling with its probe, a failed probe that leaves the session on polling, a second upgrade
+left to python-engineio, and a client's CLOSE."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import jwt
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway.app import GATEWAY, Gateway, create_app, native_acceptor
+from gateway.config import load_settings
+from gateway.sio.native import NativeSocket
+from gateway.sio.socket import FastSocket
+from gateway.ws import listen
+from gateway.ws.frames import CLOSE, TEXT, unmask
+
+SECRET = "n" * 40
+NS = "/notifications"
+
+
+def token(user: str = "1") -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": user, "role": "student", "classrooms": ["1"], "iat": now, "exp": now + 3600},
+                      SECRET, algorithm="HS256")
+
+
+class Client:
+    """A minimal WebSocket client on asyncio streams."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, port: int, query: str, extra: str = "", host: str = "x") -> tuple[Client, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write((f"GET /socket.io/?{query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+                      "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                      f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n").encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        return cls(reader, writer), head
+
+    def send(self, text: str) -> None:
+        key = os.urandom(4)
+        payload = text.encode()
+        n = len(payload)
+        length = bytes((0x80 | n,)) if n < 126 else bytes((0x80 | 126,)) + struct.pack("!H", n)
+        self.writer.write(bytes((0x80 | TEXT,)) + length + key + unmask(payload, key))
+
+    async def recv(self) -> tuple[int, bytes]:
+        b0, b1 = await asyncio.wait_for(self.reader.readexactly(2), 5)
+        n = b1 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", await self.reader.readexactly(2))
+        return b0 & 0x0F, await asyncio.wait_for(self.reader.readexactly(n), 5)
+
+    async def recv_text(self) -> str:
+        opcode, payload = await self.recv()
+        assert opcode == TEXT, (opcode, payload)
+        return payload.decode()
+
+    async def closed(self) -> bool:
+        """Whether the server ends the connection (after a close frame, or at once)."""
+        rest = await asyncio.wait_for(self.reader.read(), 5)
+        return rest == b"" or rest[0] & 0x0F == CLOSE
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@dataclass
+class Replica:
+    gateway: Gateway
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/socket.io/?EIO=4&transport=polling"
+
+
+@pytest.fixture
+async def replica() -> AsyncIterator[Replica]:
+    async with serve(dev=False) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def serve(*, dev: bool) -> AsyncIterator[Replica]:
+    app = create_app(load_settings({"JWT_SECRET": SECRET}, dev=dev))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    assert runner.server is not None
+    gateway = app[GATEWAY]
+    server = await listen(native_acceptor(gateway), runner.server, "127.0.0.1", 0, head_timeout=5)
+    try:
+        yield Replica(gateway, server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        gateway.close_websockets()
+        await runner.cleanup()
+
+
+async def test_a_fresh_websocket_session_is_native(replica: Replica) -> None:
+    client, head = await Client.connect(replica.port, "EIO=4&transport=websocket")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    opening = orjson.loads((await client.recv_text())[1:])
+    assert opening["upgrades"] == []
+    assert opening["maxPayload"] == 65536
+    sock = replica.gateway.sio.eio.sockets[opening["sid"]]
+    assert type(sock) is NativeSocket
+    client.send(f"40{NS}," + orjson.dumps({"token": token()}).decode())
+    reply = await client.recv_text()
+    assert reply.startswith(f"40{NS},{{\"sid\":"), reply
+    assert len(replica.gateway.core) == 1
+    client.send("3")  # a PONG nobody asked for: ignored
+    client.send("1")  # the client's Engine.IO CLOSE
+    assert await client.closed()
+    for _ in range(100):
+        if len(replica.gateway.core) == 0 and sock.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert len(replica.gateway.core) == 0
+    assert sock.closed
+    client.close()
+
+
+async def test_an_upgrade_from_polling_is_taken_over_natively(replica: Replica) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(replica.url) as answer:
+            sid = orjson.loads((await answer.text())[1:])["sid"]
+        async with http.post(f"{replica.url}&sid={sid}",
+                             data=f"40{NS}," + orjson.dumps({"token": token()}).decode()) as answer:
+            assert await answer.text() == "ok"
+        async with http.get(f"{replica.url}&sid={sid}") as answer:
+            assert (await answer.text()).startswith(f"40{NS},{{\"sid\":")
+        client, head = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        poll = asyncio.ensure_future(http.get(f"{replica.url}&sid={sid}"))
+        await asyncio.sleep(0.05)
+        client.send("2probe")
+        assert await client.recv_text() == "3probe"
+        async with await poll as answer:
+            assert await answer.text() == "6"  # the NOOP that ends the pending poll
+        client.send("5")
+        sock = replica.gateway.sio.eio.sockets[sid]
+        for _ in range(100):
+            if sock.upgraded:
+                break
+            await asyncio.sleep(0.01)
+        assert type(sock) is NativeSocket
+        assert sock.is_websocket
+        # a second upgrade is python-engineio's to refuse
+        again, head = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
+        assert head.startswith(b"HTTP/1.1 400"), head
+        again.close()
+        client.send(f'42{NS},7["subscribe:notifications"]')
+        assert (await client.recv_text()).startswith(f'43{NS},7[{{"ok":true')
+        client.close()
+
+
+async def test_a_failed_probe_leaves_the_session_on_polling(replica: Replica) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(replica.url) as answer:
+            sid = orjson.loads((await answer.text())[1:])["sid"]
+        client, head = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        client.send("not a probe")
+        assert await client.closed()
+        client.close()
+        sock = replica.gateway.sio.eio.sockets[sid]
+        assert not sock.closed
+        assert not sock.upgrading
+        assert not sock.is_websocket
+        async with http.post(f"{replica.url}&sid={sid}",
+                             data=f"40{NS}," + orjson.dumps({"token": token()}).decode()) as answer:
+            assert await answer.text() == "ok"
+        async with http.get(f"{replica.url}&sid={sid}") as answer:
+            assert (await answer.text()).startswith(f"40{NS},{{\"sid\":")
+        assert isinstance(sock, FastSocket)
+
+
+async def test_an_unknown_session_is_python_engineios_to_refuse(replica: Replica) -> None:
+    client, head = await Client.connect(replica.port, "EIO=4&transport=websocket&sid=nope")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    client.close()
+
+
+async def test_a_burst_of_packets_is_handled_in_order_and_reading_resumes(replica: Replica) -> None:
+    """More packets than the inbox holds before the connection stops being read (INBOX_PAUSE),
+    in one write: every one is handled, in order, and the connection is read again after."""
+    client, _ = await Client.connect(replica.port, "EIO=4&transport=websocket")
+    await client.recv_text()  # OPEN
+    client.send(f"40{NS}," + orjson.dumps({"token": token()}).decode())
+    assert (await client.recv_text()).startswith(f"40{NS},")
+    for i in range(1, 41):  # RATE_LIMIT_BURST is 40
+        client.send(f'42{NS},{i}["subscribe:notifications"]')
+    acks = [await client.recv_text() for _ in range(40)]
+    assert [a[len(f"43{NS},"):].split("[", 1)[0] for a in acks] == [str(i) for i in range(1, 41)]
+    assert all('"ok":true' in a for a in acks)
+    client.send(f'42{NS},41["subscribe:notifications"]')
+    assert '"error":"rate_limited"' in await client.recv_text()
+    client.close()
+
+
+@pytest.mark.parametrize("dev", [True, False])
+async def test_the_dev_consoles_own_origin_may_open_a_websocket(dev: bool) -> None:
+    """FRONTEND_URL does not list the gateway's own origin; in development mode a page it served
+    (Origin = the Host the request names, from a loopback peer) may open a socket all the same."""
+    async with serve(dev=dev) as running:
+        host = f"127.0.0.1:{running.port}"
+        client, head = await Client.connect(running.port, "EIO=4&transport=websocket",
+                                            extra=f"Origin: http://{host}\r\n", host=host)
+        assert head.startswith(b"HTTP/1.1 101 " if dev else b"HTTP/1.1 400 "), head
+        client.close()
+        other, head = await Client.connect(running.port, "EIO=4&transport=websocket",
+                                           extra="Origin: http://elsewhere.example\r\n", host=host)
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        other.close()
