@@ -19,6 +19,9 @@ an emit runs after that emit is written.
   logged (at most once per `_LOG_EVERY` seconds, with a count), and `flush` raises.
 - Fork: a child never touches the parent's queue, lock or thread (the lock may have been held
   at the fork); it starts its own on first use. The transports make their own connections.
+- Done callbacks (`future.add_done_callback`) run on the sender thread: they may emit (never
+  blocked by a full queue there), but a call that waits would wait for itself, so it raises
+  `PublisherError` instead.
 - Exit: the thread is a daemon that ends after `_IDLE_EXIT` seconds without work (and starts
   again on demand); while it runs, an `atexit` hook flushes with a bounded wait.
 """

@@ -20,6 +20,7 @@ import redis
 import redis.asyncio
 from aiohttp import web
 
+from publisher.async_client import AsyncPublisher
 from publisher.bridge import emitter, socketio_json
 from publisher.bridge.config import BridgeSettings
 from publisher.bridge.lease import ACTIVE, STANDBY, Lease
@@ -33,7 +34,6 @@ from publisher.bridge.operations import (
     simple,
 )
 from publisher.bridge.server import BridgeMetrics, routes, setup_logging
-from publisher.client import AsyncPublisher
 from publisher.cluster.urls import is_cluster_url, parse_cluster_url
 from publisher.errors import PublisherError
 from publisher.redis_url import async_client
