@@ -9,7 +9,9 @@ Two kinds of figures, each the median of --reps runs (modes alternate within a r
 - in-process (`mode`): a worker under bench/.venv-project imports `publisher`, publishes 500
   events to warm up (script cache, connections), then EVENTS events; its own CPU time
   (time.process_time, all threads) over those, divided by EVENTS. No start-up in it. Modes:
-    emit          Publisher.emit(), one round trip each (a web request publishing one event)
+    emit          Publisher.emit(), queued: the sender thread writes what queued within its linger
+                  (auto-pipelining; the figure includes that thread and the final flush)
+    emit-wait     Publisher.emit().result(), one round trip each (a caller waiting for each)
     pipeline-N    Publisher.pipeline(), N emits per round trip (a burst)
     emit_many-N   Publisher.emit_many() of N messages
     async-emit-N  AsyncPublisher.emit(), N in flight (asyncio.gather windows, uvloop)
@@ -71,12 +73,16 @@ def payload(i):
 def sync_mode(url, mode, n, start):
     from publisher import Message, Publisher
     pub = Publisher(url)
-    size = int(mode.rsplit("-", 1)[1]) if "-" in mode else 1
+    size = int(mode.rsplit("-", 1)[1]) if mode[-1].isdigit() else 1
 
     def burst(lo, hi):
         if mode == "emit":
             for i in range(lo, hi):
                 pub.emit("coins:earned", payload(i), room=f"user:{i % USERS}")
+            pub.flush()
+        elif mode == "emit-wait":
+            for i in range(lo, hi):
+                pub.emit("coins:earned", payload(i), room=f"user:{i % USERS}").result()
         elif mode.startswith("pipeline-"):
             for s in range(lo, hi, size):
                 with pub.pipeline() as batch:

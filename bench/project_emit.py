@@ -7,8 +7,9 @@ The same interface as the peers' emit.js / emit.py (and the yardstick's project_
      EVENTS coins:earned events to user:N rooms round-robin (or all to ROOM); each payload carries
      seq and sentAt (ms since the epoch, float) for latency; RATE events/s (0: as fast as possible).
      --batch N (N > 1): queue N emits in `Publisher.pipeline()` and send them in one round trip,
-     the way a service publishing a burst would; otherwise one `Publisher.emit()` (one round trip)
-     each. At a fixed RATE a batch is sent when its last event is due.
+     the way a service publishing a burst would; otherwise one `Publisher.emit()` each (queued:
+     the publisher's sender thread writes what queued within its 1 ms linger, auto-pipelining).
+     At a fixed RATE a batch is sent when its last event is due.
 Runs under the python of the venv where the project is installed (bench/.venv-project).
 """
 import json

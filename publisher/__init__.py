@@ -8,7 +8,8 @@ Needs only redis and orjson. The wire format is docs/wire-protocol.md; `publishe
 is its one implementation, which the gateway imports too.
 """
 
-from publisher.client import AsyncPublishBatch, AsyncPublisher, PublishBatch, Publisher
+from publisher.async_client import AsyncPublishBatch, AsyncPublisher
+from publisher.client import PublishBatch, Publisher
 from publisher.cluster import ClusterModeError
 from publisher.commands import Message
 from publisher.envelope import BusNames, Position, parse_position

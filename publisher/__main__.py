@@ -125,10 +125,10 @@ def _run(args: argparse.Namespace, pub: Publisher) -> str:
         data = _payload(args.payload)
         strict = bool(args.strict)
         if args.all:
-            return pub.emit(args.event, data, broadcast=True, strict=strict)
+            return pub.emit(args.event, data, broadcast=True, strict=strict).result()
         if args.room is not None:
-            return pub.emit(args.event, data, room=args.room, strict=strict)
-        return pub.emit(args.event, data, user=args.user, strict=strict)
+            return pub.emit(args.event, data, room=args.room, strict=strict).result()
+        return pub.emit(args.event, data, user=args.user, strict=strict).result()
     if args.command == "join":
         return orjson.dumps(pub.join(args.user, args.rooms)).decode()
     if args.command == "leave":

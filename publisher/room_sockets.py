@@ -2,9 +2,10 @@
 socket.io's `io.to(room).socketsJoin(...)`, `socketsLeave`, `disconnectSockets`, and an emit
 to several rooms except some (`io.to(a).to(b).except(c).emit`).
 
-Mixins of `Publisher` and `AsyncPublisher` (they bring `_commands` and `_transport`): the user
-operations live in `publisher.client`, these in their own module. Every check runs in
-`publisher.commands` first: a bad room costs no round trip.
+Mixins of `Publisher` and `AsyncPublisher` (they bring `_commands`, and `_sender` or
+`_transport`): the user operations live in `publisher.client`, these in their own module. Every
+check runs in `publisher.commands` first: a bad room costs no round trip. The sync ones run
+through the publisher's ordered queue (`publisher.sender`), after the emits made before them.
 
 A room control reaches the sockets connected at that moment, on every replica, as Node's
 adapter does; a client away then (within its recovery window) comes back without the change.
@@ -23,6 +24,7 @@ from publisher.envelope import (
     Position,
     parse_position,
 )
+from publisher.sender import Sender
 from publisher.transports import AsyncRunner, SyncRunner
 
 
@@ -54,27 +56,36 @@ class RoomSockets:
     """The sync operations (`Publisher`)."""
 
     _commands: Commands
-    _transport: SyncRunner
+    _sender: Sender
 
     def emit_rooms(self, event: str, data: Any, rooms: str | Iterable[str] | None, *,
                    except_rooms: str | Iterable[str] = (), strict: bool | None = None) -> dict[str, str]:
         """Emit to every socket in any of `rooms` (None: every socket) and in none of
         `except_rooms`, once each however many of the rooms it is in. Returns {room: the
-        event's position in it} (everyone's room is `*`). One round trip (one call per slot
-        on a cluster, as `emit_many`); at most 100 rooms of each kind."""
+        event's position in it} (everyone's room is `*`), once Redis has them. One round trip
+        (one call per slot on a cluster, as `emit_many`); at most 100 rooms of each kind."""
         emits = self._commands.scoped(event, data, None if rooms is None else _wanted(rooms),
                                       _wanted(except_rooms), strict)
-        plan = self._commands.publish_all(emits, by_slot=self._transport.sharded)
-        return _by_room(_targets(rooms), scatter(plan, self._transport.run([c for c, _ in plan]), len(emits)))
+
+        def run(transport: SyncRunner) -> dict[str, str]:
+            plan = self._commands.publish_all(emits, by_slot=transport.sharded)
+            return _by_room(_targets(rooms), scatter(plan, transport.run([c for c, _ in plan]), len(emits)))
+
+        return self._sender.call(run)
 
     def _room_change(self, kind: str, room: str | None, rooms: str | Iterable[str] | None,
                      except_rooms: str | Iterable[str]) -> dict[str, str]:
-        at: dict[str, Position] | None = None
-        if rooms is not None:
-            wanted = _wanted(rooms)
-            at = _at(wanted, self._transport.run(self._commands.positions(wanted)))
-        self._transport.run((self._commands.room_control(kind, room, at, _wanted(except_rooms)),))
-        return {name: str(position) for name, position in (at or {}).items()}
+        wanted = None if rooms is None else _wanted(rooms)
+        unless = _wanted(except_rooms)
+
+        def run(transport: SyncRunner) -> dict[str, str]:
+            at: dict[str, Position] | None = None
+            if wanted is not None:
+                at = _at(wanted, transport.run(self._commands.positions(wanted)))
+            transport.run((self._commands.room_control(kind, room, at, unless),))
+            return {name: str(position) for name, position in (at or {}).items()}
+
+        return self._sender.call(run)
 
     def sockets_join(self, room: str | None, rooms: str | Iterable[str], *,
                      except_rooms: str | Iterable[str] = ()) -> dict[str, str]:

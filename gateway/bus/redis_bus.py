@@ -27,6 +27,7 @@ from gateway.bus.contract import BusSink, BusUnavailable, Entries, Span
 from gateway.bus.endpoint import parse_endpoint
 from gateway.bus.shards import ShardedChannels
 from gateway.bus.write_queue import WriteQueue
+from publisher.async_sender import AsyncSender
 from publisher.cluster import ClusterModeError, async_expect_standalone, is_cluster_url, parse_cluster_url
 from publisher.commands import Call, Commands
 from publisher.envelope import (
@@ -120,6 +121,9 @@ class RedisBackend:
                                   max_payload_bytes=max_payload_bytes)
         self._transport: AsyncRunner = async_transport(url, retries=2)
         self._in_flight = asyncio.Semaphore(MAX_CALLS_IN_FLIGHT)
+        # /api/emit: the requests of one loop turn publish in one write (auto-pipelining; one
+        # write in flight at a time, so it needs no share of _in_flight)
+        self._publisher = AsyncSender(self._transport, self._commands)
         self._sink_adapter = _Channels(names)
         source = parse_cluster_url(url) if is_cluster_url(url) else parse_endpoint(url)
         self.channels = ShardedChannels(source, self._sink_adapter, counters=metrics.bus_event,
@@ -189,6 +193,8 @@ class RedisBackend:
             task.cancel()
         with contextlib.suppress(RedisError, OSError, BusUnavailable):
             await self._writes.flush()
+        with contextlib.suppress(PublisherError, RedisError, OSError):
+            await self._publisher.close()
         await self._transport.close()
 
     # -- channels -------------------------------------------------------------------------------
@@ -209,9 +215,11 @@ class RedisBackend:
             raise BusUnavailable(str(exc)) from exc
 
     async def publish_event(self, event: str, data: Any, room: str | None) -> str:
-        call = self._commands.publish([self._commands.event(event, data, room=room, broadcast=room is None)])
-        [reply] = await self._run([call])
-        return _text(reply[0])
+        emit = self._commands.event(event, data, room=room, broadcast=room is None)
+        try:
+            return await self._publisher.publish(emit)
+        except (PublisherError, RedisError, OSError) as exc:
+            raise BusUnavailable(str(exc)) from exc
 
     async def positions(self, rooms: Sequence[str]) -> dict[str, Position]:
         if not rooms:

@@ -11,11 +11,11 @@ import signal
 
 from aiohttp import web
 
+from publisher.async_client import AsyncPublisher
 from publisher.bridge.config import BridgeSettings
 from publisher.bridge.lease import ACTIVE, Lease
 from publisher.bridge.runner import Bridge
 from publisher.bridge.server import BridgeMetrics, routes, setup_logging
-from publisher.client import AsyncPublisher
 from publisher.transports import async_transport
 
 log = logging.getLogger("publisher.bridge")

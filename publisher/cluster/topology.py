@@ -8,6 +8,7 @@ own, and reaches the nodes through it (`node_client`, `for_each_primary`).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
@@ -62,14 +63,22 @@ class ClusterTopology(SlotMap):
             target, redis_options, redis.retry.Retry(NoBackoff(), 0))
         super().__init__(target)
         self._nodes: dict[NodeAddress, SyncTransport] = {}
+        self._pid = os.getpid()
         self._making = threading.Lock()
         self._refreshing = threading.Lock()
+
+    def _locks(self) -> None:
+        """After a fork, locks of the child's own: the parent's may have been held at the fork
+        by a thread the child does not have. (Each node's transport makes its own connections.)"""
+        if self._pid != os.getpid():
+            self._making, self._refreshing, self._pid = threading.Lock(), threading.Lock(), os.getpid()
 
     def transport(self, node: NodeAddress) -> SyncTransport:
         """The transport to `node` (its kept connections), made on first use."""
         found = self._nodes.get(node)
         if found is not None:
             return found
+        self._locks()
         with self._making:
             found = self._nodes.get(node)
             if found is None:
@@ -102,6 +111,7 @@ class ClusterTopology(SlotMap):
 
     def refresh_from(self, version: int) -> None:
         """`refresh()`, unless another caller did since the map `version` was read."""
+        self._locks()
         with self._refreshing:
             if self.version == version:
                 self.refresh()

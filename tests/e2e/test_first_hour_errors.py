@@ -62,9 +62,9 @@ def test_a_malformed_publisher_call_names_the_field() -> None:
     pub = Publisher(f"redis://127.0.0.1:{free_port()}/0")
     try:
         with pytest.raises(ValueError, match="newBalance"):
-            pub.emit("coins:earned", {"amount": 5, "reason": "quiz", "newBalance": "12"}, user=1, strict=True)
+            pub.emit("coins:earned", {"amount": 5, "reason": "quiz", "newBalance": "12"}, user=1, strict=True).result()
         with pytest.raises(ValueError, match="newBalance"):
-            pub.coins_earned(1, amount=5, reason="quiz", new_balance="12")  # type: ignore[arg-type]
+            pub.coins_earned(1, amount=5, reason="quiz", new_balance="12").result()  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="exactly one target"):
             pub.emit("coins:earned", {"amount": 5, "reason": "quiz", "newBalance": 1}, user=1, room="classroom:1")
     finally:

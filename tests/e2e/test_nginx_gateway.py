@@ -230,7 +230,7 @@ def test_a_long_polling_session_sticks_to_its_replica(node_clients: NodeClients,
     assert node_clients.emit("p", "subscribe:notifications") == {"ok": True, "rooms": [f"user:{user}"]}
     # A few heartbeats (PING_INTERVAL is 1 s) and events in between: GETs and POSTs.
     for n in range(12):
-        behind.pub.emit(EVENT, payload(n), room=f"user:{user}")
+        behind.pub.emit(EVENT, payload(n), room=f"user:{user}").result()
         if n % 4 == 3:
             assert node_clients.emit("p", "subscribe:notifications")["ok"] is True
             time.sleep(0.8)
@@ -259,8 +259,8 @@ def test_websocket_through_nginx(node_clients: NodeClients, behind: Behind, tran
     for i in range(len(users)):
         wait_until(partial(on_websocket, node_clients, f"w{i}"), WAIT, f"w{i} on WebSocket")
     for n in range(5):
-        behind.pub.emit(EVENT, payload(n), room=f"classroom:{room}")
-    behind.pub.emit(EVENT, payload(99), room=f"user:{users[0]}")
+        behind.pub.emit(EVENT, payload(n), room=f"classroom:{room}").result()
+    behind.pub.emit(EVENT, payload(99), room=f"user:{users[0]}").result()
     for i in range(len(users)):
         expected = [0, 1, 2, 3, 4, 99] if i == 0 else [0, 1, 2, 3, 4]
         node_clients.wait_events(f"w{i}", EVENT, len(expected), timeout=WAIT)
@@ -391,7 +391,7 @@ def test_a_rolling_restart_loses_no_event_for_clients_that_recover(
     late = uid()
     connect(node_clients, "late", behind, late, "polling")
     connect(node_clients, "late-ws", behind, late, "websocket", address=ws_address(60))
-    behind.pub.emit(EVENT, payload(1000), room=f"user:{late}")
+    behind.pub.emit(EVENT, payload(1000), room=f"user:{late}").result()
     for name in ("late", "late-ws"):
         assert numbers(node_clients.wait_events(name, EVENT, 1, timeout=WAIT)) == [1000]
     assert API_KEY  # the replicas were started with the operations test's settings

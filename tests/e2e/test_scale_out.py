@@ -154,7 +154,7 @@ def test_event_for_a_user_reaches_their_sockets_on_every_replica(
     for i, replica in enumerate(cluster):
         connect(node_clients, f"user{i}", replica, token(user), transport)
         connect(node_clients, f"other{i}", replica, token(other), transport)
-    offset = pub.emit("coins:earned", COINS, user=user)
+    offset = pub.emit("coins:earned", COINS, user=user).result()
     assert offset
     for i in range(len(cluster)):
         [event] = node_clients.wait_events(f"user{i}", "coins:earned", 1)
@@ -177,10 +177,10 @@ def test_event_for_a_room_reaches_its_members_on_every_replica(
     connect(node_clients, "outsider1", r1, token(uid()))
     connect(node_clients, "admin2", r2, token(admin, role="admin"))
 
-    pub.emit("notification:read", {"notificationId": "n1", "readAt": READ_AT}, room=f"classroom:{room}")
-    pub.emit("notification:read", {"notificationId": "n2", "readAt": READ_AT}, room=f"teacher:{teacher}")
-    pub.emit("notification:read", {"notificationId": "n3", "readAt": READ_AT}, room="admin:all")
-    pub.emit("notification:read", {"notificationId": "n4", "readAt": READ_AT}, room=f"classroom:{elsewhere}")
+    pub.emit("notification:read", {"notificationId": "n1", "readAt": READ_AT}, room=f"classroom:{room}").result()
+    pub.emit("notification:read", {"notificationId": "n2", "readAt": READ_AT}, room=f"teacher:{teacher}").result()
+    pub.emit("notification:read", {"notificationId": "n3", "readAt": READ_AT}, room="admin:all").result()
+    pub.emit("notification:read", {"notificationId": "n4", "readAt": READ_AT}, room=f"classroom:{elsewhere}").result()
     expected = {"member0": ["n1"], "member2": ["n1", "n4"], "teacher1": ["n1", "n2"],
                 "outsider0": ["n4"], "outsider1": [], "admin2": ["n3"]}
     for name, ids in expected.items():
@@ -200,7 +200,7 @@ def test_broadcast_reaches_everyone_on_every_replica(
             name = f"{transport}{i}"
             connect(node_clients, name, replica, token(uid(), role="teacher"), transport)
             names.append(name)
-    pub.emit("system:maintenance", {"at": "22:00"}, broadcast=True)
+    pub.emit("system:maintenance", {"at": "22:00"}, broadcast=True).result()
     for name in names:
         [event] = node_clients.wait_events(name, "system:maintenance", 1)
         assert event.payload == {"at": "22:00"}
@@ -234,14 +234,14 @@ def test_typed_helpers_reach_the_client_in_camel_case(
 ) -> None:
     user = uid()
     connect(node_clients, "a", cluster[2], token(user))
-    pub.coins_earned(user, amount=5, reason="quiz", new_balance=105)
+    pub.coins_earned(user, amount=5, reason="quiz", new_balance=105).result()
     pub.achievement_unlocked(user, achievement_id="first-quiz", name="First quiz",
-                             description="Finished a quiz", icon="quiz.png", xp_reward=20)
+                             description="Finished a quiz", icon="quiz.png", xp_reward=20).result()
     pub.rank_promoted(user, old_rank={"name": "Bronze", "level": 1},
-                      new_rank={"name": "Silver", "level": 2}, xp_required=500)
+                      new_rank={"name": "Silver", "level": 2}, xp_required=500).result()
     pub.notification_new(user, id="n-1", type="info", title="Hello", message="Welcome",
-                         created_at="2024-05-01T12:00:00.000Z", data={"link": "/x"})
-    pub.notification_read(user, notification_id="n-1", read_at=READ_AT)
+                         created_at="2024-05-01T12:00:00.000Z", data={"link": "/x"}).result()
+    pub.notification_read(user, notification_id="n-1", read_at=READ_AT).result()
     events = node_clients.wait_events("a", None, 5)
     assert [(e.event, e.payload) for e in events] == [
         ("coins:earned", {"amount": 5, "reason": "quiz", "newBalance": 105}),
@@ -256,7 +256,7 @@ def test_typed_helpers_reach_the_client_in_camel_case(
         ("notification:read", {"notificationId": "n-1", "readAt": READ_AT}),
     ]
     with pytest.raises(ValueError, match="newBalance"):
-        pub.coins_earned(user, amount=5, reason="quiz", new_balance="105")  # type: ignore[arg-type]
+        pub.coins_earned(user, amount=5, reason="quiz", new_balance="105").result()  # type: ignore[arg-type]
     node_clients.assert_no_event("a", within=QUIET, allowed=5)
 
 
@@ -268,7 +268,7 @@ def test_emit_takes_any_json_payload(
 ) -> None:
     user = uid()
     connect(node_clients, "a", cluster[0], token(user))
-    pub.emit("custom:thing", payload, user=user)
+    pub.emit("custom:thing", payload, user=user).result()
     [event] = node_clients.wait_events("a", "custom:thing", 1)
     assert event.payload == payload
     assert len(event.data_args) == 1
@@ -288,7 +288,7 @@ def test_join_and_leave_reach_every_socket_of_the_user(
     connect(node_clients, "b2", r2, token(bystander))
 
     pub.join(user, room)
-    pub.emit("coins:earned", {**COINS, "n": 1}, room=room)  # right after the join: not lost
+    pub.emit("coins:earned", {**COINS, "n": 1}, room=room).result()  # right after the join: not lost
     for name in ("a0", "a1"):
         [event] = node_clients.wait_events(name, "coins:earned", 1, timeout=EFFECTIVE)
         assert event.payload["n"] == 1
@@ -301,8 +301,8 @@ def test_join_and_leave_reach_every_socket_of_the_user(
         wait_until(lambda name=name: room not in rooms_of(node_clients, name), EFFECTIVE,
                    f"{name} left {room}", every=0.1)
     assert f"user:{user}" in rooms_of(node_clients, "a0")
-    pub.emit("coins:earned", {**COINS, "n": 2}, room=room)
-    pub.emit("coins:earned", {**COINS, "n": 3}, user=user)  # still in its own room
+    pub.emit("coins:earned", {**COINS, "n": 2}, room=room).result()
+    pub.emit("coins:earned", {**COINS, "n": 3}, user=user).result()  # still in its own room
     for name in ("a0", "a1"):
         events = node_clients.wait_events(name, "coins:earned", 2)
         assert [e.payload["n"] for e in events] == [1, 3]
@@ -327,8 +327,8 @@ def test_join_is_bounded_by_the_room_policy(
     pub.join(user, ["admin:all", f"teacher:{user}", allowed])
     wait_until(lambda: allowed in rooms_of(node_clients, "a"), EFFECTIVE, f"joined {allowed}", every=0.1)
     assert rooms_of(node_clients, "a") == {f"user:{user}", allowed}
-    pub.emit("coins:earned", COINS, room="admin:all")
-    pub.emit("coins:earned", COINS, room=f"teacher:{user}")
+    pub.emit("coins:earned", COINS, room="admin:all").result()
+    pub.emit("coins:earned", COINS, room=f"teacher:{user}").result()
     node_clients.assert_no_event("a", within=QUIET)
     # a join for one user moves nobody else
     assert rooms_of(node_clients, "other") == {f"user:{other}"}
@@ -350,8 +350,8 @@ def test_disconnect_user_drops_every_socket_on_every_replica(
         dropped = node_clients.wait_disconnected(name, timeout=EFFECTIVE)
         assert dropped["reason"] == "io server disconnect", dropped
         assert dropped["retrying"] is False
-    pub.emit("coins:earned", COINS, user=bystander)
-    pub.emit("coins:earned", COINS, user=user)
+    pub.emit("coins:earned", COINS, user=bystander).result()
+    pub.emit("coins:earned", COINS, user=user).result()
     for name in ("b0", "b1"):
         node_clients.wait_events(name, "coins:earned", 1)
     for name in ("a0", "a2"):
@@ -364,7 +364,7 @@ def test_disconnect_user_drops_every_socket_on_every_replica(
 
     # kicked, not banned: a new connection with a token is a new session
     connect(node_clients, "again", r1, token(user))
-    pub.emit("coins:earned", {**COINS, "n": "again"}, user=user)
+    pub.emit("coins:earned", {**COINS, "n": "again"}, user=user).result()
     assert node_clients.wait_events("again", "coins:earned", 1)[0].payload["n"] == "again"
 
 
@@ -444,7 +444,7 @@ def _presence_scenario(clients: NodeClients, pub: Publisher, r0: GatewayProcess,
     assert live() == {id0}, "the killed replica still counts as live"
     assert pub.is_online(both) is True
     assert pub.online_count() == 1
-    pub.emit("coins:earned", COINS, user=both)
+    pub.emit("coins:earned", COINS, user=both).result()
     assert clients.wait_events("both0", "coins:earned", 1)[0].payload == COINS
 
 
@@ -483,7 +483,7 @@ def test_an_event_for_one_user_is_received_by_exactly_one_replica(
     before = [events_received(r) for r in cluster]
     count = 5
     for n in range(count):
-        pub.emit("coins:earned", {**COINS, "n": n}, user=user)
+        pub.emit("coins:earned", {**COINS, "n": n}, user=user).result()
     for name in ("a", "a-again"):
         events = node_clients.wait_events(name, "coins:earned", count)
         assert [e.payload["n"] for e in events] == list(range(count))
@@ -508,7 +508,7 @@ def test_an_event_for_a_room_is_received_by_the_replicas_holding_it(
     connect(node_clients, "x1", cluster[1], token(uid()))
     assert shardnumsub(shared_redis, channel_of(room)) == 2
     before = [events_received(r) for r in cluster]
-    pub.emit("coins:earned", COINS, room=room)
+    pub.emit("coins:earned", COINS, room=room).result()
     for name in ("m0", "m2"):
         node_clients.wait_events(name, "coins:earned", 1)
     after = [events_received(r) for r in cluster]

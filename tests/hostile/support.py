@@ -121,7 +121,7 @@ class Feeder:
     def _run(self) -> None:
         n = 0
         while not self._stop.is_set() or n < self.least:
-            self.pub.emit(EVENT, {**COINS, "n": n}, user=self.user)
+            self.pub.emit(EVENT, {**COINS, "n": n}, user=self.user).result()
             self.sent.append(n)
             n += 1
             self._stop.wait(0.002)

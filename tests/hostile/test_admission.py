@@ -77,7 +77,7 @@ def test_rapid_new_sessions_from_one_address_get_429(
     assert record["type"] == "connect_error", record
 
     # the connected user is not affected, and the address gets in again once its bucket refills
-    pub.emit(EVENT, {**COINS, "n": 0}, user=good)
+    pub.emit(EVENT, {**COINS, "n": 0}, user=good).result()
     assert_all_received(node_clients, "good", [0])
     wait_until(lambda: handshake(gw)[0] == 200, 10, "a handshake accepted again after the refill", every=0.5)
     assert metric(gw, "ws_handshakes_total", outcome="ip_rate_limited") >= 8
@@ -157,7 +157,7 @@ def test_the_socket_over_max_connections_per_user_is_refused(
     assert refused["data"] == {"code": "too_many_connections"}, refused
     connect_good(node_clients, "other", gw, token(jwt_secret, other))  # another user is not counted
 
-    pub.emit(EVENT, {**COINS, "n": 0}, user=user)
+    pub.emit(EVENT, {**COINS, "n": 0}, user=user).result()
     for i in range(3):
         assert_all_received(node_clients, f"tab{i}", [0])
     node_clients.assert_no_event("tab3", within=0.3)

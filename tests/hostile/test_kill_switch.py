@@ -42,7 +42,7 @@ def test_disconnect_user_drops_both_replicas_and_no_session_comes_back(
     connect_good(node_clients, "away", r1, token(jwt_secret, user), **FAST)
     connect_good(node_clients, "b0", r0, token(jwt_secret, bystander))
     connect_good(node_clients, "b1", r1, token(jwt_secret, bystander))
-    pub.emit(EVENT, {**COINS, "n": 0}, user=user)
+    pub.emit(EVENT, {**COINS, "n": 0}, user=user).result()
     old = {}
     for name in ("a0", "a1", "away"):
         [event] = node_clients.wait_events(name, EVENT, 1)
@@ -60,7 +60,7 @@ def test_disconnect_user_drops_both_replicas_and_no_session_comes_back(
             dropped = node_clients.wait_disconnected(name, timeout=5)
             assert dropped["reason"] == "io server disconnect", dropped
             assert dropped["retrying"] is False, dropped
-        pub.emit(EVENT, {**COINS, "n": 1}, user=user)  # must never be replayed to the old sessions
+        pub.emit(EVENT, {**COINS, "n": 1}, user=user).result()  # must never be replayed to the old sessions
     for name in ("b0", "b1"):
         received = assert_all_received(node_clients, name, feeder.sent)
     wait_until(lambda: not pub.is_online(user), 20, "the revoked user offline everywhere")

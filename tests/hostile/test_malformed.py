@@ -243,7 +243,7 @@ def test_malformed_packet(case: Case, replica: GatewayProcess, good: tuple[NodeC
 
     # whatever that was, the well-behaved user is served
     n = len(clients.events("good", EVENT))
-    module_pub.emit(EVENT, {**COINS, "n": n}, user=user)
+    module_pub.emit(EVENT, {**COINS, "n": n}, user=user).result()
     got = clients.wait_events("good", EVENT, n + 1, timeout=10)
     assert [e.payload["n"] for e in got] == list(range(n + 1))
     assert replica.alive()

@@ -65,7 +65,7 @@ def test_a_recovery_drops_rooms_the_new_token_no_longer_grants(start_gateway, jw
         assert reply["sid"] == first["sid"], "not recovered"
         assert _rooms(back) == [f"user:{user}"]
         with Publisher(shared_redis.url, key_prefix=prefix) as pub:
-            pub.emit("coins:earned", {"amount": 1, "reason": "r", "newBalance": 1}, room=f"classroom:{room}")
+            pub.emit("coins:earned", {"amount": 1, "reason": "r", "newBalance": 1}, room=f"classroom:{room}").result()
         assert _events(back, 1.0) == []
 
 
@@ -91,5 +91,5 @@ def test_a_room_the_policy_forbids_is_granted_neither_live_nor_after_a_recovery(
                 rooms = _rooms(back)
                 assert granted in rooms  # a room the policy allows a producer to grant is kept
                 assert "admin:all" not in rooms
-                pub.emit("coins:earned", {"amount": 1, "reason": "r", "newBalance": 1}, room="admin:all")
+                pub.emit("coins:earned", {"amount": 1, "reason": "r", "newBalance": 1}, room="admin:all").result()
                 assert _events(back, 1.0) == []

@@ -71,7 +71,7 @@ def test_clients_that_never_read_are_let_go_and_memory_stays_bounded(
     large_sent: list[int] = []
     with Feeder(pub, good, least=200) as feeder:
         for i in range(LARGE_EVENTS):
-            pub.emit("notification:bulk", {"i": i, "blob": blob}, room=f"classroom:{classroom}")
+            pub.emit("notification:bulk", {"i": i, "blob": blob}, room=f"classroom:{classroom}").result()
             large_sent.append(i)
     # the well-behaved user got every event: its own, and every large one of the shared room
     received = assert_all_received(node_clients, "good", feeder.sent, timeout=30)
@@ -113,7 +113,7 @@ def test_a_slow_client_alone_in_its_room_is_let_go(
     blob = "y" * 60_000
     with Feeder(pub, good, least=100) as feeder:
         for i in range(200):
-            pub.emit(EVENT, {**COINS, "n": i, "blob": blob}, user=slow_user)
+            pub.emit(EVENT, {**COINS, "n": i, "blob": blob}, user=slow_user).result()
     assert_all_received(node_clients, "good", feeder.sent)
     got, closed = drain_until_closed(ws, 10)
     ws.close()
@@ -198,7 +198,7 @@ def test_a_polling_client_that_stops_polling_is_bounded_by_the_send_buffer_limit
     blob = "z" * 60_000
     with Feeder(pub, good, least=100) as feeder:
         for i in range(300):  # 18 MB, under the 1000-packet cap
-            pub.emit(EVENT, {**COINS, "n": i, "blob": blob}, user=slow_user)
+            pub.emit(EVENT, {**COINS, "n": i, "blob": blob}, user=slow_user).result()
     assert_all_received(node_clients, "good", feeder.sent)
     time.sleep(0.5)  # let the last events reach the queue (nothing observable from outside)
     grown = (rss_kib(gw) - rss_before) / 1024

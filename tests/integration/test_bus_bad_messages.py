@@ -122,7 +122,7 @@ def test_a_bad_control_message_is_refused_and_the_connection_kept(
                    metric(replica, "ws_errors_total", kind="bus_bad_envelope") == before + len(messages),
                    5, f"{replica.name} counted each bad message in ws_errors_total{{kind=\"bus_bad_envelope\"}}")
 
-    pub.emit("coins:earned", COINS, user=user)  # the next good event, on the same connections
+    pub.emit("coins:earned", COINS, user=user).result()  # the next good event, on the same connections
     for i in range(len(pair)):
         [event] = clients.wait_events(f"c{i}", "coins:earned", 1)
         assert event.payload == COINS

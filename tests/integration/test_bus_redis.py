@@ -294,7 +294,7 @@ def test_what_is_not_a_v2_envelope_is_counted_and_dropped(
         client.close()
     wait_until(lambda: metric(r0, "ws_errors_total", kind="bus_bad_envelope") == before + 1, 3,
                f"{case}: counted in ws_errors_total{{kind=\"bus_bad_envelope\"}}")
-    pub.emit("coins:earned", COINS, user=user)  # the listener is still there
+    pub.emit("coins:earned", COINS, user=user).result()  # the listener is still there
     [event] = clients.wait_events("a", None, 1)
     assert (event.event, event.payload) == ("coins:earned", COINS)
     assert r0.alive()
@@ -311,7 +311,7 @@ def test_redis_over_a_unix_socket(clients: NodeClients) -> None:
                 user = uid()
                 connect(clients, "a", cluster[0], token(user))
                 connect(clients, "b", cluster[1], token(user))
-                publisher.emit("coins:earned", COINS, user=user)
+                publisher.emit("coins:earned", COINS, user=user).result()
                 for name in ("a", "b"):
                     assert clients.wait_events(name, "coins:earned", 1)[0].payload == COINS
                 assert http_emit(cluster[1], {"event": "x:y", "all": True, "data": {}}) == 200
@@ -381,7 +381,7 @@ def test_redis_over_tls(clients: NodeClients, tmp_path: Path, monkeypatch: pytes
                 user = uid()
                 connect(clients, "a", cluster[0], token(user))
                 connect(clients, "b", cluster[1], token(user), "polling")
-                publisher.emit("coins:earned", COINS, user=user)
+                publisher.emit("coins:earned", COINS, user=user).result()
                 for name in ("a", "b"):
                     assert clients.wait_events(name, "coins:earned", 1)[0].payload == COINS
                 assert http_emit(cluster[0], {"event": "x:y", "user": user, "data": {}}) == 200
@@ -412,7 +412,7 @@ def _outage_scenario(clients: NodeClients, cluster: GatewayCluster, redis: Redis
     classroom = f"k{uuid.uuid4().hex[:8]}"
     connect(clients, "alice", r0, token(alice, classrooms=[classroom]))
     connect(clients, "bob", r1, token(bob, classrooms=[classroom]), "polling")
-    publisher.emit("coins:earned", {**COINS, "n": 0}, room=f"classroom:{classroom}")
+    publisher.emit("coins:earned", {**COINS, "n": 0}, room=f"classroom:{classroom}").result()
     for name in ("alice", "bob"):
         clients.wait_events(name, "coins:earned", 1)
     reconnects = [metric(r, "bus_reconnects_total") for r in cluster]
@@ -423,7 +423,7 @@ def _outage_scenario(clients: NodeClients, cluster: GatewayCluster, redis: Redis
                    f"{replica.name} not ready while Redis is down")
         assert status_of(replica, "/healthz") == 200, "alive, only not ready"
     with pytest.raises(PublisherError):
-        publisher.emit("coins:earned", {**COINS, "n": "lost"}, user=alice)
+        publisher.emit("coins:earned", {**COINS, "n": "lost"}, user=alice).result()
     assert http_emit(r0, {"event": "coins:earned", "user": alice, "data": COINS}) >= 500, \
         "the HTTP endpoint must not answer 200 for an event it could not put on the bus"
     for name in ("alice", "bob"):
@@ -439,10 +439,10 @@ def _outage_scenario(clients: NodeClients, cluster: GatewayCluster, redis: Redis
         wait_back_unrecovered(clients, name)
 
     # published after readiness came back: every one arrives, where it should
-    publisher.emit("coins:earned", {**COINS, "n": 1}, user=alice)
-    publisher.emit("coins:earned", {**COINS, "n": 2}, user=bob)
-    publisher.emit("coins:earned", {**COINS, "n": 3}, room=f"classroom:{classroom}")
-    publisher.emit("coins:earned", {**COINS, "n": 4}, broadcast=True)
+    publisher.emit("coins:earned", {**COINS, "n": 1}, user=alice).result()
+    publisher.emit("coins:earned", {**COINS, "n": 2}, user=bob).result()
+    publisher.emit("coins:earned", {**COINS, "n": 3}, room=f"classroom:{classroom}").result()
+    publisher.emit("coins:earned", {**COINS, "n": 4}, broadcast=True).result()
     expected = {"alice": [0, 1, 3, 4], "bob": [0, 2, 3, 4]}
     for name, ns in expected.items():
         events = clients.wait_events(name, "coins:earned", len(ns), timeout=10)
@@ -463,7 +463,7 @@ def _outage_scenario(clients: NodeClients, cluster: GatewayCluster, redis: Redis
     # and control messages reach the sockets again
     classroom2 = f"classroom:k{uuid.uuid4().hex[:8]}"
     publisher.join(alice, classroom2)
-    publisher.emit("coins:earned", {**COINS, "n": 5}, room=classroom2)
+    publisher.emit("coins:earned", {**COINS, "n": 5}, room=classroom2).result()
     assert clients.wait_events("alice", "coins:earned", 5)[-1].payload["n"] == 5
     publisher.disconnect_user(bob)
     dropped = clients.wait_disconnected("bob", timeout=5)
@@ -491,7 +491,7 @@ def test_events_published_before_the_replicas_are_back(
             alice, bob = uid(), uid()
             connect(clients, "alice", r0, token(alice))
             connect(clients, "bob", r1, token(bob))
-            publisher.emit("coins:earned", {**COINS, "n": 0}, user=alice)
+            publisher.emit("coins:earned", {**COINS, "n": 0}, user=alice).result()
             clients.wait_events("alice", "coins:earned", 1)
             redis_server.kill()
             for replica in cluster:
@@ -500,8 +500,8 @@ def test_events_published_before_the_replicas_are_back(
                 replica.suspend()
             try:
                 redis_server.start()
-                publisher.emit("coins:earned", {**COINS, "n": 1}, user=alice)
-                publisher.emit("coins:earned", {**COINS, "n": 2}, user=bob)
+                publisher.emit("coins:earned", {**COINS, "n": 1}, user=alice).result()
+                publisher.emit("coins:earned", {**COINS, "n": 2}, user=bob).result()
             finally:
                 for replica in cluster:
                     replica.resume()
@@ -514,7 +514,7 @@ def test_events_published_before_the_replicas_are_back(
             wait_back_unrecovered(clients, "alice")
             assert [e.payload["n"] for e in clients.events("alice", "coins:earned")] == [0], \
                 "never a short replay: n=1 alone, after a position Redis lost, is not given"
-            publisher.emit("coins:earned", {**COINS, "n": 3}, user=alice)
+            publisher.emit("coins:earned", {**COINS, "n": 3}, user=alice).result()
             assert [e.payload["n"] for e in clients.wait_events("alice", "coins:earned", 2)] == [0, 3]
         finally:
             show_logs(*cluster)
@@ -552,7 +552,7 @@ def test_events_published_while_redis_drops_the_subscriber_are_caught_up(
             alice = uid()
             connect(clients, "alice", cluster[0], token(alice))
             if received_before:
-                publisher.emit("coins:earned", {**COINS, "n": 0}, user=alice)
+                publisher.emit("coins:earned", {**COINS, "n": 0}, user=alice).result()
                 clients.wait_events("alice", "coins:earned", 1)
             reconnects = metric(cluster[0], "bus_reconnects_total")
             envelope = {"v": 2, "k": "e", "t": time.time() * 1000, "ev": "coins:earned",
@@ -565,7 +565,7 @@ def test_events_published_while_redis_drops_the_subscriber_are_caught_up(
             events = clients.wait_events("alice", "coins:earned", len(expected), timeout=10)
             assert [e.payload["n"] for e in events] == expected
             clients.assert_no_event("alice", "coins:earned", within=QUIET, allowed=len(expected))
-            publisher.emit("coins:earned", {**COINS, "n": 2}, user=alice)
+            publisher.emit("coins:earned", {**COINS, "n": 2}, user=alice).result()
             events = clients.wait_events("alice", "coins:earned", len(expected) + 1, timeout=10)
             assert [e.payload["n"] for e in events] == [*expected, 2], "live again, after the catch-up"
             assert transport_drops(clients, "alice") == 0, "an exact catch-up keeps the socket"
@@ -599,10 +599,10 @@ def test_after_redis_lost_its_last_writes(
             connect(clients, "alice", cluster[0], token(alice))
             client = redis_server.client()
             try:
-                publisher.emit("coins:earned", {**COINS, "n": 0}, user=alice)
+                publisher.emit("coins:earned", {**COINS, "n": 0}, user=alice).result()
                 kept = client.dump(history_of(room))
-                publisher.emit("coins:earned", {**COINS, "n": 1}, user=alice)  # delivered, then lost
-                publisher.emit("coins:earned", {**COINS, "n": 2}, user=alice)  # delivered, then lost
+                publisher.emit("coins:earned", {**COINS, "n": 1}, user=alice).result()  # delivered, then lost
+                publisher.emit("coins:earned", {**COINS, "n": 2}, user=alice).result()  # delivered, then lost
                 clients.wait_events("alice", "coins:earned", 3)
                 client.restore(history_of(room), LIFETIME_MS, kept, replace=True)  # the last two are gone
                 assert len(client.xrange(history_of(room))) == 1
@@ -616,8 +616,8 @@ def test_after_redis_lost_its_last_writes(
                 clients.close_transport("alice")
                 back = clients.wait_connected("alice", timeout=CLIENT_BACK)
                 assert back["recovered"] is False, "its position was lost: never a short replay"
-            publisher.emit("coins:earned", {**COINS, "n": 3}, user=alice)
-            publisher.emit("coins:earned", {**COINS, "n": 4}, user=alice)
+            publisher.emit("coins:earned", {**COINS, "n": 3}, user=alice).result()
+            publisher.emit("coins:earned", {**COINS, "n": 4}, user=alice).result()
             events = clients.wait_events("alice", "coins:earned", 5)
             assert [e.payload["n"] for e in events] == [0, 1, 2, 3, 4]
             clients.assert_no_event("alice", "coins:earned", within=QUIET, allowed=5)

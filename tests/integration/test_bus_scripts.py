@@ -161,7 +161,7 @@ def test_history_spans_trimming_and_empty_streams(redis_server: RedisServer, r: 
 
     assert replay(empty_at) == [1], "a missing stream from an 'empty at' position: nothing missed"
     with Publisher(redis_server.url, key_prefix="q", history_max_len=10) as pub:
-        ids = [pub.emit("coins:earned", {"amount": i}, room=room) for i in range(5)]
+        ids = [pub.emit("coins:earned", {"amount": i}, room=room).result() for i in range(5)]
         assert ids == sorted(ids, key=lambda p: tuple(map(int, p.split("-"))))
         reply = replay(ids[1], ids[3])
         assert reply[0] == 1
@@ -176,7 +176,7 @@ def test_history_spans_trimming_and_empty_streams(redis_server: RedisServer, r: 
         assert replay(newest) == [1], "nothing after the newest entry: complete and empty"
         # trimmed past the position: refused, never a short replay
         for i in range(300):
-            pub.emit("coins:earned", {"amount": i}, room=room)
+            pub.emit("coins:earned", {"amount": i}, room=room).result()
         assert replay(ids[0]) == [0, b"trimmed"]
         assert replay(empty_at) == [0, b"trimmed"], "entries were trimmed since it was empty"
 
@@ -185,14 +185,14 @@ def test_history_of_a_stream_that_is_gone(redis_server: RedisServer, r: redis.Re
     history = r.register_script(script("history.lua"))
     key = BusNames("socket.io", "q").history_key("quiz:9")
     with Publisher(redis_server.url, key_prefix="q") as pub:
-        first = pub.emit("quiz:tick", {"n": 1}, room="quiz:9")
+        first = pub.emit("quiz:tick", {"n": 1}, room="quiz:9").result()
         r.delete(key)  # a flush, or a failover that lost the stream
         assert history(keys=[key], args=[first, "+", LIFETIME, 100]) == [0, b"gone"], \
             "an entry within the stream's lifetime and no stream: lost"
         old = f"{now_ms() - LIFETIME - 60_000}-0"
         assert history(keys=[key], args=[old, "+", LIFETIME, 100]) == [1], \
             "older than the lifetime: it expired after a quiet spell"
-        pub.emit("quiz:tick", {"n": 2}, room="quiz:9")  # grown again without `first`
+        pub.emit("quiz:tick", {"n": 2}, room="quiz:9").result()  # grown again without `first`
         assert history(keys=[key], args=[first, "+", LIFETIME, 100]) == [0, b"trimmed"]
 
 

@@ -127,7 +127,7 @@ def test_a_frozen_bus_is_noticed_and_repaired(
     sid = _polling_connect(base, token)
     pub = Publisher(redis_server.url)
     try:
-        pub.emit("coins:earned", {"amount": 1, "reason": "r", "newBalance": 1}, user="7")
+        pub.emit("coins:earned", {"amount": 1, "reason": "r", "newBalance": 1}, user="7").result()
     finally:
         pub.close()
     assert '"coins:earned"' in _http(f"{base}&sid={sid}")

@@ -79,7 +79,7 @@ def test_a_producer_joins_a_user_to_a_room_of_its_own_naming(
     connect(clients, "other", r1, other)
 
     pub.join(player, quiz)
-    pub.emit("quiz:started", {"n": 1}, room=quiz)
+    pub.emit("quiz:started", {"n": 1}, room=quiz).result()
     status, answer = http_emit(r1, {"event": "quiz:started", "room": quiz, "data": {"n": 2}})
     assert status == 200, answer
     for name in ("player", "player-tab"):
@@ -88,8 +88,8 @@ def test_a_producer_joins_a_user_to_a_room_of_its_own_naming(
     clients.assert_no_event("other", within=QUIET)
 
     pub.leave(player, quiz)
-    pub.emit("quiz:started", {"n": 3}, room=quiz)
-    pub.emit("quiz:started", {"n": 4}, user=player)  # a later event: the leave was applied first
+    pub.emit("quiz:started", {"n": 3}, room=quiz).result()
+    pub.emit("quiz:started", {"n": 4}, user=player).result()  # a later event: the leave was applied first
     for name in ("player", "player-tab"):
         assert clients.wait_events(name, "quiz:started", 3)[-1].payload["n"] == 4, name
 
@@ -103,7 +103,7 @@ def test_a_classroom_wide_notification_has_no_user_id(
     connect(clients, "b", r1, uid(), classrooms=[classroom])
     notification = {"id": "n1", "userId": None, "type": "announcement", "title": "Quiz at 10",
                     "message": "Bring a pencil", "read": False, "createdAt": "2024-05-01T08:00:00.000Z"}
-    pub.emit("notification:new", notification, room=f"classroom:{classroom}")
+    pub.emit("notification:new", notification, room=f"classroom:{classroom}").result()
     status, answer = http_emit(r0, {"event": "notification:new", "room": f"classroom:{classroom}",
                                     "data": {**notification, "id": "n2"}})
     assert status == 200, answer
@@ -115,12 +115,12 @@ def test_a_classroom_wide_notification_has_no_user_id(
 def test_the_schema_is_checked_where_the_producer_asks(pair: GatewayCluster, shared_redis: RedisServer) -> None:
     bad = {"amount": "fifty", "reason": "quiz", "newBalance": 1}
     with Publisher(shared_redis.url, strict=True) as strict, pytest.raises(InvalidPayload, match="amount"):
-        strict.emit("coins:earned", bad, user=uid())
+        strict.emit("coins:earned", bad, user=uid()).result()
     with Publisher(shared_redis.url) as lax:
         with pytest.raises(InvalidPayload, match="amount"):
-            lax.emit("coins:earned", bad, user=uid(), strict=True)
+            lax.emit("coins:earned", bad, user=uid(), strict=True).result()
         with pytest.raises(ValueError, match="amount must be an integer"):
-            lax.coins_earned(uid(), amount="fifty", reason="quiz", new_balance=1)  # type: ignore[arg-type]
+            lax.coins_earned(uid(), amount="fifty", reason="quiz", new_balance=1).result()  # type: ignore[arg-type]
     status, answer = http_emit(pair[0], {"event": "coins:earned", "user": uid(), "data": bad, "strict": True})
     assert (status, answer["error"]) == (400, "invalid_request"), answer
     assert "amount" in answer["detail"]
@@ -134,10 +134,10 @@ def test_no_producer_call_grants_what_the_policy_forbids(
     connect(clients, "student", r0, student)
     marker = f"lobby-{uuid.uuid4().hex[:8]}"
     pub.join(student, ["admin:all", f"teacher:{student}", marker])
-    pub.emit("coins:earned", {"to": "admin"}, room="admin:all")
-    pub.emit("coins:earned", {"to": "teacher"}, room=f"teacher:{student}")
-    pub.emit("coins:earned", {"to": "user:other"}, user=other)
-    pub.emit("coins:earned", {"to": "marker"}, room=marker)  # after the others: they came first
+    pub.emit("coins:earned", {"to": "admin"}, room="admin:all").result()
+    pub.emit("coins:earned", {"to": "teacher"}, room=f"teacher:{student}").result()
+    pub.emit("coins:earned", {"to": "user:other"}, user=other).result()
+    pub.emit("coins:earned", {"to": "marker"}, room=marker).result()  # after the others: they came first
     [event] = clients.wait_events("student", "coins:earned", 1)
     assert event.payload == {"to": "marker"}
     clients.assert_no_event("student", "coins:earned", within=QUIET, allowed=1)

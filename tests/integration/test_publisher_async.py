@@ -169,3 +169,27 @@ async def test_a_given_client_is_left_open(redis_server: RedisServer) -> None:
         assert pub.client is client
     assert await client.xlen("given:{user:1}:h") == 1
     await client.aclose()
+
+
+async def test_emits_of_one_loop_turn_leave_in_one_script_call(
+        pub: AsyncPublisher, r: redis.asyncio.Redis) -> None:
+    """Auto-pipelining: concurrent emits issued in one loop turn share a write and a publish.lua
+    call (one Redis: any rooms); each await still returns its own position, in emit order."""
+    await pub.emit("warm", 0, user=1)  # connected, the script loaded
+    await r.config_resetstat()
+    positions = await asyncio.gather(*(pub.emit("x", i, user=i % 5) for i in range(50)))
+    stats = await r.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    for user in range(5):
+        stored = [entry_id.decode() for entry_id, _ in await r.xrange(f"ngw:{{user:{user}}}:h")]
+        assert stored[-10:] == list(positions[user::5])
+
+
+async def test_a_failed_write_fails_its_awaits_and_the_next_goes_on(
+        pub: AsyncPublisher, r: redis.asyncio.Redis) -> None:
+    await r.set("ngw:{user:1}:h", "not a stream")
+    outcomes = await asyncio.gather(pub.emit("x", 1, user=1), pub.emit("x", 2, user=2),
+                                    return_exceptions=True)
+    assert all(isinstance(o, PublishError) and "WRONGTYPE" in str(o) for o in outcomes)
+    await r.delete("ngw:{user:1}:h")
+    assert parse_position(await pub.emit("x", 3, user=1))

@@ -23,6 +23,7 @@ import redis
 from publisher import AsyncPublisher, ClusterModeError, Message, Publisher, parse_position
 from publisher.cluster import key_slot
 from publisher.envelope import EVERYONE, BusNames, Control, Event, decode
+from publisher.scripts import PUBLISH
 from publisher.session import SessionRecord
 from publisher.transports import StandaloneTransport, async_transport, sync_transport
 from tests.support.redis_cluster import RedisCluster
@@ -135,7 +136,7 @@ def test_emits_land_in_each_rooms_stream_on_its_shard_spread_over_the_primaries(
     cluster.reset_stats()
 
     positions = pub.emit_many([Message("x", i, room=room) for i, room in enumerate(rooms)])  # grouped by shard
-    singles = [pub.emit("y", i, room=room) for i, room in enumerate(rooms)]  # one call each: no planning
+    singles = [pub.emit("y", i, room=room).result() for i, room in enumerate(rooms)]  # one call each: no planning
     for room, first, second in zip(rooms, positions, singles, strict=True):
         assert stream_ids(cluster, owners.of(NAMES.history_key(room)), NAMES.history_key(room)) == [first, second]
     calls = {port: script_calls(cluster, port) for port in primaries}
@@ -166,7 +167,7 @@ def test_a_sharded_subscriber_on_the_owner_gets_the_publish_with_its_position(
         [replica] = cluster.replicas_of(node.port)
         on_owner, on_replica = sharded(cluster, node.port, channel), sharded(cluster, replica, channel)
         try:
-            position = pub.emit("coins:earned", {"n": 1}, room=room)
+            position = pub.emit("coins:earned", {"n": 1}, room=room).result()
             for pubsub in (on_owner, on_replica):
                 message = next_message(pubsub)
                 assert message is not None
@@ -185,7 +186,7 @@ def test_broadcasts_and_users_have_their_own_slots(cluster: RedisCluster, pub: P
     everyone = NAMES.history_key(EVERYONE)
     listener = sharded(cluster, owners.of(everyone), NAMES.room_channel(EVERYONE))
     try:
-        position = pub.emit("maintenance", {"at": "22:00"}, broadcast=True)
+        position = pub.emit("maintenance", {"at": "22:00"}, broadcast=True).result()
         message = next_message(listener)
         assert message is not None
         event = decode(message["data"])
@@ -195,7 +196,7 @@ def test_broadcasts_and_users_have_their_own_slots(cluster: RedisCluster, pub: P
     finally:
         listener.close()
     user = fresh("u")
-    position = pub.coins_earned(user, amount=1, reason="r", new_balance=1)
+    position = pub.coins_earned(user, amount=1, reason="r", new_balance=1).result()
     key = NAMES.history_key(f"user:{user}")
     assert stream_ids(cluster, owners.of(key), key) == [position]
 
@@ -211,7 +212,7 @@ def test_join_and_leave_edit_sessions_on_the_users_shard_and_publish_there(
     # rooms on the other shards: their positions are read there, the sessions edited at home
     away = [port for port in (node.port for node in owners.primaries) if port != home]
     rooms = [owners.rooms_on(port)[0] for port in away]
-    before = {room: pub.emit("x", 0, room=room) for room in rooms}
+    before = {room: pub.emit("x", 0, room=room).result() for room in rooms}
     save_session(cluster, home, user, "p1", [f"user:{user}"])
     channel = NAMES.room_channel(f"user:{user}")
     assert owners.of(channel) == home
@@ -230,7 +231,7 @@ def test_join_and_leave_edit_sessions_on_the_users_shard_and_publish_there(
         assert (control.kind, control.user) == ("join", user)
         assert {room: str(at) for room, at in control.rooms} == joined
 
-        later = pub.emit("x", 1, room=rooms[0])
+        later = pub.emit("x", 1, room=rooms[0]).result()
         left = pub.leave(user, rooms[0])
         assert left == {rooms[0]: later}
         record = load_session(cluster, home, user, "p1")
@@ -344,7 +345,7 @@ def test_a_plain_url_at_a_cluster_node_is_refused_naming_redis_cluster(cluster: 
     with Publisher(f"redis://127.0.0.1:{port}/0", key_prefix=prefix) as pub:
         for _ in range(2):  # every call, not only the first
             with pytest.raises(ClusterModeError) as info:
-                pub.emit("x", 1, room=fresh())
+                pub.emit("x", 1, room=fresh()).result()
             assert f"write redis+cluster://127.0.0.1:{port}" in str(info.value)
         with pytest.raises(ClusterModeError):
             pub.join("u", "quiz:1")
@@ -360,7 +361,7 @@ def test_a_plain_url_at_a_cluster_node_is_refused_naming_redis_cluster(cluster: 
     runner.close()
     given = cluster.client(port)
     with Publisher(client=given) as pub, pytest.raises(ClusterModeError, match=r"redis\+cluster://"):
-        pub.emit("x", 1, broadcast=True)
+        pub.emit("x", 1, broadcast=True).result()
     given.close()
 
 
@@ -383,3 +384,45 @@ def test_the_command_line_refuses_a_plain_url_at_a_cluster_node(cluster: RedisCl
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1
     assert f"redis+cluster://127.0.0.1:{port}" in proc.stderr
+
+
+def test_one_flush_writes_one_script_call_per_slot_to_each_slots_primary(cluster: RedisCluster) -> None:
+    """Auto-pipelining on a cluster: the emits queued for one write are grouped by slot, one
+    publish.lua call per slot group, each to its slot's primary; a room's events keep their
+    order."""
+    owners = Owners(cluster)
+    rooms = [room for port in cluster.primary_ports() for room in owners.rooms_on(port, 4)]
+    with Publisher(cluster.url(), linger=30.0) as pub:  # written by the flush, not the linger
+        pub.emit("warm", 0, broadcast=True).result()
+        for port in cluster.primary_ports():  # every node knows the script: EVALSHA from now on
+            cluster.client(port).script_load(PUBLISH.source)
+        cluster.reset_stats()
+        futures = {room: [pub.emit("x", i, room=room) for i in range(3)] for room in rooms}
+        pub.flush()
+    slots = {key_slot(NAMES.history_key(room)) for room in rooms}
+    assert sum(script_calls(cluster, port) for port in cluster.primary_ports()) == len(slots)
+    for port in cluster.primary_ports():
+        mine = {key_slot(NAMES.history_key(room)) for room in rooms if owners.of(NAMES.history_key(room)) == port}
+        assert script_calls(cluster, port) == len(mine), "one call per slot, on the slot's primary"
+    for room, room_futures in futures.items():
+        key = NAMES.history_key(room)
+        assert stream_ids(cluster, owners.of(key), key) == [f.result() for f in room_futures]
+
+
+async def test_the_async_publisher_groups_one_loop_turn_by_slot(cluster: RedisCluster) -> None:
+    owners = await asyncio.to_thread(Owners, cluster)
+    ports = await asyncio.to_thread(cluster.primary_ports)
+    rooms = [room for port in ports for room in owners.rooms_on(port, 2)]
+    async with AsyncPublisher(cluster.url()) as pub:
+        await pub.emit("warm", 0, broadcast=True)
+        for port in ports:
+            await asyncio.to_thread(cluster.client(port).script_load, PUBLISH.source)
+        await asyncio.to_thread(cluster.reset_stats)
+        positions = await asyncio.gather(*(pub.emit("x", i, room=room) for room in rooms for i in range(2)))
+    slots = {key_slot(NAMES.history_key(room)) for room in rooms}
+    calls = await asyncio.to_thread(lambda: sum(script_calls(cluster, port) for port in ports))
+    assert calls == len(slots)
+    for n, room in enumerate(rooms):
+        key = NAMES.history_key(room)
+        stored = await asyncio.to_thread(stream_ids, cluster, owners.of(key), key)
+        assert stored == list(positions[2 * n:2 * n + 2])

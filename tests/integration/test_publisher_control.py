@@ -63,7 +63,7 @@ def test_join_and_leave_edit_every_saved_session_of_the_user(
     save_session(r, names, "p1", "42", ["user:42", "classroom:1"])
     save_session(r, names, "p2", "42", ["user:42"])
     save_session(r, names, "p3", "43", ["user:43", "classroom:1"])
-    at2 = pub.emit("x", 1, room="classroom:2")
+    at2 = pub.emit("x", 1, room="classroom:2").result()
 
     joined = pub.join(42, ["classroom:2", "classroom:1"])
     assert joined["classroom:2"] == at2
@@ -75,7 +75,7 @@ def test_join_and_leave_edit_every_saved_session_of_the_user(
     assert p2.starts["classroom:1"] == joined["classroom:1"]
     assert p2.extra == ("classroom:2", "classroom:1")
 
-    at1 = pub.emit("x", 2, room="classroom:1")
+    at1 = pub.emit("x", 2, room="classroom:1").result()
     left = pub.leave(42, ["classroom:1", "classroom:9"])
     assert left["classroom:1"] == at1  # replayed up to there, not after
     p1, p2 = session(r, names, "42", "p1"), session(r, names, "42", "p2")
@@ -93,7 +93,7 @@ def test_a_room_joined_again_after_a_leave_starts_afresh(
         pub: Publisher, r: redis.Redis, names: BusNames) -> None:
     save_session(r, names, "p1", "7", ["user:7"])
     pub.join(7, "quiz:9")
-    pub.emit("x", 1, room="quiz:9")
+    pub.emit("x", 1, room="quiz:9").result()
     pub.leave(7, "quiz:9")
     assert "quiz:9" in session(r, names, "7", "p1").left
     again = pub.join(7, "quiz:9")

@@ -25,7 +25,7 @@ def test_unix_socket() -> None:
     server = RedisServer(None, "--unixsocket", str(socket_path), "--unixsocketperm", "700").start()
     try:
         with Publisher(f"unix://{socket_path}?db=3") as pub:
-            position = pub.emit("x", 1, user=1)
+            position = pub.emit("x", 1, user=1).result()
         client = redis.Redis(unix_socket_path=str(socket_path), db=3)
         assert client.xrange("ngw:{user:1}:h")[0][0].decode() == position
         client.close()
@@ -84,7 +84,7 @@ def sentinel(redis_server: RedisServer) -> Iterator[Sentinel]:
 def test_sentinel(redis_server: RedisServer, sentinel: Sentinel) -> None:
     url = f"redis+sentinel://:s3cret@127.0.0.1:{sentinel.port}/2/mymaster"
     with Publisher(url) as pub:
-        position = pub.emit("x", 1, user=1)
+        position = pub.emit("x", 1, user=1).result()
         pub.join(1, "classroom:1")
         assert pub.is_online(1) is False
     master = redis.Redis(port=redis_server.port, password="s3cret", db=2)
@@ -101,9 +101,24 @@ async def test_sentinel_async(redis_server: RedisServer, sentinel: Sentinel) -> 
     await master.aclose()
 
 
+def test_sentinel_writes_queued_emits_together(redis_server: RedisServer, sentinel: Sentinel) -> None:
+    url = f"redis+sentinel://:s3cret@127.0.0.1:{sentinel.port}/0/mymaster"
+    with Publisher(url, linger=30.0) as pub:  # written because of the flush, not the linger
+        futures = [pub.emit("x", i, user=i % 3) for i in range(9)]
+        pub.flush()
+    master = redis.Redis(port=redis_server.port, password="s3cret")
+    try:
+        for user in range(3):
+            stored = [entry_id.decode() for entry_id, _ in master.xrange(f"ngw:{{user:{user}}}:h")]
+            assert stored == [f.result() for f in futures[user::3]]
+        assert master.info("commandstats")["cmdstat_evalsha"]["calls"] == 1
+    finally:
+        master.close()
+
+
 def test_sentinel_wrong_password(sentinel: Sentinel) -> None:
     url = f"redis+sentinel://:wrong@127.0.0.1:{sentinel.port}/0/mymaster"
     with Publisher(url, retries=0) as pub, pytest.raises(PublishError) as info:
-        pub.emit("x", 1, user=1)
+        pub.emit("x", 1, user=1).result()
     assert "wrong" not in str(info.value)
     assert "/0/mymaster" in str(info.value)

@@ -87,11 +87,11 @@ def ids(r: redis.Redis, key: str) -> list[str]:
 
 def test_positions_increase_within_a_room_and_are_its_stream_ids(
         pub: Publisher, r: redis.Redis, prefix: str) -> None:
-    a = [pub.emit("a", i, room="classroom:1") for i in range(3)]
-    b = [pub.emit("b", i, user=42) for i in range(2)]
-    everyone = pub.emit("c", 3, broadcast=True)
+    a = [pub.emit("a", i, room="classroom:1").result() for i in range(3)]
+    b = [pub.emit("b", i, user=42).result() for i in range(2)]
+    everyone = pub.emit("c", 3, broadcast=True).result()
     a += pub.emit_many([Message("e", i, room="classroom:1") for i in range(5)])
-    a.append(pub.coins_earned(3, amount=1, reason="r", new_balance=1, room="classroom:1"))
+    a.append(pub.coins_earned(3, amount=1, reason="r", new_balance=1, room="classroom:1").result())
     assert [parse_position(p) for p in a] == sorted(parse_position(p) for p in a)
     assert len(set(a)) == len(a)
     assert ids(r, f"{prefix}:{{classroom:1}}:h") == a
@@ -120,7 +120,7 @@ def test_history_entry_is_the_envelope_and_the_message_adds_its_position(
     channel = f"{prefix}#/notifications#{{classroom:7}}#"
     listener = listen(channel)
     data = {"amount": 5, "reason": "ünïcode ✓ 🎉", "newBalance": 7}
-    position = pub.emit("coins:earned", data, room="classroom:7")
+    position = pub.emit("coins:earned", data, room="classroom:7").result()
 
     got_channel, message = listener.next()
     assert got_channel == channel
@@ -143,7 +143,7 @@ def test_broadcast_goes_to_the_everyone_channel_with_its_own_history(
     everyone = f"{prefix}#/notifications#{{*}}#"
     room = f"{prefix}#/notifications#{{user:1}}#"
     listener = listen(everyone, room)
-    position = pub.emit("maintenance", {"at": "22:00"}, broadcast=True)
+    position = pub.emit("maintenance", {"at": "22:00"}, broadcast=True).result()
     channel, message = listener.next()
     assert channel == everyone
     event = decode(message)
@@ -158,7 +158,7 @@ def test_an_event_reaches_its_room_and_no_other(pub: Publisher, prefix: str,
                                                 listen: Any) -> None:
     mine = listen(f"{prefix}#/notifications#{{user:42}}#")
     other = listen(f"{prefix}#/notifications#{{user:43}}#", f"{prefix}#/notifications#{{*}}#")
-    position = pub.emit("x", {"n": 1}, user=42)
+    position = pub.emit("x", {"n": 1}, user=42).result()
     message = decode(mine.next()[1])
     assert isinstance(message, Event)
     assert message.position == position
@@ -171,7 +171,7 @@ def test_plain_subscribers_never_see_the_bus(pub: Publisher, r: redis.Redis, pre
     plain = r.pubsub()
     plain.subscribe(f"{prefix}#/notifications#{{user:42}}#")
     assert plain.get_message(timeout=2) is not None  # the confirmation
-    pub.emit("x", 1, user=42)
+    pub.emit("x", 1, user=42).result()
     assert plain.get_message(timeout=0.3) is None
     plain.close()
 
@@ -179,7 +179,7 @@ def test_plain_subscribers_never_see_the_bus(pub: Publisher, r: redis.Redis, pre
 def test_control_messages_go_to_the_users_channel_with_no_history(
         pub: Publisher, r: redis.Redis, prefix: str, listen: Any) -> None:
     listener = listen(f"{prefix}#/notifications#{{user:42}}#")
-    before = pub.emit("x", 1, room="classroom:1")
+    before = pub.emit("x", 1, room="classroom:1").result()
     join = pub.join(42, ["classroom:1", "classroom:2"])
     leave = pub.leave("42", "classroom:1")
     assert pub.disconnect_user(42) == 0  # no saved session
@@ -194,7 +194,7 @@ def test_control_messages_go_to_the_users_channel_with_no_history(
     empty = parse_position(join["classroom:2"])  # no stream: "empty at ms", before anything new
     assert empty.seq == EMPTY_SEQ
     assert abs(empty.ms - time.time() * 1000) < 5000
-    assert parse_position(pub.emit("x", 2, room="classroom:2")) > empty
+    assert parse_position(pub.emit("x", 2, room="classroom:2").result()) > empty
     assert r.keys(f"{prefix}:{{user:42}}:h") == []  # control messages keep no history
     assert not r.exists(f"{prefix}:{{classroom:9}}:h")
     pub.join(42, "classroom:9")
@@ -205,7 +205,7 @@ def test_payloads_up_to_the_limit_pass_through(pub: Publisher, prefix: str,
                                                listen: Any) -> None:
     listener = listen(f"{prefix}#/notifications#{{user:1}}#")
     big = "x" * (65536 - 2)
-    pub.emit("big", big, user=1)
+    pub.emit("big", big, user=1).result()
     event = decode(listener.next()[1])
     assert isinstance(event, Event)
     assert event.data == big
@@ -226,7 +226,7 @@ def test_history_is_trimmed_by_length(redis_server: RedisServer) -> None:
 def test_history_expires_after_twice_the_window(redis_server: RedisServer) -> None:
     client = redis_server.client()
     with Publisher(redis_server.url, recovery_window_s=0.3) as pub:
-        pub.emit("x", 1, room="classroom:1")
+        pub.emit("x", 1, room="classroom:1").result()
         assert 0 < client.pttl("ngw:{classroom:1}:h") <= 600
         time.sleep(0.7)
         assert not client.exists("ngw:{classroom:1}:h")
@@ -237,8 +237,8 @@ def test_no_recovery_window_keeps_no_history_but_publishes(redis_server: RedisSe
     client = redis_server.client()
     listener = Listener(client, "socket.io#/notifications#{classroom:1}#")
     with Publisher(redis_server.url, recovery_window_s=0) as pub:
-        position = parse_position(pub.emit("x", 1, room="classroom:1"))
-        second = parse_position(pub.emit("x", 2, room="classroom:1"))
+        position = parse_position(pub.emit("x", 1, room="classroom:1").result())
+        second = parse_position(pub.emit("x", 2, room="classroom:1").result())
     assert second > position, "positions still grow within the room (a replica drops what is not newer)"
     assert abs(position.ms - time.time() * 1000) < 5000
     event = decode(listener.next()[1])

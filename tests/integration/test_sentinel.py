@@ -106,7 +106,7 @@ def failed_over(request: pytest.FixtureRequest) -> Iterator[Scene]:
         scene = Scene(how, sentinels, cluster, clients, early, uid(), uid(), f"k{uuid.uuid4().hex[:8]}")
         connect(clients, "alice", r0, scene.alice, classrooms=[scene.classroom])
         connect(clients, "bob", r1, scene.bob, classrooms=[scene.classroom])
-        early.emit("before:failover", {"n": 0}, room=f"classroom:{scene.classroom}")
+        early.emit("before:failover", {"n": 0}, room=f"classroom:{scene.classroom}").result()
         # the replicas' own publishing path too, so that it holds connections to the old primary
         for replica in cluster:
             status, body = http_emit(replica, {"event": "before:http", "data": {"n": 0},
@@ -148,10 +148,10 @@ def test_connected_clients_get_events_published_after_the_failover(failed_over: 
     clients = scene.clients
     # a producer that starts now: the gateway's side of the failover alone
     with Publisher(scene.sentinels.url) as pub:
-        pub.emit("after:user", {"to": "alice"}, user=scene.alice)
-        pub.emit("after:user", {"to": "bob"}, user=scene.bob)
-        pub.emit("after:room", {"n": 1}, room=f"classroom:{scene.classroom}")
-        pub.emit("after:all", {"n": 2}, broadcast=True)
+        pub.emit("after:user", {"to": "alice"}, user=scene.alice).result()
+        pub.emit("after:user", {"to": "bob"}, user=scene.bob).result()
+        pub.emit("after:room", {"n": 1}, room=f"classroom:{scene.classroom}").result()
+        pub.emit("after:all", {"n": 2}, broadcast=True).result()
     for name in ("alice", "bob"):
         [event] = clients.wait_events(name, "after:user", 1, timeout=AFTER_FAILOVER)
         assert event.payload == {"to": name}
@@ -168,7 +168,7 @@ def test_new_connections_after_the_failover(failed_over: Scene) -> None:
     carol = uid()
     connect(scene.clients, f"carol-{scene.how}", scene.cluster[1], carol)
     with Publisher(scene.sentinels.url) as pub:
-        pub.emit("new:connection", COINS, user=carol)
+        pub.emit("new:connection", COINS, user=carol).result()
     assert scene.clients.wait_events(f"carol-{scene.how}", "new:connection", 1, timeout=ARRIVAL)
 
 
@@ -186,6 +186,6 @@ def test_a_publisher_from_before_the_failover_follows_it(failed_over: Scene) -> 
     scene = failed_over
     for replica in scene.cluster:
         wait_until(lambda replica=replica: ready(replica) == 200, AFTER_FAILOVER, f"{replica.name} ready")
-    scene.early.emit("early:after", {"n": 4}, room=f"classroom:{scene.classroom}")
+    scene.early.emit("early:after", {"n": 4}, room=f"classroom:{scene.classroom}").result()
     for name in ("alice", "bob"):
         assert scene.clients.wait_events(name, "early:after", 1, timeout=ARRIVAL)[0].payload == {"n": 4}

@@ -61,7 +61,7 @@ def test_a_killed_primary_is_followed_and_the_other_shards_keep_delivering(
     for k, (_, (other, _)) in enumerate(others):  # on both replicas: each keeps a shard it needs
         connect(node_clients, f"b{k}-0", r0.ns_url, token(other))
         connect(node_clients, f"b{k}-1", r1.ns_url, token(other), "polling")
-    pub.emit(EVENT, payload(-1, own), room=own)
+    pub.emit(EVENT, payload(-1, own), room=own).result()
     for name in ("a0", "a1"):
         assert by_room(wait_settled(node_clients, name, 1)) == {own: [-1]}
     cluster.wait_stable()  # the event is on the victim's replica too
@@ -80,7 +80,7 @@ def test_a_killed_primary_is_followed_and_the_other_shards_keep_delivering(
                      f"replica {i}'s /readyz says ready again after the failover: {watch.summary(i)}")
         assert cluster.primary_for("{" + own + "}") == promoted
         print(f"readiness around the failover: {watch.summary(0)} | {watch.summary(1)}")
-        pub.emit(EVENT, payload(0, own), room=own)  # after the failover
+        pub.emit(EVENT, payload(0, own), room=own).result()  # after the failover
         wait_published(producer, 20)
         published = producer.stop()
 
@@ -123,7 +123,7 @@ def test_a_client_whose_shard_failed_over_is_never_short(
         for _ in range(count):
             n = sum(map(len, published.values()))
             target = rooms[n % 2]
-            pub.emit(EVENT, payload(n, target), room=target)
+            pub.emit(EVENT, payload(n, target), room=target).result()
             published[target].append(n)
 
     tok = token(user, (classroom,))

@@ -50,4 +50,4 @@ def test_a_producer_given_a_plain_url_at_a_cluster_node_is_refused(cluster: Redi
     port = cluster.primary_ports()[1]
     with Publisher(f"redis://127.0.0.1:{port}/0") as pub, \
             pytest.raises(ClusterModeError, match=r"redis\+cluster://"):
-        pub.emit(EVENT, payload(0, "x"), user=uid())
+        pub.emit(EVENT, payload(0, "x"), user=uid()).result()

@@ -1,6 +1,7 @@
-"""Publishes spread over the primaries (INFO commandstats): each event's script runs on the
-primary that owns its room's slot, so every primary runs EVAL/EVALSHA and SPUBLISH for the rooms
-it owns, replicas run none, and the events still reach their sockets. From the Publisher (one
+"""Publishes spread over the primaries (INFO commandstats): each event is published by a script
+call on the primary that owns its room's slot (one call may carry several events of that slot),
+so every primary runs EVAL/EVALSHA and one SPUBLISH per event for the rooms it owns, replicas
+run none, and the events still reach their sockets. From the Publisher (one
 call at a time and emit_many, grouped by shard) and from /api/emit.
 """
 
@@ -49,7 +50,7 @@ def _assert_spread(cluster: RedisCluster, rooms: dict[int, str]) -> None:
     stats = scripts_and_publishes(cluster, primaries)
     for port in primaries:
         scripts, publishes = stats[port]
-        assert scripts >= PER_ROOM, f":{port} ran {scripts} scripts for {PER_ROOM} events: {stats}"
+        assert scripts >= 1, f":{port} ran no script for its {PER_ROOM} events: {stats}"
         assert publishes >= PER_ROOM, f":{port} ran {publishes} SPUBLISH for {PER_ROOM} events: {stats}"
     on_replicas = scripts_and_publishes(cluster, replicas)
     assert all(scripts == 0 for scripts, _ in on_replicas.values()), on_replicas
@@ -65,7 +66,7 @@ def test_publisher_emits_spread_over_the_three_primaries(
     half = PER_ROOM // 2
     for n in range(half):
         for room in rooms.values():
-            pub.emit(EVENT, payload(n, room), room=room)
+            pub.emit(EVENT, payload(n, room), room=room).result()
     pub.emit_many([Message(EVENT, payload(n, room), room=room)
                    for n in range(half, PER_ROOM) for room in rooms.values()])
     _assert_spread(cluster, rooms)

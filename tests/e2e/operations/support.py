@@ -223,7 +223,7 @@ class Producer:
         while not self._stop.is_set():
             room = self.rooms[n % len(self.rooms)]
             try:
-                self.pub.emit(EVENT, payload(n, room), room=room)
+                self.pub.emit(EVENT, payload(n, room), room=room).result()
             except Exception as exc:  # noqa: BLE001 - reported by stop()
                 self.errors.append(exc)
                 return

@@ -45,7 +45,7 @@ def test_bus_metrics_and_readiness_across_a_redis_restart(
     user = uid()
     connect(node_clients, "a", gw.ns_url, token(user))
     with Publisher(redis_server.url) as pub:
-        pub.emit(EVENT, payload(0), room=f"user:{user}")
+        pub.emit(EVENT, payload(0), room=f"user:{user}").result()
         node_clients.wait_events("a", EVENT, 1)
     before = scrape(gw)
     assert before.value("bus_connected") == 1
@@ -76,7 +76,7 @@ def test_bus_metrics_and_readiness_across_a_redis_restart(
     back = node_clients.wait_connected("a", timeout=WAIT)
     assert (back["type"], back["recovered"]) == ("connect", False), back
     with Publisher(redis_server.url) as pub:
-        pub.emit(EVENT, payload(2), room=f"user:{user}")
+        pub.emit(EVENT, payload(2), room=f"user:{user}").result()
         events = node_clients.wait_events("a", EVENT, 2, timeout=WAIT)
     assert numbers(events) == [0, 2]
     node_clients.assert_no_event("a", EVENT, within=0.3, allowed=2)
@@ -107,7 +107,7 @@ def pubsub_outage() -> Iterator[Outage]:
         with NodeClients() as clients, Publisher(server.url) as pub:
             user = uid()
             connect(clients, "a", gw.ns_url, token(user))
-            pub.emit(EVENT, payload(0), room=f"user:{user}")
+            pub.emit(EVENT, payload(0), room=f"user:{user}").result()
             clients.wait_events("a", EVENT, 1)
             before = scrape(gw)
             admin = server.client()
@@ -122,7 +122,7 @@ def pubsub_outage() -> Iterator[Outage]:
                     readiness.append((status, scrape(gw).value("bus_connected")))
                     if len(published) < 4 and time.monotonic() > deadline - 2.0:
                         n = len(published)
-                        pub.emit(EVENT, payload(n), room=f"user:{user}")
+                        pub.emit(EVENT, payload(n), room=f"user:{user}").result()
                         published.append(n)
                     time.sleep(0.05)
             finally:

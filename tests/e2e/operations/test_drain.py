@@ -229,11 +229,11 @@ def test_a_drained_polling_client_gets_no_event_twice(
         with Publisher(shared_redis.url, key_prefix=prefix, channel_prefix=f"{prefix}.io") as pub:
             first = connect(node_clients, "p", relay.url + "/notifications", token(user), "polling")
             node_clients.set_uri("p", staying.url)
-            pub.emit(EVENT, payload(0), room=room)
+            pub.emit(EVENT, payload(0), room=room).result()
             node_clients.wait_events("p", EVENT, 1)
             relay.hold()  # the client's next poll waits at the relay
-            pub.emit(EVENT, payload(1), room=room)
-            pub.emit(EVENT, payload(2), room=room)
+            pub.emit(EVENT, payload(1), room=room).result()
+            pub.emit(EVENT, payload(2), room=room).result()
             time.sleep(0.3)  # queued on the leaving replica, with no poll to take them
             leaving.sigterm()
             wait_until(lambda: unready(leaving), 2.0, "/readyz answers 503", every=0.01)
@@ -242,7 +242,7 @@ def test_a_drained_polling_client_gets_no_event_twice(
             back = node_clients.wait_connected("p", timeout=WAIT)
             assert back["recovered"] is True, back
             assert back["sid"] == first["sid"], back
-            pub.emit(EVENT, payload(3), room=room)
+            pub.emit(EVENT, payload(3), room=room).result()
             node_clients.wait_events("p", EVENT, 4, timeout=WAIT)
             time.sleep(0.3)
             got = numbers(node_clients.events("p", EVENT))

@@ -80,11 +80,11 @@ def test_messages_latency_and_bus_counters_count_each_recipient(node_clients: No
     connect(node_clients, "b", gw.ns_url, token(bob, (room,)))
     before = scrape(gw)
 
-    pub.emit(EVENT, payload(0), room=f"user:{alice}")                      # 2 recipients
+    pub.emit(EVENT, payload(0), room=f"user:{alice}").result()                      # 2 recipients
     pub.emit("achievement:unlocked", {"achievementId": "a", "name": "n", "description": "d",
-                                      "icon": "i", "xpReward": 5}, room=f"classroom:{room}")  # 3
-    pub.emit("custom:thing", {"x": 1}, room=f"user:{bob}")                 # 1, label "other"
-    pub.emit(EVENT, payload(1), room=f"classroom:{uid('c')}")              # nobody here
+                                      "icon": "i", "xpReward": 5}, room=f"classroom:{room}").result()  # 3
+    pub.emit("custom:thing", {"x": 1}, room=f"user:{bob}").result()                 # 1, label "other"
+    pub.emit(EVENT, payload(1), room=f"classroom:{uid('c')}").result()              # nobody here
     for name, count in (("a1", 2), ("a2", 2), ("b", 2)):
         node_clients.wait_events(name, None, count)
 
@@ -177,7 +177,7 @@ def test_recoveries_and_replays_are_counted(node_clients: NodeClients, replica: 
     user, room = uid(), uid("c")
     rooms = [f"user:{user}", f"classroom:{room}"]
     first = connect(node_clients, "a", gw.ns_url, token(user, (room,)))
-    pub.emit(EVENT, payload(0), room=rooms[0])
+    pub.emit(EVENT, payload(0), room=rooms[0]).result()
     node_clients.wait_events("a", EVENT, 1)
     before = scrape(gw)
 
@@ -185,7 +185,7 @@ def test_recoveries_and_replays_are_counted(node_clients: NodeClients, replica: 
     node_clients.close_transport("a")
     node_clients.wait_disconnected("a")
     for n in range(1, 5):
-        pub.emit(EVENT, payload(n, rooms[n % 2]), room=rooms[n % 2])
+        pub.emit(EVENT, payload(n, rooms[n % 2]), room=rooms[n % 2]).result()
     node_clients.set_uri("a", gw.url)
     back = node_clients.wait_connected("a", timeout=WAIT)
     assert back["recovered"] is True, back
@@ -224,14 +224,14 @@ def test_replayed_events_are_counted_as_sent(node_clients: NodeClients, replica:
     gw, pub = replica.gw, replica.pub
     user = uid()
     connect(node_clients, "a", gw.ns_url, token(user))
-    pub.emit(EVENT, payload(0), room=f"user:{user}")
+    pub.emit(EVENT, payload(0), room=f"user:{user}").result()
     node_clients.wait_events("a", EVENT, 1)
     node_clients.set_uri("a", nowhere)
     node_clients.close_transport("a")
     node_clients.wait_disconnected("a")
     before = scrape(gw)
     for n in range(1, 4):
-        pub.emit(EVENT, payload(n), room=f"user:{user}")
+        pub.emit(EVENT, payload(n), room=f"user:{user}").result()
     node_clients.set_uri("a", gw.url)
     assert node_clients.wait_connected("a", timeout=WAIT)["recovered"] is True
     assert settle(node_clients, "a", 4) == [0, 1, 2, 3]
@@ -300,7 +300,7 @@ def test_no_label_value_ever_holds_a_user_id(node_clients: NodeClients, replica:
     connect(node_clients, "a", gw.ns_url, token(users[2], role="admin"))
     for user in users:
         assert emit_http(gw, json.dumps({"event": EVENT, "user": user, "data": payload(0)}).encode()) == 200
-        pub.emit(EVENT, payload(1), room=f"user:{user}")
+        pub.emit(EVENT, payload(1), room=f"user:{user}").result()
     for name in ("s", "t", "a"):
         node_clients.wait_events(name, None, 2)
     node_clients.emit("s", f"user:{users[0]}")  # an unknown event named after the user

@@ -59,7 +59,7 @@ def test_every_family_has_its_type_and_labels(node_clients: NodeClients, replica
     user = uid()
     # One of most things, so that labelled families have samples to check.
     connect(node_clients, "a", gw.ns_url, token(user))
-    replica.pub.emit(EVENT, payload(0), room=f"user:{user}")
+    replica.pub.emit(EVENT, payload(0), room=f"user:{user}").result()
     node_clients.wait_events("a", EVENT, 1)
     assert node_clients.emit("a", "no:such:event") == {"ok": False, "error": "unknown_event"}
     assert emit_http(gw, json.dumps({"event": EVENT, "user": user, "data": payload(1)}).encode()) == 200

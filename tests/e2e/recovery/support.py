@@ -70,8 +70,8 @@ class Deployment:
         """Emit EVENT to `room` (None: everyone); the offset the bus gave it."""
         if self.publisher is not None:
             if room is None:
-                return self.publisher.emit(EVENT, payload, broadcast=True)
-            return self.publisher.emit(EVENT, payload, room=room)
+                return self.publisher.emit(EVENT, payload, broadcast=True).result()
+            return self.publisher.emit(EVENT, payload, room=room).result()
         target = {"room": room} if room is not None else {"all": True}
         body = json.dumps({"event": EVENT, "data": payload, **target}).encode()
         request = urllib.request.Request(

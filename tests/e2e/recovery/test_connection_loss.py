@@ -192,7 +192,7 @@ def test_client_of_a_replica_that_drains_or_dies_recovers_on_another(
     rooms = [f"user:{user}", f"classroom:{c}"]
     with _publisher(shared_redis.url, settings) as pub:
         first = connect(node_clients, "a", leaving.ns_url, token(user, (c,)))
-        pub.emit(EVENT, payload(0, rooms[0]), room=rooms[0])
+        pub.emit(EVENT, payload(0, rooms[0]), room=rooms[0]).result()
         node_clients.wait_events("a", EVENT, 1)
         node_clients.set_uri("a", staying.url)  # where the load balancer sends it next
         with Producer(Deployment("redis", [staying], settings, shared_redis, prefix, pub), rooms,
