@@ -28,7 +28,7 @@ from publisher.envelope import (
     BusNames,
 )
 from publisher.events import MAX_PAYLOAD_BYTES
-from publisher.helpers import TypedEmitters
+from publisher.helpers import QueuedEmits, TypedEmitters
 from publisher.room_sockets import AsyncRoomSockets
 from publisher.transports import (
     AsyncRunner,
@@ -150,26 +150,16 @@ class AsyncPublisher(TypedEmitters[Coroutine[Any, Any, str]], AsyncRoomSockets):
         await self.close()
 
 
-class AsyncPublishBatch(TypedEmitters[None]):
+class AsyncPublishBatch(QueuedEmits):
     """`PublishBatch` for `AsyncPublisher`: `async with pub.pipeline() as batch: ...`."""
 
     def __init__(self, publisher: AsyncPublisher) -> None:
+        super().__init__(publisher._commands)
         self._publisher = publisher
-        self._emits: list[Emit] = []
-        self.positions: list[str] = []
-
-    def emit(self, event: str, data: Any, *, room: str | None = None,
-             user: str | int | None = None, broadcast: bool = False,
-             strict: bool | None = None) -> None:
-        self._emits.append(self._publisher._commands.event(event, data, room, user, broadcast, strict))
-
-    def __len__(self) -> int:
-        return len(self._emits)
 
     async def execute(self) -> list[str]:
         """Send the queued emits; return (and keep in `positions`) their positions."""
-        emits, self._emits = self._emits, []
-        self.positions += await _publish(self._publisher._commands, self._publisher._transport, emits)
+        self.positions += await _publish(self._commands, self._publisher._transport, self._take())
         return self.positions
 
     async def __aenter__(self) -> Self:

@@ -38,7 +38,7 @@ from typing import Any, Self
 import redis
 
 from publisher import replies
-from publisher.commands import Commands, Emit, Message
+from publisher.commands import Commands, Message
 from publisher.envelope import (
     DEFAULT_CHANNEL_PREFIX,
     DEFAULT_KEY_PREFIX,
@@ -47,7 +47,7 @@ from publisher.envelope import (
     BusNames,
 )
 from publisher.events import MAX_PAYLOAD_BYTES
-from publisher.helpers import TypedEmitters
+from publisher.helpers import QueuedEmits, TypedEmitters
 from publisher.room_sockets import RoomSockets
 from publisher.sender import DEFAULT_LINGER, MAX_QUEUE, Sender
 from publisher.transports import (
@@ -212,7 +212,7 @@ class Publisher(TypedEmitters["Future[str]"], RoomSockets):
         self.close()
 
 
-class PublishBatch(TypedEmitters[None]):
+class PublishBatch(QueuedEmits):
     """Emits queued by `Publisher.pipeline()`, sent together (one round trip, one script call
     per slot group; in order after the publisher's earlier emits).
 
@@ -222,22 +222,12 @@ class PublishBatch(TypedEmitters[None]):
     """
 
     def __init__(self, publisher: Publisher) -> None:
+        super().__init__(publisher._commands)
         self._publisher = publisher
-        self._emits: list[Emit] = []
-        self.positions: list[str] = []
-
-    def emit(self, event: str, data: Any, *, room: str | None = None,
-             user: str | int | None = None, broadcast: bool = False,
-             strict: bool | None = None) -> None:
-        self._emits.append(self._publisher._commands.event(event, data, room, user, broadcast, strict))
-
-    def __len__(self) -> int:
-        return len(self._emits)
 
     def execute(self) -> list[str]:
         """Send the queued emits and wait; return (and keep in `positions`) their positions."""
-        emits, self._emits = self._emits, []
-        self.positions += [future.result() for future in self._publisher._sender.emit_all(emits)]
+        self.positions += [future.result() for future in self._publisher._sender.emit_all(self._take())]
         return self.positions
 
     def __enter__(self) -> Self:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from publisher.commands import Commands, Emit
 from publisher.events import Rank
 from publisher.rooms import normalize_user_id
 
@@ -116,3 +117,24 @@ class TypedEmitters(Generic[R]):
         return self._emit_for("notification:read", user, room, {
             "notificationId": notification_id, "readAt": iso_datetime(read_at, "read_at"),
         }, extra)
+
+
+class QueuedEmits(TypedEmitters[None]):
+    """What the sync and the async batch share: emits checked when queued, sent by `execute`."""
+
+    def __init__(self, commands: Commands) -> None:
+        self._commands = commands
+        self._emits: list[Emit] = []
+        self.positions: list[str] = []
+
+    def emit(self, event: str, data: Any, *, room: str | None = None,
+             user: str | int | None = None, broadcast: bool = False,
+             strict: bool | None = None) -> None:
+        self._emits.append(self._commands.event(event, data, room, user, broadcast, strict))
+
+    def __len__(self) -> int:
+        return len(self._emits)
+
+    def _take(self) -> list[Emit]:
+        emits, self._emits = self._emits, []
+        return emits
