@@ -186,12 +186,15 @@ def sio_handshake(port: int, token: str) -> socket.socket:
     return sock
 
 
-def measure_gateway(tree: str, clients: int, port: int) -> dict[str, float]:
+def measure_gateway(tree: str, clients: int, port: int, log_level: str = "warning",
+                    redis_url: str = "") -> dict[str, float]:
     import jwt
 
     env = {k: v for k, v in os.environ.items() if k not in {"PORT", "HOST", "REDIS_URL"}}
-    env.update(PYTHONPATH=tree, JWT_SECRET=GATEWAY_SECRET, PORT=str(port), HOST="127.0.0.1", LOG_LEVEL="warning",
+    env.update(PYTHONPATH=tree, JWT_SECRET=GATEWAY_SECRET, PORT=str(port), HOST="127.0.0.1", LOG_LEVEL=log_level,
                MAX_CONNECTIONS_PER_USER="100000")
+    if redis_url:  # a Redis bus (a server of the caller's, never 127.0.0.1:6379 of someone else)
+        env["REDIS_URL"] = redis_url
     server = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "gateway"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tree)
     try:
@@ -292,6 +295,9 @@ def main() -> None:
     p.add_argument("--gateway-trees", default="",
                    help="comma-separated source trees of the gateway (e.g. main's and this branch's): each "
                         "is run as a replica (in-memory bus) and measured with full Socket.IO handshakes")
+    p.add_argument("--log-level", default="warning",
+                   help="the replicas' LOG_LEVEL: info includes the connection log lines")
+    p.add_argument("--redis-url", default="", help="the replicas' bus (default: in memory)")
     args = p.parse_args()
     if args.serve:
         serve(args.serve, args.port)
@@ -299,7 +305,8 @@ def main() -> None:
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {1})
     for tree in filter(None, args.gateway_trees.split(",")):
-        runs = [measure_gateway(tree, args.clients, args.port + 10 + i) for i in range(args.reps)]
+        runs = [measure_gateway(tree, args.clients, args.port + 10 + i, args.log_level, args.redis_url)
+                for i in range(args.reps)]
         cpu = sorted(r["cpu_us"] for r in runs)[len(runs) // 2]
         rss = sorted(r["rss_kib"] for r in runs)[len(runs) // 2]
         each = ", ".join(f"{r['cpu_us']:.0f} µs / {r['rss_kib']:.2f} KiB" for r in runs)

@@ -70,6 +70,13 @@ def configure(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     atexit.register(handler.flush)
     root.setLevel(level.upper())
+    # Neither format shows where a line was logged from, nor its thread or process: skip
+    # collecting them (the logging HOWTO's "Optimization" settings). Each connection logs two
+    # lines; this takes about 2.5 us off each (findCaller's stack walk, current_thread, getpid).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # python-socketio and python-engineio log every packet at INFO; ours say what matters.
     for noisy in ("socketio", "engineio", "gateway.socketio", "gateway.engineio", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

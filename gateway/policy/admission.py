@@ -25,7 +25,7 @@ from typing import Protocol
 
 from gateway.config import Settings
 from gateway.policy.overload import Overload
-from gateway.policy.ratelimit import KeyedBuckets, address_key
+from gateway.policy.ratelimit import IPAddress, KeyedBuckets, ip_key, parse_ip
 
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
@@ -113,9 +113,10 @@ class Admission:
             self._metrics.handshake(overloaded)  # type: ignore[attr-defined]
             return OVERLOADED
         address, forwarded = self.client_address(request)
-        if not forwarded and _within(address, self._exempt):
+        ip = parse_ip(address)  # once per handshake: the exemption and the bucket's key both need it
+        if not forwarded and _ip_within(ip, self._exempt):
             return None
-        if not self._ips.take(address_key(address)):
+        if not self._ips.take(ip_key(address, ip)):
             self._metrics.handshake("ip_rate_limited")  # type: ignore[attr-defined]
             return IP_RATE_LIMITED
         return None
@@ -152,10 +153,10 @@ class Admission:
 
 
 def _within(address: str, networks: Networks) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack socket is 127.0.0.1
-    return any(ip in net for net in networks)
+    # no networks (TRUSTED_PROXIES unset, the common case): nothing to parse
+    return bool(networks) and _ip_within(parse_ip(address), networks)
+
+
+def _ip_within(ip: IPAddress | None, networks: Networks) -> bool:
+    """`ip` (from `parse_ip`: ::ffff:127.0.0.1 from a dual-stack socket is 127.0.0.1) in any of them."""
+    return ip is not None and any(ip in net for net in networks)

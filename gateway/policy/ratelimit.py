@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from typing import Protocol
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPV6_PREFIX = 64  # what one IPv6 subscriber gets: the addresses inside are theirs to rotate
 
 
@@ -44,13 +45,25 @@ def address_key(address: str) -> str:
     """The rate-limit key of a client address: an IPv4 address as it is, an IPv6 address by
     its /64 (one subscriber's prefix: keying the full address would give one host 2**64
     buckets), an IPv4-mapped IPv6 address as its IPv4. Not an IP (a Unix socket): as it is."""
+    return ip_key(address, parse_ip(address))
+
+
+def parse_ip(address: str) -> IPAddress | None:
+    """The address as an IP, an IPv4-mapped IPv6 address as its IPv4; None if not an IP."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def ip_key(address: str, ip: IPAddress | None) -> str:
+    """`address_key` of an address already parsed by `parse_ip` (a handshake parses it once)."""
+    if ip is None:
         return address
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
     return str(ip)
 

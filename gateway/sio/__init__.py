@@ -35,7 +35,8 @@ Private names of python-socketio:
 - `socketio.AsyncServer._handle_event`: overridden: rate limit and allow-list of client events.
 - `socketio.AsyncServer._handle_ack`: overridden: a client's ACKs spend from its rate limit.
 - `socketio.AsyncServer._handle_disconnect`: overridden: the reason is kept for the metrics.
-- `socketio.AsyncServer._send_packet`: CONNECT, CONNECT_ERROR and ACK replies are sent with it.
+- `socketio.AsyncServer._send_packet`: CONNECT_ERROR and ACK replies are sent with it (the CONNECT
+  reply is written as text by server.py, the same bytes).
 
 Private names of aiohttp:
 - `aiohttp.web.WebSocketResponse._writer`: its `transport` is where engine.py writes the OPEN

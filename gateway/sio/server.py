@@ -19,7 +19,9 @@ import logging
 import time
 from typing import Any
 
+import orjson
 import socketio
+from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from gateway import errors
@@ -41,6 +43,7 @@ from publisher.envelope import NAMESPACE, Position
 
 log = logging.getLogger("gateway.socket")
 
+_CONNECT_REPLY = f"{sio_packet.CONNECT}{NAMESPACE},"  # the CONNECT reply's text up to its JSON
 SUBSCRIBE_EVENT = "subscribe:notifications"
 BINARY_PACKETS = frozenset({"5", "6"})  # Socket.IO BINARY_EVENT, BINARY_ACK
 MAX_ATTACHMENTS = 4  # no event of this namespace needs more (each is up to MAX_PAYLOAD_BYTES)
@@ -200,7 +203,12 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
         reply: dict[str, str] = {"sid": conn.sid}
         if conn.pid is not None:
             reply["pid"] = conn.pid
-        await self._send_packet(conn.eio_sid, self.packet_class(sio_packet.CONNECT, reply, namespace=NAMESPACE))
+        # The Socket.IO CONNECT packet written as text (what python-socketio's Packet encodes
+        # it to, byte for byte): one per handshake, without a Packet object, its binary scan
+        # and python-engineio's send chain. A session closed meanwhile gets nothing, as there.
+        sock = self.eio.sockets.get(conn.eio_sid)
+        if sock is not None and not sock.closed:
+            await sock.send(eio_packet.Packet(eio_packet.MESSAGE, _CONNECT_REPLY + orjson.dumps(reply).decode()))
         self.core.accepted(conn)
         log.info("connected", extra={"sid": conn.sid, "user_id": conn.identity.user_id,
                                      "transport": "websocket" if conn.eio.is_websocket else "polling",
