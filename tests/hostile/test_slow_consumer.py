@@ -91,8 +91,12 @@ def test_clients_that_never_read_are_let_go_and_memory_stays_bounded(
           f"been written {min(delivered) / MIB:.1f}-{max(delivered) / MIB:.1f} MiB each before the cut; the "
           f"well-behaved client received {received} + {len(bulk)} of {len(feeder.sent)} + {LARGE_EVENTS} events")
     assert let_go == SLOW_CLIENTS
-    assert metric(gw, "ws_errors_total", kind="slow_consumer") - errors_before == SLOW_CLIENTS
-    assert metric(gw, "ws_disconnects_total", reason="slow_consumer") == SLOW_CLIENTS
+    # The well-behaved client reads, but on a saturated machine it can fall behind the same
+    # bound once and be let go too; it then reconnects and recovers (it got every event above).
+    good_cut = sum(1 for r in node_clients.log("good") if r["type"] == "disconnect")
+    assert good_cut <= 1, f"the reading client was let go {good_cut} times"
+    assert metric(gw, "ws_errors_total", kind="slow_consumer") - errors_before == SLOW_CLIENTS + good_cut
+    assert metric(gw, "ws_disconnects_total", reason="slow_consumer") == SLOW_CLIENTS + good_cut
     # Once they are let go the replica holds nothing for them (20 x 9.2 MiB without the bound);
     # the peak while it happens is the burst test's business, below.
     assert (rss_after - rss_before) / 1024 < 16, f"RSS held {(rss_after - rss_before) / 1024:.0f} MiB more"
