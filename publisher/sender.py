@@ -318,7 +318,11 @@ class Sender:
                 items = self._take(state)
             if items is None:
                 return
-            failed = self._write(items)
+            try:
+                failed = self._write(items)
+            except BaseException as exc:  # a dead thread would hang every later call
+                log.exception("publisher: the sender thread failed a write")
+                failed = _fail_unsettled(items, exc)
             with state.lock:
                 state.unfinished -= len(items)
                 state.failed.extend(failed)
@@ -347,11 +351,11 @@ class Sender:
         except Exception as exc:  # noqa: BLE001 - the futures get it; the thread goes on
             for _, future in live:
                 future.error = exc
-                future.set_exception(exc)
+                _settle(future, exc)
             self._log_failure(len(live), exc)
             return [future for _, future in live]
         for (_, future), position in zip(live, positions, strict=True):
-            future.set_result(position)
+            _settle(future, position)
         return []
 
     def _log_failure(self, count: int, exc: BaseException) -> None:
@@ -361,3 +365,35 @@ class Sender:
             log.error("publisher: %d emit(s) failed (their futures hold the error): %s",
                       self._unlogged, exc)
             self._logged_at, self._unlogged = now, 0
+
+
+def _settle(future: Emitted, outcome: str | BaseException) -> None:
+    """Resolve `future`, whatever its done callbacks do: `concurrent.futures` logs a callback's
+    `Exception` but lets a `BaseException` (a `sys.exit()` in a callback) out, and out of the
+    sender thread it would leave the other emits of the write, and every later call, waiting."""
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except BaseException:  # logged; the thread must go on
+        log.exception("publisher: a done callback raised on the sender thread (ignored)")
+
+
+def _fail_unsettled(items: list[_Item], exc: BaseException) -> list[Emitted]:
+    """After an unexpected failure on the sender thread: every future of `items` not yet
+    resolved gets it (its caller is not left waiting); the emits among them, for `flush`."""
+    failed: list[Emitted] = []
+    for item in items:
+        future = item.future if isinstance(item, _Task) else item[1]
+        if future.done():
+            continue
+        error = PublisherError(f"the publisher's sender thread failed: {exc!r}")
+        if isinstance(future, Emitted):
+            future.error = error
+            failed.append(future)
+        try:
+            future.set_exception(error)
+        except BaseException:  # a callback again, or a state we cannot fix
+            log.exception("publisher: could not fail a future after that")
+    return failed

@@ -192,3 +192,23 @@ def test_a_process_that_ends_without_close_still_writes_what_it_queued(
                           check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert [orjson.loads(fields[b"m"])["d"] for _, fields in r.xrange("ngw:{quiz:exit}:h")] == [0, 1, 2, 3, 4]
+
+
+def test_a_done_callback_that_raises_anything_leaves_the_sender_running(
+        redis_server: RedisServer, r: redis.Redis) -> None:
+    """concurrent.futures logs a callback's Exception, but lets a BaseException (a `sys.exit()`
+    in a callback) out into the sender thread: it must not end the thread, or every later emit,
+    and the other emits of that write, would wait forever."""
+    pub = Publisher(redis_server.url, linger=SLOW)
+    try:
+        first = pub.emit("x", 0, user=1)
+        first.add_done_callback(lambda _f: sys.exit("a callback quits"))
+        same_write = pub.emit("x", 1, user=1)
+        pub.flush(10)
+        assert first.result(10)
+        assert same_write.result(10)
+        later = pub.emit("x", 2, user=1)
+        pub.flush(10)
+        assert ids(r, "user:1") == [first.result(), same_write.result(), later.result(10)]
+    finally:
+        pub.close(10)
