@@ -8,16 +8,18 @@ the write starts on the next loop iteration, so a lone emit waits for nothing.
 
 One write at a time per sender, in the order emits were made: what is issued while a write is
 in flight goes in the next one (batches grow with load, and a room's events keep their order).
-A write that fails (after the transport's retries) fails exactly its emits' awaits. An emit
+A write that fails (after the transport's retries) fails exactly its emits' awaits; on a
+cluster, only those of the calls that failed (another shard's emits were published). An emit
 whose caller was cancelled before its write is not published.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+from typing import Any, Final
 
-from publisher.commands import Commands, Emit, scatter
+from publisher.commands import Commands, Emit, Plan
+from publisher.replies import outcomes
 from publisher.transports import AsyncRunner
 
 MAX_BATCH: Final = 512  # emits per write
@@ -54,22 +56,24 @@ class AsyncSender:
             if not live:
                 continue
             emits = [emit for emit, _ in live]
+            plan: Plan = []
             try:
                 plan = self._commands.publish_all(emits, by_slot=self._runner.sharded)
-                positions = scatter(plan, await self._runner.run([call for call, _ in plan]), len(emits))
+                replies: list[Any] | BaseException = await self._runner.run([call for call, _ in plan])
             except asyncio.CancelledError:
                 for _, future in live + pending:
                     future.cancel()
                 pending.clear()
                 raise
             except Exception as exc:  # noqa: BLE001 - its awaits get it; the next write goes on
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), position in zip(live, positions, strict=True):
-                if not future.done():
-                    future.set_result(position)
+                replies = exc
+            for (_, future), outcome in zip(live, outcomes(plan, replies, len(emits)), strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):  # its own call's failure only
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
 
     async def close(self) -> None:
         """Wait for the write in flight and what is pending."""

@@ -10,6 +10,8 @@ A publish either returns its offset or raises: nothing is dropped silently.
 
 from __future__ import annotations
 
+from typing import Any
+
 from publisher.envelope import EnvelopeError
 from publisher.events import InvalidEvent, InvalidPayload
 from publisher.rooms import InvalidRoom
@@ -34,7 +36,14 @@ class PublishError(PublisherError, ConnectionError):
 
     The message may have been published if the connection broke after Redis ran the script
     (its reply was lost); see `Publisher` for the delivery guarantee.
+
+    `replies`, when set, is what each call of the failed run came to, in call order: its reply,
+    or a `PublishError` of its own where it failed. The other calls ran (on a Redis Cluster, on
+    the shards that answered), so the senders resolve those callers' futures with their
+    positions, not with one shard's trouble.
     """
+
+    replies: list[Any] | None = None
 
 
 class PublishTimeout(PublishError, TimeoutError):

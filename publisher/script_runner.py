@@ -78,9 +78,15 @@ def _missing_scripts(replies: list[Any]) -> list[int]:
 
 
 def _first_refusal(where: str, replies: list[Any]) -> None:
+    """Raise the first refusal, carrying what every call came to (the others ran)."""
     for index, reply in enumerate(replies):
         if isinstance(reply, ResponseError):
-            raise _refused(where, index, len(replies), reply)
+            error = _refused(where, index, len(replies), reply)
+            error.replies = [
+                _refused(where, i, len(replies), r) if isinstance(r, ResponseError) else r
+                for i, r in enumerate(replies)
+            ]
+            raise error
 
 
 class SyncTransport:

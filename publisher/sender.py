@@ -15,7 +15,8 @@ an emit runs after that emit is written.
 - Backpressure: the queue holds at most `max_queue` items; `submit` blocks while it is full.
   Nothing is ever dropped silently.
 - Failures: the transport's retry rules apply to each write (`publisher.script_runner`,
-  `publisher.cluster`); if a write still fails, exactly its futures get the exception, it is
+  `publisher.cluster`); if a write still fails, exactly its futures get the exception (on a
+  cluster, those of the calls that failed: another shard's emits keep their positions), it is
   logged (at most once per `_LOG_EVERY` seconds, with a count), and `flush` raises.
 - Fork: a child never touches the parent's queue, lock or thread (the lock may have been held
   at the fork); it starts its own on first use. The transports make their own connections.
@@ -39,8 +40,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Final, TypeVar
 
-from publisher.commands import Commands, Emit, scatter
+from publisher.commands import Commands, Emit
 from publisher.errors import PublisherError, PublishError, PublishTimeout
+from publisher.replies import outcomes
 from publisher.transports import SyncRunner
 
 log = logging.getLogger("publisher")
@@ -344,19 +346,20 @@ class Sender:
                 if isinstance(item, tuple) and item[1].set_running_or_notify_cancel()]
         if not live:
             return []
-        emits = [emit for emit, _ in live]
+        emits, plan = [emit for emit, _ in live], []
         try:
             plan = self._commands.publish_all(emits, by_slot=self._runner.sharded)
-            positions = scatter(plan, self._runner.run([call for call, _ in plan]), len(emits))
+            replies: list[Any] | BaseException = self._runner.run([call for call, _ in plan])
         except Exception as exc:  # noqa: BLE001 - the futures get it; the thread goes on
-            for _, future in live:
-                future.error = exc
-                _settle(future, exc)
-            self._log_failure(len(live), exc)
-            return [future for _, future in live]
-        for (_, future), position in zip(live, positions, strict=True):
-            _settle(future, position)
-        return []
+            replies = exc
+        failed: list[Emitted] = []
+        for (_, future), outcome in zip(live, outcomes(plan, replies, len(emits)), strict=True):
+            if isinstance(outcome, BaseException):  # its own call's failure, not another shard's
+                future.error = outcome
+                failed.append(future)
+                self._log_failure(1, outcome)
+            _settle(future, outcome)
+        return failed
 
     def _log_failure(self, count: int, exc: BaseException) -> None:
         self._unlogged += count
@@ -372,17 +375,13 @@ def _settle(future: Emitted, outcome: str | BaseException) -> None:
     `Exception` but lets a `BaseException` (a `sys.exit()` in a callback) out, and out of the
     sender thread it would leave the other emits of the write, and every later call, waiting."""
     try:
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+        future.set_exception(outcome) if isinstance(outcome, BaseException) else future.set_result(outcome)
     except BaseException:  # logged; the thread must go on
         log.exception("publisher: a done callback raised on the sender thread (ignored)")
 
 
 def _fail_unsettled(items: list[_Item], exc: BaseException) -> list[Emitted]:
-    """After an unexpected failure on the sender thread: every future of `items` not yet
-    resolved gets it (its caller is not left waiting); the emits among them, for `flush`."""
+    """Every future of `items` not yet resolved fails (no caller left waiting); the emits'."""
     failed: list[Emitted] = []
     for item in items:
         future = item.future if isinstance(item, _Task) else item[1]

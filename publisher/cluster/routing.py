@@ -178,19 +178,33 @@ class _Run:
         self.pending.sort()
         self.refresh = self.wait = False
 
+    def _refusal(self, i: int, reply: ResponseError) -> PublishError:
+        return _refused(f"{self.nodes[i]} ({self.where})", i, len(self.replies), reply)
+
+    def _partial(self, error: PublishError) -> PublishError:
+        """`error`, carrying what each call came to (`PublishError.replies`): the answered
+        ones ran, and their callers are told so."""
+        error.replies = [
+            error if reply is _PENDING
+            else self._refusal(i, reply) if isinstance(reply, ResponseError) else reply
+            for i, reply in enumerate(self.replies)
+        ]
+        return error
+
     def result(self) -> list[Any]:
         if self.fatal is not None:
-            raise self.fatal
+            raise self._partial(self.fatal)
         for i, reply in enumerate(self.replies):
             if isinstance(reply, ResponseError):
-                raise _refused(f"{self.nodes[i]} ({self.where})", i, len(self.replies), reply)
+                raise self._partial(self._refusal(i, reply))
         return self.replies
 
     def give_up(self, attempts: int) -> PublishError:
         exc = self.error
         if isinstance(exc, ResponseError):
-            return PublishError(
+            return self._partial(PublishError(
                 f"Redis Cluster at {self.where} still answered {_code(exc)} "
                 f"after {attempts} attempt(s), the last from {self.error_at}"
-            )
-        return _failure(self.error_at or self.where, attempts, exc or RuntimeError("no reply"))
+            ))
+        return self._partial(
+            _failure(self.error_at or self.where, attempts, exc or RuntimeError("no reply")))
