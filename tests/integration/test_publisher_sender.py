@@ -212,3 +212,22 @@ def test_a_done_callback_that_raises_anything_leaves_the_sender_running(
         assert ids(r, "user:1") == [first.result(), same_write.result(), later.result(10)]
     finally:
         pub.close(10)
+
+
+def test_a_refused_call_fails_its_emits_and_not_those_of_the_calls_that_ran(
+        redis_server: RedisServer, r: redis.Redis) -> None:
+    """A write of more events than one publish call carries is several calls in one round
+    trip: when Redis refuses one (a key of the wrong type), the others ran, and their emits
+    get their positions; reporting them failed would have a producer publish them twice."""
+    from publisher.commands import MAX_EVENTS_PER_CALL
+
+    r.set("ngw:{user:8}:h", "not a stream")
+    with Publisher(redis_server.url, linger=SLOW) as pub:
+        published = [pub.emit("x", i, room="quiz:8") for i in range(MAX_EVENTS_PER_CALL)]
+        refused = pub.emit("x", "refused", user=8)  # the next call of the same write
+        with pytest.raises(PublishError, match="WRONGTYPE"):
+            pub.flush(10)
+        assert isinstance(refused.exception(0), PublishError)
+        assert [f.exception(0) for f in published] == [None] * MAX_EVENTS_PER_CALL
+        assert ids(r, "quiz:8") == [f.result(0) for f in published]
+    r.delete("ngw:{user:8}:h")
