@@ -231,3 +231,23 @@ def test_a_refused_call_fails_its_emits_and_not_those_of_the_calls_that_ran(
         assert [f.exception(0) for f in published] == [None] * MAX_EVENTS_PER_CALL
         assert ids(r, "quiz:8") == [f.result(0) for f in published]
     r.delete("ngw:{user:8}:h")
+
+
+def test_a_future_resolved_by_its_caller_before_its_write_leaves_the_sender_running(
+        redis_server: RedisServer, r: redis.Redis) -> None:
+    """`Emitted` is a `concurrent.futures.Future`, whose `set_result` is public: a caller that
+    resolves one itself makes the sender's `set_running_or_notify_cancel` raise. The emits of
+    that write fail with a `PublisherError` that says so; the thread goes on."""
+    pub = Publisher(redis_server.url, linger=SLOW)
+    try:
+        meddled = pub.emit("x", 0, user=1)
+        meddled.set_result("0-1")
+        same_write = pub.emit("x", 1, user=1)
+        with pytest.raises(PublishError):
+            pub.flush(10)
+        assert "sender thread failed" in str(same_write.exception(0))
+        later = pub.emit("x", 2, user=1)
+        pub.flush(10)
+        assert ids(r, "user:1") == [later.result(0)]
+    finally:
+        pub.close(10)
