@@ -117,17 +117,17 @@ _Item = tuple[Emit, Emitted] | _Task
 class _State:
     """Everything a process's sender has: made again in a child after fork."""
 
-    __slots__ = ("closing", "failed", "first_at", "flushing", "idle", "lock", "not_empty",
-                 "not_full", "pid", "queue", "thread", "unfinished", "urgent")
+    __slots__ = ("closing", "failed", "finished", "first_at", "flushing", "handed", "idle", "lock",
+                 "not_empty", "not_full", "pid", "queue", "thread", "urgent")
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.lock = threading.Lock()
         self.not_empty = threading.Condition(self.lock)  # the sender waits for work
         self.not_full = threading.Condition(self.lock)  # producers wait for room
-        self.idle = threading.Condition(self.lock)  # flush waits for every item to be done
+        self.idle = threading.Condition(self.lock)  # flush waits for the items before it
         self.queue: deque[_Item] = deque()
-        self.unfinished = 0  # items handed in and not done
+        self.handed = self.finished = 0  # items handed in, items done (in that order: FIFO)
         self.first_at = 0.0  # when the oldest queued item came (monotonic)
         self.urgent = False  # someone waits: write without lingering
         self.flushing = 0  # callers in flush(): no lingering until they are done
@@ -185,7 +185,7 @@ class Sender:
                 if wake:
                     state.first_at = time.monotonic()
                 state.queue.append(item)
-                state.unfinished += 1
+                state.handed += 1
             if urgent:
                 state.urgent = True
             # Woken for the first item, a full batch, or a caller waiting; not for each emit
@@ -229,12 +229,13 @@ class Sender:
             state.flushing += 1
             state.not_empty.notify()
             try:
-                idle = state.idle.wait_for(lambda: state.unfinished == 0, timeout)
+                target = state.handed  # not later emits: under load the queue never runs dry
+                idle = state.idle.wait_for(lambda: state.finished >= target, timeout)
             finally:
                 state.flushing -= 1
             if not idle:
                 raise PublishTimeout(
-                    f"flush: {state.unfinished} item(s) still not acknowledged by Redis at "
+                    f"flush: {target - state.finished} item(s) still not acknowledged by Redis at "
                     f"{self._runner.where} after {timeout} s")
             failed = [future for future in state.failed if not future.observed]
             state.failed.clear()
@@ -326,9 +327,9 @@ class Sender:
                 log.exception("publisher: the sender thread failed a write")
                 failed = _fail_unsettled(items, exc)
             with state.lock:
-                state.unfinished -= len(items)
+                state.finished += len(items)
                 state.failed.extend(failed)
-                if state.unfinished == 0:
+                if state.flushing:
                     state.idle.notify_all()
 
     def _write(self, items: list[_Item]) -> list[Emitted]:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -251,3 +252,41 @@ def test_a_future_resolved_by_its_caller_before_its_write_leaves_the_sender_runn
         assert ids(r, "user:1") == [later.result(0)]
     finally:
         pub.close(10)
+
+
+def test_flush_waits_for_what_was_handed_in_before_it_not_for_later_emits(
+        redis_server: RedisServer, r: redis.Redis) -> None:
+    """Other threads emitting without a pause (a web server under load) must not keep flush,
+    or close, waiting: it waits for what was handed in before it was called, as documented.
+    Each write is held 5 ms (a Redis further away): two producers refill the queue meanwhile,
+    so it never runs dry."""
+    import threading
+    import time
+
+    with Publisher(redis_server.url, linger=0, max_queue=8) as pub:
+        runner = pub._sender._runner
+        real_run = runner.run
+
+        def far_away(calls: Any) -> Any:
+            time.sleep(0.005)
+            return real_run(calls)
+
+        runner.run = far_away  # type: ignore[method-assign]
+        stop = threading.Event()
+
+        def produce() -> None:
+            while not stop.is_set():
+                pub.emit("x", "load", room="quiz:load")
+
+        producers = [threading.Thread(target=produce) for _ in range(2)]
+        for producer in producers:
+            producer.start()
+        try:
+            mine = pub.emit("x", "mine", user=4)
+            pub.flush(5)  # PublishTimeout if it waited for the queue to run dry
+            assert mine.done()
+        finally:
+            stop.set()
+            for producer in producers:
+                producer.join(10)
+        assert ids(r, "user:4") == [mine.result(0)]
