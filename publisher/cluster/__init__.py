@@ -33,7 +33,8 @@ Delivery is at least once, as with `script_runner`: a call is sent again only wh
 run (a redirection, TRYAGAIN, CLUSTERDOWN or NOSCRIPT reply) or when the connection it went on
 failed before its reply came, and in that last case Redis may have run it already. When `run`
 raises, the calls that other nodes answered have run (as the calls before a refusal do with
-`script_runner`). A refusal (a script error, CROSSSLOT...) is raised once every other call of
+`script_runner`), and the error's `replies` says what each call came to, so that the senders
+give those calls' emits their positions. A refusal (a script error, CROSSSLOT...) is raised once every other call of
 the batch is settled, naming the call and the node. Order: the
 calls of one slot go to one node per round trip, in order, and a call held back (redirected,
 told to try again, or on a failed connection) is resent before the later calls of its slot
