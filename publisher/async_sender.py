@@ -34,6 +34,7 @@ class AsyncSender:
         self._max_batch = max_batch
         self._pending: list[tuple[Emit, asyncio.Future[str]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._inflight: list[asyncio.Future[str]] = []  # the awaits of the write in flight
 
     async def publish(self, emit: Emit) -> str:
         """Publish one checked event with whatever else this loop turn emits; its position."""
@@ -56,6 +57,7 @@ class AsyncSender:
             if not live:
                 continue
             emits = [emit for emit, _ in live]
+            self._inflight = [future for _, future in live]
             plan: Plan = []
             try:
                 plan = self._commands.publish_all(emits, by_slot=self._runner.sharded)
@@ -76,7 +78,11 @@ class AsyncSender:
                     future.set_result(outcome)
 
     async def close(self) -> None:
-        """Wait for the write in flight and what is pending."""
-        writer = self._writer
-        if writer is not None and not writer.done() and writer.get_loop() is asyncio.get_running_loop():
-            await asyncio.wait({writer})
+        """Wait for the emits made before this call: the write in flight and what is pending.
+        Not for the writer to end: under load (requests that keep coming) it never would."""
+        writer, loop = self._writer, asyncio.get_running_loop()
+        if writer is None or writer.done() or writer.get_loop() is not loop:
+            return
+        waiting = [f for f in (*self._inflight, *(f for _, f in self._pending)) if f.get_loop() is loop]
+        if waiting:
+            await asyncio.wait(waiting)

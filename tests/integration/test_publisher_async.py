@@ -193,3 +193,33 @@ async def test_a_failed_write_fails_its_awaits_and_the_next_goes_on(
     assert all(isinstance(o, PublishError) and "WRONGTYPE" in str(o) for o in outcomes)
     await r.delete("ngw:{user:1}:h")
     assert parse_position(await pub.emit("x", 3, user=1))
+
+
+async def test_close_waits_for_the_emits_made_before_it_not_for_later_ones(
+        redis_server: RedisServer, r: redis.asyncio.Redis) -> None:
+    """Requests that keep arriving (each an emit of its own, issued while a write is in flight)
+    keep the sender's writer busy for as long as they come: close, like the sync flush, waits
+    for what was emitted before it, not until nobody emits any more."""
+    pub = AsyncPublisher(redis_server.url)
+    stop = asyncio.Event()
+    requests: set[asyncio.Task[str]] = set()
+
+    async def arrive() -> None:
+        while not stop.is_set():
+            task = asyncio.create_task(pub.emit("x", "load", room="quiz:load"))
+            requests.add(task)
+            task.add_done_callback(requests.discard)
+            await asyncio.sleep(0)
+
+    load = asyncio.create_task(arrive())
+    mine = asyncio.create_task(pub.emit("x", "mine", user=5))
+    await asyncio.sleep(0.05)  # the load is on
+    try:
+        await asyncio.wait_for(pub._sender.close(), 5)
+        assert mine.done()
+    finally:
+        stop.set()
+        await load
+        await asyncio.gather(*requests, return_exceptions=True)
+        await pub.close()
+    assert await stream_ids(r, "ngw:{user:5}:h") == [mine.result()]
