@@ -91,7 +91,7 @@ def test_linger_zero_still_coalesces_and_order_holds(redis_server: RedisServer, 
         futures = [pub.emit("x", i, room="quiz:2") for i in range(300)]
         pub.flush()
     assert ids(r, "quiz:2") == [f.result() for f in futures]
-    assert script_calls(r) <= 300
+    assert script_calls(r) < 300, "some emits shared a write (while the one before was in flight)"
 
 
 def test_bad_arguments_raise_at_once_and_queue_nothing(redis_server: RedisServer, r: redis.Redis) -> None:
