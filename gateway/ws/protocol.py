@@ -160,14 +160,26 @@ class AcceptProtocol(asyncio.Protocol):
 
 
 class WebSocketProtocol(FrameReader, asyncio.Protocol):
-    """An open WebSocket: frames in, messages to the session; PINGs answered, CLOSE echoed."""
+    """An open WebSocket: frames in, messages to the session; PINGs answered, CLOSE echoed.
 
-    __slots__ = ("_session", "_transport")
+    A PING is answered only while the transport takes writes (between `pause_writing` and
+    `resume_writing` it is not): a client that sends PINGs and never reads would otherwise have
+    a PONG buffered in user space for each, without bound. RFC 6455 (5.5.3) lets an endpoint
+    answer only some PINGs; what the session sends is bounded by its own limit (FastSocket)."""
+
+    __slots__ = ("_session", "_transport", "_writable")
 
     def __init__(self, session: Session, transport: asyncio.Transport, max_message: int) -> None:
         FrameReader.__init__(self, max_message)
         self._session = session
         self._transport: asyncio.Transport | None = transport
+        self._writable = True
+
+    def pause_writing(self) -> None:
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        self._writable = True
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -185,7 +197,8 @@ class WebSocketProtocol(FrameReader, asyncio.Protocol):
             elif opcode == BINARY:
                 session.on_binary(payload)  # type: ignore[arg-type]
             elif opcode == PING:
-                transport.write(frame(PONG, payload))  # type: ignore[arg-type]
+                if self._writable:
+                    transport.write(frame(PONG, payload))  # type: ignore[arg-type]
             elif opcode == CLOSE:
                 try:
                     code = close_payload(payload)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class Acceptor:
 
     def __init__(self) -> None:
         self.sessions: list[Session] = []
+        self.transports: list[asyncio.Transport] = []
 
     def open(self, head: RequestHead, transport: asyncio.Transport) -> bytes | Session | None:
         what = head.header("x-test")
@@ -71,6 +73,7 @@ class Acceptor:
         transport.write(switching(check_upgrade(head)))
         session = Session()
         self.sessions.append(session)
+        self.transports.append(transport)
         return session
 
 
@@ -214,4 +217,26 @@ async def test_a_broken_frame_closes_with_its_code(listener: Listener, frame: by
     assert session.texts == ["4ok"]
     assert len(session.errors) == 1
     assert str(code) in session.errors[0]
+    writer.close()
+
+
+async def test_pings_from_a_client_that_does_not_read_do_not_pile_up_pongs(listener: Listener) -> None:
+    """A client that sends PINGs and never reads must not make the server buffer a PONG for each:
+    the PONGs would sit in the transport's user-space buffer without bound (RFC 6455 5.5.3 lets
+    an endpoint answer only the latest PING)."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that does not read
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", listener.port))
+    reader, writer = await asyncio.open_connection(sock=raw)
+    writer.write(ws_head())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    ping = masked(PING, b"p" * 125)
+    for _ in range(24):  # 24 x 1 MiB of PINGs, about 190,000 of them
+        writer.write(ping * ((1 << 20) // len(ping)))
+        await asyncio.wait_for(writer.drain(), 30)
+    transport = listener.acceptor.transports[0]
+    await asyncio.sleep(0.2)
+    assert not transport.is_closing()
+    assert transport.get_write_buffer_size() < 1 << 20
     writer.close()
