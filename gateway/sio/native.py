@@ -104,7 +104,7 @@ class NativeSocket(FastSocket):
             self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
             self._probed = True
             self._arm_probe_timer()
-        elif self._probed and text == "5":
+        elif self._probed and text == "5" and not (self.closed or self.closing):
             self._end_probe()
             self.upgraded = True
             self.take_over(tr)
@@ -217,9 +217,12 @@ class NativeSocket(FastSocket):
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         """FastSocket's; and once the session is over, its connection ends too (after the CLOSE
-        packet, if one was sent): nobody reads a closed session's WebSocket any more."""
+        packet, if one was sent): nobody reads a closed session's WebSocket any more. So does the
+        WebSocket of an upgrade under way: a late `5` must not adopt it for a session that is gone."""
         await super().close(wait=wait, abort=abort, reason=reason)
         if self.closed:
+            if self._probe is not None:
+                self._abandon_upgrade()
             self._close_gracefully()
             self._tr = None  # a closed session drops what is sent to it
 

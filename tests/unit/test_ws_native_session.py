@@ -228,3 +228,30 @@ async def test_the_dev_consoles_own_origin_may_open_a_websocket(dev: bool) -> No
                                            extra="Origin: http://elsewhere.example\r\n", host=host)
         assert head.startswith(b"HTTP/1.1 400 "), head
         other.close()
+
+
+async def test_an_upgrade_whose_session_ends_during_the_probe_is_not_taken_over(replica: Replica) -> None:
+    """The session ends (here: the server closes it) after `3probe`: the probe's WebSocket is
+    closed with it, and a late `5` must not adopt a WebSocket for a session that is gone (nothing
+    would ever close it: no heartbeat, no session)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(replica.url) as answer:
+            sid = orjson.loads((await answer.text())[1:])["sid"]
+        client, head = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        poll = asyncio.ensure_future(http.get(f"{replica.url}&sid={sid}"))
+        await asyncio.sleep(0.05)
+        client.send("2probe")
+        assert await client.recv_text() == "3probe"
+        async with await poll as answer:
+            assert await answer.text() == "6"
+        sock = replica.gateway.sio.eio.sockets[sid]
+        await sock.close(wait=False, abort=True, reason=sock.server.reason.SERVER_DISCONNECT)
+        assert await client.closed()
+        with contextlib.suppress(ConnectionError):
+            client.send("5")  # too late: the connection is gone
+            await client.writer.drain()
+        await asyncio.sleep(0.05)
+        assert not sock.is_websocket
+        assert not sock.upgrading
+        client.close()
