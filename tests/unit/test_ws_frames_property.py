@@ -225,3 +225,27 @@ def test_server_frames_are_unmasked_and_read_back(payload: bytes) -> None:
     offset = 2 if n < 126 else 4 if n == 126 else 10
     assert data[offset:] == payload
     assert close_frame(1009)[2:] == struct.pack("!H", 1009)
+
+
+def test_a_large_frame_in_small_pieces_is_gathered_not_rejoined_per_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame up to the payload limit (1 MiB at most) that arrives in tiny pieces (a client
+    may send one byte per segment on purpose) is gathered until it is whole: its header is read
+    once its length is known, not again with the whole buffer copied for every piece (which
+    costs the server the square of the frame's size)."""
+    payload = os.urandom(256 * 1024)
+    data = client_frame(BINARY, payload) + client_frame(TEXT, b"after")
+    headers = 0
+    real = FrameReader._header
+
+    def counted(self: FrameReader, buf: bytes, pos: int, end: int) -> tuple[int, int, int, int] | None:
+        nonlocal headers
+        headers += 1
+        return real(self, buf, pos, end)
+
+    monkeypatch.setattr(FrameReader, "_header", counted)
+    reader = FrameReader(1 << 20)
+    out: list[tuple[int, object]] = []
+    for at in range(0, len(data), 64):
+        out += reader.feed(data[at:at + 64])
+    assert out == [(BINARY, payload), (TEXT, "after")]
+    assert headers < 10
