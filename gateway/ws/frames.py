@@ -81,7 +81,10 @@ class FrameReader:
         self._have = 0
         self._need = 0  # 0: the frame's header is not complete yet
         self._frag_op = 0  # opcode of the message being reassembled (0: none)
-        self._frags: list[bytes] | None = None
+        # The fragments of that message, joined as they come: a client may send a message in as
+        # many fragments as it likes (empty ones too); a list of them would hold an object per
+        # fragment, beyond any limit on the message's size.
+        self._frags: bytearray | None = None
         self._frag_size = 0
 
     def feed(self, data: bytes) -> list[Message]:
@@ -123,14 +126,14 @@ class FrameReader:
             if opcode == CONTINUATION:
                 frags = self._frags
                 assert frags is not None
-                frags.append(payload)
+                frags += payload
                 if not fin:
                     self._frag_size += length
                     continue
-                opcode, payload = self._frag_op, b"".join(frags)
+                opcode, payload = self._frag_op, bytes(frags)
                 self._frag_op, self._frags, self._frag_size = 0, None, 0
             elif not fin:
-                self._frag_op, self._frags, self._frag_size = opcode, [payload], length
+                self._frag_op, self._frags, self._frag_size = opcode, bytearray(payload), length
                 continue
             if opcode == TEXT:
                 try:

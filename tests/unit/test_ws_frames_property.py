@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -249,3 +250,24 @@ def test_a_large_frame_in_small_pieces_is_gathered_not_rejoined_per_piece(monkey
         out += reader.feed(data[at:at + 64])
     assert out == [(BINARY, payload), (TEXT, "after")]
     assert headers < 10
+
+
+@pytest.mark.parametrize("piece", [b"", b"x"], ids=["empty", "one-byte"])
+def test_a_message_in_many_tiny_fragments_holds_about_its_size(piece: bytes) -> None:
+    """A client may split a message into as many fragments as it likes, empty ones included
+    (RFC 6455 allows them). What the reader holds meanwhile must stay near the message's size,
+    bounded by the payload limit, not grow by an object per fragment: with a list of pieces, a
+    64 KiB message in 1-byte fragments held 2.7 MB, and empty fragments had no bound at all."""
+    count = 60000
+    data = client_frame(TEXT, b"a", fin=False) + client_frame(CONTINUATION, piece, fin=False, key=b"\1\2\3\4") * count
+    reader = FrameReader(65536)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for at in range(0, len(data), 65536):
+            assert reader.feed(data[at:at + 65536]) == []
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * 65536, held
+    assert reader.feed(client_frame(CONTINUATION, b"z")) == [(TEXT, "a" + piece.decode() * count + "z")]
