@@ -214,6 +214,11 @@ class NativeSocket(FastSocket):
         if tr is not None and not tr.is_closing():
             tr.write(close_frame(NORMAL))
             tr.close()
+            if tr.get_write_buffer_size():
+                # close() waits for the buffer to drain: for a client gone without a FIN (the
+                # usual reason of a ping timeout) the kernel's retransmission timeout, about 15
+                # minutes with the buffer held. It gets the ping timeout, then the connection is cut.
+                asyncio.get_running_loop().call_later(self.server.ping_timeout, tr.abort)
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         """FastSocket's; and once the session is over, its connection ends too (after the CLOSE
