@@ -36,6 +36,7 @@ from gateway.sio.socket import FastSocket
 from gateway.ws.frames import NORMAL, close_frame
 from gateway.ws.handshake import check_upgrade, http_response, switching
 from gateway.ws.head import RequestHead
+from gateway.ws.protocol import close_gracefully
 
 log = logging.getLogger("gateway.sio.native")
 
@@ -213,12 +214,9 @@ class NativeSocket(FastSocket):
         tr = self._tr
         if tr is not None and not tr.is_closing():
             tr.write(close_frame(NORMAL))
-            tr.close()
-            if tr.get_write_buffer_size():
-                # close() waits for the buffer to drain: for a client gone without a FIN (the
-                # usual reason of a ping timeout) the kernel's retransmission timeout, about 15
-                # minutes with the buffer held. It gets the ping timeout, then the connection is cut.
-                asyncio.get_running_loop().call_later(self.server.ping_timeout, tr.abort)
+            # within the ping timeout: a client gone without a FIN (the usual reason of a ping
+            # timeout) would otherwise hold its buffer for the kernel's retransmission timeout
+            close_gracefully(tr, self.server.ping_timeout)
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         """FastSocket's; and once the session is over, its connection ends too (after the CLOSE

@@ -38,6 +38,21 @@ from gateway.ws.head import MAX_HEAD, BadRequest, RequestHead, head_end, parse_h
 
 log = logging.getLogger("gateway.ws")
 
+# Seconds a WebSocket closed gracefully may take to send what is buffered before it is cut.
+CLOSE_GRACE = 10.0
+
+
+def close_gracefully(transport: asyncio.Transport, grace: float | None = None) -> None:
+    """Close `transport` after what is buffered, within `grace` seconds (CLOSE_GRACE by default).
+
+    `close()` alone waits for the buffer to drain, as long as it takes: for a client gone
+    without a FIN, the kernel's retransmission timeout (about 15 minutes); for one that keeps
+    its window shut, for ever. The buffer (up to SEND_BUFFER_LIMIT) would be held all that time,
+    by a connection no session counts any more."""
+    transport.close()
+    if transport.get_write_buffer_size():
+        asyncio.get_running_loop().call_later(CLOSE_GRACE if grace is None else grace, transport.abort)
+
 
 class Session(Protocol):
     """What a WebSocket connection tells the Engine.IO socket it carries."""
@@ -206,7 +221,7 @@ class WebSocketProtocol(FrameReader, asyncio.Protocol):
                     self._fail(transport, exc)
                     return
                 transport.write(close_frame(NORMAL if code == 1005 else code))
-                transport.close()
+                close_gracefully(transport)
                 return
             if transport.is_closing():
                 return
@@ -215,7 +230,7 @@ class WebSocketProtocol(FrameReader, asyncio.Protocol):
 
     def _fail(self, transport: asyncio.Transport, exc: ProtocolError) -> None:
         transport.write(close_frame(exc.code))
-        transport.close()
+        close_gracefully(transport)
         self._session.on_protocol_error(f"websocket error: {exc.code} {exc.reason}")
 
     def eof_received(self) -> bool | None:
