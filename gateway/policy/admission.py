@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from multidict import MultiMapping
+
 from gateway.config import Settings
 from gateway.policy.overload import Overload
 from gateway.policy.ratelimit import IPAddress, KeyedBuckets, ip_key, parse_ip
@@ -88,7 +90,7 @@ class Admission:
         remote = request.remote or ""
         if not self._is_trusted(remote):
             return remote, False
-        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        hops = [h.strip() for h in _forwarded_for(request.headers).split(",") if h.strip()]
         if not hops:
             return remote, False
         for hop in reversed(hops):
@@ -150,6 +152,16 @@ class Admission:
         for sid in stale:
             del self._pending[sid]
         return stale
+
+
+def _forwarded_for(headers: Mapping[str, str]) -> str:
+    """Every X-Forwarded-For line, joined (RFC 9110: repeated lines are one list). aiohttp's
+    `get` gives the first line only: the client's own, when a proxy adds a line of its own
+    behind it (HAProxy does), and the client would pick its rate-limit bucket. The native
+    path's headers (gateway/ws/head.py) are joined already."""
+    if isinstance(headers, MultiMapping):
+        return ", ".join(headers.getall("X-Forwarded-For", ()))
+    return headers.get("X-Forwarded-For", "")
 
 
 def _within(address: str, networks: Networks) -> bool:

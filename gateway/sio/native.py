@@ -36,6 +36,7 @@ from gateway.sio.socket import FastSocket
 from gateway.ws.frames import NORMAL, close_frame
 from gateway.ws.handshake import check_upgrade, http_response, switching
 from gateway.ws.head import RequestHead
+from gateway.ws.protocol import close_gracefully
 
 log = logging.getLogger("gateway.sio.native")
 
@@ -104,7 +105,7 @@ class NativeSocket(FastSocket):
             self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the pending poll
             self._probed = True
             self._arm_probe_timer()
-        elif self._probed and text == "5":
+        elif self._probed and text == "5" and not (self.closed or self.closing):
             self._end_probe()
             self.upgraded = True
             self.take_over(tr)
@@ -213,13 +214,18 @@ class NativeSocket(FastSocket):
         tr = self._tr
         if tr is not None and not tr.is_closing():
             tr.write(close_frame(NORMAL))
-            tr.close()
+            # within the ping timeout: a client gone without a FIN (the usual reason of a ping
+            # timeout) would otherwise hold its buffer for the kernel's retransmission timeout
+            close_gracefully(tr, self.server.ping_timeout)
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         """FastSocket's; and once the session is over, its connection ends too (after the CLOSE
-        packet, if one was sent): nobody reads a closed session's WebSocket any more."""
+        packet, if one was sent): nobody reads a closed session's WebSocket any more. So does the
+        WebSocket of an upgrade under way: a late `5` must not adopt it for a session that is gone."""
         await super().close(wait=wait, abort=abort, reason=reason)
         if self.closed:
+            if self._probe is not None:
+                self._abandon_upgrade()
             self._close_gracefully()
             self._tr = None  # a closed session drops what is sent to it
 

@@ -69,20 +69,34 @@ def unmask(data: bytes, key: bytes) -> bytes:
 class FrameReader:
     """The frames of one client connection, reassembled into messages."""
 
-    __slots__ = ("_buf", "_frag_op", "_frag_size", "_frags", "max_size")
+    __slots__ = ("_buf", "_frag_op", "_frag_size", "_frags", "_have", "_need", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
-        self._buf: bytes | None = None  # an incomplete frame, kept until the rest arrives
+        # An incomplete frame, in the pieces it came in, kept until the rest arrives. Once its
+        # length is known (`_need` bytes in all) the pieces are only gathered, and joined once
+        # it is whole: joining on every piece would cost the square of the frame's size for a
+        # client that sends a large frame a few bytes at a time.
+        self._buf: list[bytes] | None = None
+        self._have = 0
+        self._need = 0  # 0: the frame's header is not complete yet
         self._frag_op = 0  # opcode of the message being reassembled (0: none)
-        self._frags: list[bytes] | None = None
+        # The fragments of that message, joined as they come: a client may send a message in as
+        # many fragments as it likes (empty ones too); a list of them would hold an object per
+        # fragment, beyond any limit on the message's size.
+        self._frags: bytearray | None = None
         self._frag_size = 0
 
     def feed(self, data: bytes) -> list[Message]:
         """Every message complete after `data`: (TEXT, str), (BINARY, bytes), or a control
         frame (CLOSE/PING/PONG, its payload)."""
-        if self._buf is not None:
-            data = self._buf + data
+        parts = self._buf
+        if parts is not None:
+            parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            data = b"".join(parts)
             self._buf = None
         out: list[Message] = []
         try:
@@ -95,12 +109,14 @@ class FrameReader:
     def _parse(self, data: bytes, out: list[Message]) -> list[Message]:
         pos = 0
         end = len(data)
+        need = 0
         while end - pos >= 2:
             header = self._header(data, pos, end)
             if header is None:
                 break
             opcode, fin, length, at = header
             if end - at < 4 + length:
+                need = at + 4 + length - pos
                 break
             payload = unmask(data[at + 4:at + 4 + length], data[at:at + 4])
             pos = at + 4 + length
@@ -110,14 +126,14 @@ class FrameReader:
             if opcode == CONTINUATION:
                 frags = self._frags
                 assert frags is not None
-                frags.append(payload)
+                frags += payload
                 if not fin:
                     self._frag_size += length
                     continue
-                opcode, payload = self._frag_op, b"".join(frags)
+                opcode, payload = self._frag_op, bytes(frags)
                 self._frag_op, self._frags, self._frag_size = 0, None, 0
             elif not fin:
-                self._frag_op, self._frags, self._frag_size = opcode, [payload], length
+                self._frag_op, self._frags, self._frag_size = opcode, bytearray(payload), length
                 continue
             if opcode == TEXT:
                 try:
@@ -127,7 +143,8 @@ class FrameReader:
             else:
                 out.append((BINARY, payload))
         if pos < end:
-            self._buf = data[pos:] if pos else data
+            rest = data[pos:] if pos else data
+            self._buf, self._have, self._need = [rest], len(rest), need
         return out
 
     def _header(self, data: bytes, pos: int, end: int) -> tuple[int, int, int, int] | None:

@@ -38,6 +38,21 @@ from gateway.ws.head import MAX_HEAD, BadRequest, RequestHead, head_end, parse_h
 
 log = logging.getLogger("gateway.ws")
 
+# Seconds a WebSocket closed gracefully may take to send what is buffered before it is cut.
+CLOSE_GRACE = 10.0
+
+
+def close_gracefully(transport: asyncio.Transport, grace: float | None = None) -> None:
+    """Close `transport` after what is buffered, within `grace` seconds (CLOSE_GRACE by default).
+
+    `close()` alone waits for the buffer to drain, as long as it takes: for a client gone
+    without a FIN, the kernel's retransmission timeout (about 15 minutes); for one that keeps
+    its window shut, for ever. The buffer (up to SEND_BUFFER_LIMIT) would be held all that time,
+    by a connection no session counts any more."""
+    transport.close()
+    if transport.get_write_buffer_size():
+        asyncio.get_running_loop().call_later(CLOSE_GRACE if grace is None else grace, transport.abort)
+
 
 class Session(Protocol):
     """What a WebSocket connection tells the Engine.IO socket it carries."""
@@ -160,14 +175,26 @@ class AcceptProtocol(asyncio.Protocol):
 
 
 class WebSocketProtocol(FrameReader, asyncio.Protocol):
-    """An open WebSocket: frames in, messages to the session; PINGs answered, CLOSE echoed."""
+    """An open WebSocket: frames in, messages to the session; PINGs answered, CLOSE echoed.
 
-    __slots__ = ("_session", "_transport")
+    A PING is answered only while the transport takes writes (between `pause_writing` and
+    `resume_writing` it is not): a client that sends PINGs and never reads would otherwise have
+    a PONG buffered in user space for each, without bound. RFC 6455 (5.5.3) lets an endpoint
+    answer only some PINGs; what the session sends is bounded by its own limit (FastSocket)."""
+
+    __slots__ = ("_session", "_transport", "_writable")
 
     def __init__(self, session: Session, transport: asyncio.Transport, max_message: int) -> None:
         FrameReader.__init__(self, max_message)
         self._session = session
         self._transport: asyncio.Transport | None = transport
+        self._writable = True
+
+    def pause_writing(self) -> None:
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        self._writable = True
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -185,7 +212,8 @@ class WebSocketProtocol(FrameReader, asyncio.Protocol):
             elif opcode == BINARY:
                 session.on_binary(payload)  # type: ignore[arg-type]
             elif opcode == PING:
-                transport.write(frame(PONG, payload))  # type: ignore[arg-type]
+                if self._writable:
+                    transport.write(frame(PONG, payload))  # type: ignore[arg-type]
             elif opcode == CLOSE:
                 try:
                     code = close_payload(payload)  # type: ignore[arg-type]
@@ -193,7 +221,7 @@ class WebSocketProtocol(FrameReader, asyncio.Protocol):
                     self._fail(transport, exc)
                     return
                 transport.write(close_frame(NORMAL if code == 1005 else code))
-                transport.close()
+                close_gracefully(transport)
                 return
             if transport.is_closing():
                 return
@@ -202,7 +230,7 @@ class WebSocketProtocol(FrameReader, asyncio.Protocol):
 
     def _fail(self, transport: asyncio.Transport, exc: ProtocolError) -> None:
         transport.write(close_frame(exc.code))
-        transport.close()
+        close_gracefully(transport)
         self._session.on_protocol_error(f"websocket error: {exc.code} {exc.reason}")
 
     def eof_received(self) -> bool | None:

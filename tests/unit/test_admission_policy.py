@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import Settings, _networks
 from gateway.policy.admission import DRAINING, IP_RATE_LIMITED, Admission, Refusal
 from gateway.policy.ratelimit import KeyedBuckets, address_key
+from gateway.ws.head import Headers
 
 
 @dataclass
@@ -122,6 +124,18 @@ def test_only_the_hop_the_trusted_proxy_appended_counts() -> None:
     assert adm.client_address(Request("10.1.2.3")) == ("10.1.2.3", False)
     assert adm.client_address(Request("198.51.100.1", {"X-Forwarded-For": "203.0.113.9"})) \
         == ("198.51.100.1", False), "an untrusted peer's header is ignored"
+
+
+def test_every_x_forwarded_for_line_counts_as_on_the_native_path() -> None:
+    """A proxy that adds its own X-Forwarded-For line (HAProxy's `option forwardfor`) behind the
+    client's: aiohttp's `headers.get` gives the first line only, the one the client wrote, and
+    the client would choose its own rate-limit bucket. The native path (gateway/ws/head.py) joins
+    the lines; the aiohttp path (polling) must read the same hops."""
+    adm = admission(trusted_proxies="10.0.0.0/8")
+    lines = CIMultiDict([("X-Forwarded-For", "192.0.2.66"), ("x-forwarded-for", "203.0.113.9")])
+    assert adm.client_address(Request("10.1.2.3", CIMultiDictProxy(lines))) == ("203.0.113.9", True)
+    assert adm.client_address(Request("10.1.2.3", Headers({"x-forwarded-for": "192.0.2.66, 203.0.113.9"}))) \
+        == ("203.0.113.9", True)
 
 
 def test_requests_of_an_existing_session_and_draining() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from gateway.ws import listen
+from gateway.ws import protocol as ws_protocol
 from gateway.ws.frames import BINARY, CLOSE, PING, PONG, TEXT, unmask
 from gateway.ws.handshake import accept_key, check_upgrade, http_response, switching
 from gateway.ws.head import RequestHead
@@ -61,6 +63,7 @@ class Acceptor:
 
     def __init__(self) -> None:
         self.sessions: list[Session] = []
+        self.transports: list[asyncio.Transport] = []
 
     def open(self, head: RequestHead, transport: asyncio.Transport) -> bytes | Session | None:
         what = head.header("x-test")
@@ -71,6 +74,7 @@ class Acceptor:
         transport.write(switching(check_upgrade(head)))
         session = Session()
         self.sessions.append(session)
+        self.transports.append(transport)
         return session
 
 
@@ -214,4 +218,50 @@ async def test_a_broken_frame_closes_with_its_code(listener: Listener, frame: by
     assert session.texts == ["4ok"]
     assert len(session.errors) == 1
     assert str(code) in session.errors[0]
+    writer.close()
+
+
+async def test_pings_from_a_client_that_does_not_read_do_not_pile_up_pongs(listener: Listener) -> None:
+    """A client that sends PINGs and never reads must not make the server buffer a PONG for each:
+    the PONGs would sit in the transport's user-space buffer without bound (RFC 6455 5.5.3 lets
+    an endpoint answer only the latest PING)."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that does not read
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", listener.port))
+    reader, writer = await asyncio.open_connection(sock=raw)
+    writer.write(ws_head())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    ping = masked(PING, b"p" * 125)
+    for _ in range(24):  # 24 x 1 MiB of PINGs, about 190,000 of them
+        writer.write(ping * ((1 << 20) // len(ping)))
+        await asyncio.wait_for(writer.drain(), 30)
+    transport = listener.acceptor.transports[0]
+    await asyncio.sleep(0.2)
+    assert not transport.is_closing()
+    assert transport.get_write_buffer_size() < 1 << 20
+    writer.close()
+
+
+async def test_a_close_echoed_to_a_client_that_does_not_read_is_cut_after_a_grace(
+        listener: Listener, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sends CLOSE and leaves what it was sent unread: the connection is closed
+    gracefully (what is buffered may still go), but not for longer than CLOSE_GRACE; a graceful
+    close alone would hold the buffer for as long as the client keeps its window shut."""
+    monkeypatch.setattr(ws_protocol, "CLOSE_GRACE", 0.3)
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", listener.port))
+    reader, writer = await asyncio.open_connection(sock=raw)
+    writer.write(ws_head())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    transport = listener.acceptor.transports[0]
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    transport.write(b"\x82\x7f" + struct.pack("!Q", 1 << 20) + b"x" * (1 << 20))
+    writer.write(masked(CLOSE, struct.pack("!H", 1000)))
+    await writer.drain()
+    session = listener.acceptor.sessions[0]
+    await asyncio.wait_for(session.lost.wait(), 5)
+    assert transport.get_write_buffer_size() == 0
     writer.close()

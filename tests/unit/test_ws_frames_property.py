@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import struct
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -225,3 +226,48 @@ def test_server_frames_are_unmasked_and_read_back(payload: bytes) -> None:
     offset = 2 if n < 126 else 4 if n == 126 else 10
     assert data[offset:] == payload
     assert close_frame(1009)[2:] == struct.pack("!H", 1009)
+
+
+def test_a_large_frame_in_small_pieces_is_gathered_not_rejoined_per_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame up to the payload limit (1 MiB at most) that arrives in tiny pieces (a client
+    may send one byte per segment on purpose) is gathered until it is whole: its header is read
+    once its length is known, not again with the whole buffer copied for every piece (which
+    costs the server the square of the frame's size)."""
+    payload = os.urandom(256 * 1024)
+    data = client_frame(BINARY, payload) + client_frame(TEXT, b"after")
+    headers = 0
+    real = FrameReader._header
+
+    def counted(self: FrameReader, buf: bytes, pos: int, end: int) -> tuple[int, int, int, int] | None:
+        nonlocal headers
+        headers += 1
+        return real(self, buf, pos, end)
+
+    monkeypatch.setattr(FrameReader, "_header", counted)
+    reader = FrameReader(1 << 20)
+    out: list[tuple[int, object]] = []
+    for at in range(0, len(data), 64):
+        out += reader.feed(data[at:at + 64])
+    assert out == [(BINARY, payload), (TEXT, "after")]
+    assert headers < 10
+
+
+@pytest.mark.parametrize("piece", [b"", b"x"], ids=["empty", "one-byte"])
+def test_a_message_in_many_tiny_fragments_holds_about_its_size(piece: bytes) -> None:
+    """A client may split a message into as many fragments as it likes, empty ones included
+    (RFC 6455 allows them). What the reader holds meanwhile must stay near the message's size,
+    bounded by the payload limit, not grow by an object per fragment: with a list of pieces, a
+    64 KiB message in 1-byte fragments held 2.7 MB, and empty fragments had no bound at all."""
+    count = 60000
+    data = client_frame(TEXT, b"a", fin=False) + client_frame(CONTINUATION, piece, fin=False, key=b"\1\2\3\4") * count
+    reader = FrameReader(65536)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for at in range(0, len(data), 65536):
+            assert reader.feed(data[at:at + 65536]) == []
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * 65536, held
+    assert reader.feed(client_frame(CONTINUATION, b"z")) == [(TEXT, "a" + piece.decode() * count + "z")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -97,8 +98,8 @@ async def replica() -> AsyncIterator[Replica]:
 
 
 @contextlib.asynccontextmanager
-async def serve(*, dev: bool) -> AsyncIterator[Replica]:
-    app = create_app(load_settings({"JWT_SECRET": SECRET}, dev=dev))
+async def serve(*, dev: bool, **env: str) -> AsyncIterator[Replica]:
+    app = create_app(load_settings({"JWT_SECRET": SECRET, **env}, dev=dev))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     assert runner.server is not None
@@ -228,3 +229,66 @@ async def test_the_dev_consoles_own_origin_may_open_a_websocket(dev: bool) -> No
                                            extra="Origin: http://elsewhere.example\r\n", host=host)
         assert head.startswith(b"HTTP/1.1 400 "), head
         other.close()
+
+
+async def test_an_upgrade_whose_session_ends_during_the_probe_is_not_taken_over(replica: Replica) -> None:
+    """The session ends (here: the server closes it) after `3probe`: the probe's WebSocket is
+    closed with it, and a late `5` must not adopt a WebSocket for a session that is gone (nothing
+    would ever close it: no heartbeat, no session)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(replica.url) as answer:
+            sid = orjson.loads((await answer.text())[1:])["sid"]
+        client, head = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        poll = asyncio.ensure_future(http.get(f"{replica.url}&sid={sid}"))
+        await asyncio.sleep(0.05)
+        client.send("2probe")
+        assert await client.recv_text() == "3probe"
+        async with await poll as answer:
+            assert await answer.text() == "6"
+        sock = replica.gateway.sio.eio.sockets[sid]
+        await sock.close(wait=False, abort=True, reason=sock.server.reason.SERVER_DISCONNECT)
+        assert await client.closed()
+        with contextlib.suppress(ConnectionError):
+            client.send("5")  # too late: the connection is gone
+            await client.writer.drain()
+        await asyncio.sleep(0.05)
+        assert not sock.is_websocket
+        assert not sock.upgrading
+        client.close()
+
+
+async def test_a_session_that_times_out_does_not_hold_its_unread_frames() -> None:
+    """A client gone without a FIN (a network blip, a sleeping laptop) stops answering PINGs with
+    frames still waiting in the server's buffer. When its session times out its connection must
+    be let go (as on aiohttp's path, where it is aborted), not closed gracefully: a graceful close
+    waits for the buffer to drain, which takes the kernel's retransmission timeout (about 15
+    minutes) for a peer that is gone, holding the buffer all that time."""
+    async with serve(dev=False, PING_INTERVAL="1000", PING_TIMEOUT="1000") as running:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that does not read
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", running.port))
+        reader, writer = await asyncio.open_connection(sock=raw)
+        writer.write(b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        client = Client(reader, writer)
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        sid = orjson.loads((await client.recv_text())[1:])["sid"]
+        sock = running.gateway.sio.eio.sockets[sid]
+        transport = sock._tr
+        assert transport is not None
+        # the kernel's buffers kept small, so that what the client leaves unread stays in ours
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        for _ in range(64):  # 512 KiB, under SEND_BUFFER_LIMIT: not a slow consumer yet
+            sock.write_frame(b"\x82\x7e\x20\x00" + b"x" * 8192)
+        await asyncio.sleep(0.1)
+        assert transport.get_write_buffer_size() > 0
+        for _ in range(160):  # the ping interval, its timeout, and the heartbeat's tick
+            if sock.closed and transport.get_write_buffer_size() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert sock.closed
+        assert transport.get_write_buffer_size() == 0, "the connection still holds the unread frames"
+        writer.close()
