@@ -23,6 +23,7 @@ an emit runs after that emit is written.
 - Done callbacks (`future.add_done_callback`) run on the sender thread: they may emit (never
   blocked by a full queue there), but a call that waits would wait for itself, so it raises
   `PublisherError` instead.
+- A signal handler may emit (the lock is reentrant: it may interrupt an emit), not wait.
 - Exit: the thread is a daemon that ends after `_IDLE_EXIT` seconds without work (and starts
   again on demand); while it runs, an `atexit` hook flushes with a bounded wait.
 """
@@ -122,7 +123,7 @@ class _State:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # reentrant: a signal handler may emit inside an emit
         self.not_empty = threading.Condition(self.lock)  # the sender waits for work
         self.not_full = threading.Condition(self.lock)  # producers wait for room
         self.idle = threading.Condition(self.lock)  # flush waits for the items before it

@@ -290,3 +290,32 @@ def test_flush_waits_for_what_was_handed_in_before_it_not_for_later_emits(
             for producer in producers:
                 producer.join(10)
         assert ids(r, "user:4") == [mine.result(0)]
+
+
+def test_an_emit_from_a_signal_handler_that_interrupts_an_emit_does_not_deadlock(
+        redis_server: RedisServer, r: redis.Redis) -> None:
+    """A SIGTERM handler that emits ("going down") runs in the main thread between two
+    bytecodes, possibly while that thread is inside an emit, holding the sender's lock: the
+    handler's emit must not wait for a lock its own thread holds. (The signal is sent while the
+    test holds the lock itself, as an emit would; in a child process, so that a deadlock fails
+    the test instead of hanging it.)"""
+    script = (
+        "import os, signal, time\n"
+        "from publisher import Publisher\n"
+        f"pub = Publisher({redis_server.url!r}, linger=30.0)\n"
+        "pub.emit('x', 'before', room='quiz:sig').result()\n"
+        "got = []\n"
+        "signal.signal(signal.SIGTERM, lambda *_: got.append(pub.emit('x', 'sig', room='quiz:sig')))\n"
+        "with pub._sender._state.lock:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(0.05)\n"
+        "print(got[0].result(10))\n"
+        "pub.close(10)\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=20, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the signal handler's emit deadlocked on the sender's lock")
+    assert done.returncode == 0, done.stderr
+    assert ids(r, "quiz:sig")[-1] == done.stdout.strip()
