@@ -121,6 +121,18 @@ def node_conns(cluster: RedisCluster, port: int, replica: str) -> list[dict[str,
         client.close()
 
 
+async def until_held(cluster: RedisCluster, port: int, replica: str, channels: int) -> None:
+    """Our one connection to `port` holds `channels` and our probe. The probe (the shard's
+    self-check channel) is subscribed on its own schedule, so it may land after the rooms."""
+    deadline = time.monotonic() + 10
+    while True:
+        conns = await asyncio.to_thread(node_conns, cluster, port, replica)
+        if len(conns) == 1 and int(conns[0]["ssub"]) == channels + 1:
+            return
+        assert time.monotonic() < deadline, f":{port}: {conns} instead of one connection holding {channels} + probe"
+        await asyncio.sleep(0.05)
+
+
 def spublish(cluster: RedisCluster, ch: bytes, message: bytes, port: int | None = None) -> int:
     """SPUBLISH on the primary that owns the channel's slot now (or on `port`); receivers."""
     client = cluster.client(port if port is not None else cluster.owner(key_slot(ch)))
@@ -475,8 +487,7 @@ async def test_a_primary_added_and_given_a_slot_takes_its_channels(cluster: Redi
         assert sink.told("lost") == moving
         assert f"127.0.0.1:{added}" in channels.shards()
         assert all(channels.shards().values())
-        [conn] = await asyncio.to_thread(node_conns, cluster, added, replica)
-        assert int(conn["ssub"]) == len(moving) + 1
+        await until_held(cluster, added, replica, len(moving))
         assert await asyncio.to_thread(spublish, cluster, ch, b"on the new primary", added) == 1
         await until(lambda: b"on the new primary" in sink.messages, 10, "the message from the new primary")
         assert not sink.errors, sink.errors
@@ -516,8 +527,7 @@ async def _killed_primary(own: RedisCluster, replica: str) -> None:
         assert not sink.errors, sink.errors
         assert f"127.0.0.1:{victim}" not in channels.shards()
         assert channels.shards()[f"127.0.0.1:{promoted}"] is True
-        [conn] = await asyncio.to_thread(node_conns, own, promoted, replica)
-        assert int(conn["ssub"]) == len(on_victim) + 1
+        await until_held(own, promoted, replica, len(on_victim))
         for ch in [*on_victim, *elsewhere]:
             assert await asyncio.to_thread(spublish, own, ch, b"after " + ch) == 1
         await until(lambda: all(b"after " + ch in sink.messages for ch in owners), 10, "every message after")
