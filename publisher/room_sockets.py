@@ -17,19 +17,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from publisher.commands import Commands, scatter
-from publisher.envelope import (
-    KIND_ROOM_JOIN,
-    KIND_ROOM_KICK,
-    KIND_ROOM_LEAVE,
-    Position,
-    parse_position,
-)
+from publisher.envelope import KIND_ROOM_JOIN, KIND_ROOM_KICK, KIND_ROOM_LEAVE, Position
+from publisher.replies import positions as positions_at
 from publisher.sender import Sender
 from publisher.transports import AsyncRunner, SyncRunner
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _by_room(rooms: Sequence[str], positions: Sequence[str]) -> dict[str, str]:
@@ -46,10 +37,6 @@ def _targets(rooms: str | Iterable[str] | None) -> list[str]:
     if rooms is None:
         return ["*"]
     return sorted(set(_wanted(rooms)))
-
-
-def _at(rooms: Sequence[str], replies: Sequence[Any]) -> dict[str, Position]:
-    return {room: parse_position(_text(reply)) for room, reply in zip(rooms, replies, strict=True)}
 
 
 class RoomSockets:
@@ -81,7 +68,7 @@ class RoomSockets:
         def run(transport: SyncRunner) -> dict[str, str]:
             at: dict[str, Position] | None = None
             if wanted is not None:
-                at = _at(wanted, transport.run(self._commands.positions(wanted)))
+                at = positions_at(wanted, transport.run(self._commands.positions(wanted)))
             transport.run((self._commands.room_control(kind, room, at, unless),))
             return {name: str(position) for name, position in (at or {}).items()}
 
@@ -129,7 +116,7 @@ class AsyncRoomSockets:
         at: dict[str, Position] | None = None
         if rooms is not None:
             wanted = _wanted(rooms)
-            at = _at(wanted, await self._transport.run(self._commands.positions(wanted)))
+            at = positions_at(wanted, await self._transport.run(self._commands.positions(wanted)))
         await self._transport.run((self._commands.room_control(kind, room, at, _wanted(except_rooms)),))
         return {name: str(position) for name, position in (at or {}).items()}
 
