@@ -85,16 +85,23 @@ def _direct_node(topology: SlotMap, calls: Sequence[Call]) -> NodeAddress | None
     return topology.node_for_slot(slot) if slot is not None else None
 
 
+def _settled(topology: SlotMap, state: _Run, node: NodeAddress, indexes: Sequence[int],
+             outcome: list[Any] | BaseException) -> None:
+    """What came back from `node` for the calls `indexes`: their replies, or the connection's
+    failure (then the node is forgotten: asked last for a map, sent scripts whole again)."""
+    if isinstance(outcome, BaseException):
+        topology.forget(node)
+        state.lost(node, indexes, outcome)
+    else:
+        state.settle(node, indexes, outcome)
+
+
 def _resumed(transport: SyncClusterTransport | AsyncClusterTransport, calls: Sequence[Call],
              node: NodeAddress, seen: int, outcome: list[Any] | BaseException) -> _Run:
     """The `_Run` that takes over a lone call sent to `node` by map `seen`, after `outcome`
     (its replies, or the connection's failure) was not a result."""
     state = _Run(calls, transport.target, transport.where, sent=seen)
-    if isinstance(outcome, BaseException):
-        transport.topology.forget(node)
-        state.lost(node, (0,), outcome)
-    else:
-        state.settle(node, (0,), outcome)
+    _settled(transport.topology, state, node, (0,), outcome)
     return state
 
 
@@ -151,12 +158,11 @@ class SyncClusterTransport:
         state.next_round(topology)
         for node, asking, indexes in state.route(topology):
             try:
-                replies = self._send(node, asking, [state.calls[i] for i in indexes])
+                outcome: list[Any] | BaseException = self._send(
+                    node, asking, [state.calls[i] for i in indexes])
             except _RETRYABLE as exc:
-                topology.forget(node)
-                state.lost(node, indexes, exc)
-            else:
-                state.settle(node, indexes, replies)
+                outcome = exc
+            _settled(topology, state, node, indexes, outcome)
 
     def run(self, calls: Sequence[Call]) -> list[Any]:
         """The replies of `calls`, in order (see the `publisher.cluster` package doc for routing
@@ -261,13 +267,9 @@ class AsyncClusterTransport:
                   for node, asking, indexes in groups),
                 return_exceptions=True)
         for (node, _asking, indexes), outcome in zip(groups, outcomes, strict=True):
-            if isinstance(outcome, _RETRYABLE):
-                topology.forget(node)
-                state.lost(node, indexes, outcome)
-            elif isinstance(outcome, BaseException):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, _RETRYABLE):
                 raise outcome
-            else:
-                state.settle(node, indexes, outcome)
+            _settled(topology, state, node, indexes, outcome)
 
     async def run(self, calls: Sequence[Call]) -> list[Any]:
         """See `SyncClusterTransport.run`."""
