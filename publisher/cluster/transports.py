@@ -18,7 +18,7 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 
 from publisher.cluster.routing import _Lost, _Run
-from publisher.cluster.slots import _slot_of
+from publisher.cluster.slots import SlotMap, _slot_of
 from publisher.cluster.topology import AsyncClusterTopology, ClusterTopology
 from publisher.cluster.urls import ClusterTarget, NodeAddress
 from publisher.commands import Call, pack
@@ -39,6 +39,70 @@ def _packed(calls: Sequence[Call], asking: bool, whole: Callable[[Call], bool]) 
             parts.append(_ASKING)
         parts.append(call.eval_packed() if whole(call) else call.packed)
     return b"".join(parts)
+
+
+# What the sync and the asyncio transport share of a node's round trips, without I/O: each
+# sends `_request`, then, if NOSCRIPT came back, `_reeval`, and `_merged` makes the replies.
+
+def _request(known: set[str], asking: bool, calls: Sequence[Call]) -> tuple[bytes, int, bool]:
+    """The bytes for `calls` to a node that has the scripts `known`, how many replies they
+    bring, and whether the replies teach which scripts it has (EVAL or ASKING in them)."""
+    count = len(calls) * (2 if asking else 1)
+    if asking or any(call.script.sha not in known for call in calls):
+        return _packed(calls, asking, lambda call: call.script.sha not in known), count, True
+    return b"".join([call.packed for call in calls]), count, False
+
+
+def _reeval(calls: Sequence[Call], missing: list[int], asking: bool) -> tuple[bytes, int]:
+    """The calls answered NOSCRIPT, as EVAL (the node restarted or flushed its scripts)."""
+    return (_packed([calls[i] for i in missing], asking, lambda _call: True),
+            len(missing) * (2 if asking else 1))
+
+
+def _unasked(replies: list[Any], asking: bool) -> list[Any]:
+    """The calls' replies, without the ASKINGs'."""
+    return replies[1::2] if asking else replies
+
+
+def _merged(known: set[str], calls: Sequence[Call], replies: list[Any], learn: bool,
+            missing: list[int], again: list[Any]) -> list[Any]:
+    """`replies` with `again` (the `_reeval`'s) in place of the NOSCRIPTs; the scripts that ran
+    added to `known`."""
+    for i, reply in zip(missing, again, strict=True):
+        replies[i] = reply
+    if learn or missing:
+        for call, reply in zip(calls, replies, strict=True):
+            if not isinstance(reply, ResponseError | _Lost):
+                known.add(call.script.sha)
+    return replies
+
+
+def _direct_node(topology: SlotMap, calls: Sequence[Call]) -> NodeAddress | None:
+    """Where a lone call goes without planning (a web request's emit), if the map says."""
+    if len(calls) != 1 or not topology.loaded:
+        return None
+    slot = _slot_of(calls[0])
+    return topology.node_for_slot(slot) if slot is not None else None
+
+
+def _settled(topology: SlotMap, state: _Run, node: NodeAddress, indexes: Sequence[int],
+             outcome: list[Any] | BaseException) -> None:
+    """What came back from `node` for the calls `indexes`: their replies, or the connection's
+    failure (then the node is forgotten: asked last for a map, sent scripts whole again)."""
+    if isinstance(outcome, BaseException):
+        topology.forget(node)
+        state.lost(node, indexes, outcome)
+    else:
+        state.settle(node, indexes, outcome)
+
+
+def _resumed(transport: SyncClusterTransport | AsyncClusterTransport, calls: Sequence[Call],
+             node: NodeAddress, seen: int, outcome: list[Any] | BaseException) -> _Run:
+    """The `_Run` that takes over a lone call sent to `node` by map `seen`, after `outcome`
+    (its replies, or the connection's failure) was not a result."""
+    state = _Run(calls, transport.target, transport.where, sent=seen)
+    _settled(transport.topology, state, node, (0,), outcome)
+    return state
 
 
 class SyncClusterTransport:
@@ -75,33 +139,17 @@ class SyncClusterTransport:
     def _send(self, node: NodeAddress, asking: bool, calls: Sequence[Call]) -> list[Any]:
         transport = self.topology.transport(node)
         known = self.topology.loaded_scripts.setdefault(node, set())
-        learn = asking or any(call.script.sha not in known for call in calls)
-        if learn:
-            packed = _packed(calls, asking, lambda call: call.script.sha not in known)
-        else:
-            packed = b"".join([call.packed for call in calls])
-        replies = transport.roundtrip(packed, len(calls) * (2 if asking else 1))
-        if asking:
-            replies = replies[1::2]
+        packed, count, learn = _request(known, asking, calls)
+        replies = _unasked(transport.roundtrip(packed, count), asking)
         missing = _missing_scripts(replies)
-        if missing:  # the node restarted or flushed its scripts: EVAL caches them again
+        again: list[Any] = []
+        if missing:
             try:
-                again = transport.roundtrip(
-                    _packed([calls[i] for i in missing], asking, lambda _call: True),
-                    len(missing) * (2 if asking else 1))
+                again = _unasked(transport.roundtrip(*_reeval(calls, missing, asking)), asking)
             except _RETRYABLE as exc:
                 self.topology.forget(node)
                 again = [_Lost(exc)] * len(missing)
-            else:
-                again = again[1::2] if asking else again
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-            learn = True
-        if learn:
-            for call, reply in zip(calls, replies, strict=True):
-                if not isinstance(reply, ResponseError | _Lost):
-                    known.add(call.script.sha)
-        return replies
+        return _merged(known, calls, replies, learn, missing, again)
 
     def _round(self, state: _Run) -> None:
         topology = self.topology
@@ -110,35 +158,26 @@ class SyncClusterTransport:
         state.next_round(topology)
         for node, asking, indexes in state.route(topology):
             try:
-                replies = self._send(node, asking, [state.calls[i] for i in indexes])
+                outcome: list[Any] | BaseException = self._send(
+                    node, asking, [state.calls[i] for i in indexes])
             except _RETRYABLE as exc:
-                topology.forget(node)
-                state.lost(node, indexes, exc)
-            else:
-                state.settle(node, indexes, replies)
+                outcome = exc
+            _settled(topology, state, node, indexes, outcome)
 
     def run(self, calls: Sequence[Call]) -> list[Any]:
         """The replies of `calls`, in order (see the `publisher.cluster` package doc for routing
         and retries)."""
-        topology = self.topology
-        if len(calls) == 1 and topology.loaded:  # a web request's emit: no planning
-            slot = _slot_of(calls[0])
-            node = topology.node_for_slot(slot) if slot is not None else None
-            if node is not None:
-                seen = topology.version
-                try:
-                    replies = self._send(node, False, calls)
-                except _RETRYABLE as exc:
-                    topology.forget(node)
-                    state = _Run(calls, self.target, self.where, sent=seen)
-                    state.lost(node, (0,), exc)
-                else:
-                    if not isinstance(replies[0], ResponseError | _Lost):
-                        return replies
-                    state = _Run(calls, self.target, self.where, sent=seen)
-                    state.settle(node, (0,), replies)
-                return self._finish(state)
-        return self._finish(_Run(calls, self.target, self.where))
+        node = _direct_node(self.topology, calls)
+        if node is None:
+            return self._finish(_Run(calls, self.target, self.where))
+        seen = self.topology.version
+        try:
+            replies = self._send(node, False, calls)
+        except _RETRYABLE as exc:
+            return self._finish(_resumed(self, calls, node, seen, exc))
+        if not isinstance(replies[0], ResponseError | _Lost):
+            return replies
+        return self._finish(_resumed(self, calls, node, seen, replies))
 
     def _finish(self, state: _Run) -> list[Any]:
         attempt = 0
@@ -197,33 +236,17 @@ class AsyncClusterTransport:
     async def _send(self, node: NodeAddress, asking: bool, calls: Sequence[Call]) -> list[Any]:
         transport = self.topology.transport(node)
         known = self.topology.loaded_scripts.setdefault(node, set())
-        learn = asking or any(call.script.sha not in known for call in calls)
-        if learn:
-            packed = _packed(calls, asking, lambda call: call.script.sha not in known)
-        else:
-            packed = b"".join([call.packed for call in calls])
-        replies = await transport.roundtrip(packed, len(calls) * (2 if asking else 1))
-        if asking:
-            replies = replies[1::2]
+        packed, count, learn = _request(known, asking, calls)
+        replies = _unasked(await transport.roundtrip(packed, count), asking)
         missing = _missing_scripts(replies)
+        again: list[Any] = []
         if missing:
             try:
-                again = await transport.roundtrip(
-                    _packed([calls[i] for i in missing], asking, lambda _call: True),
-                    len(missing) * (2 if asking else 1))
+                again = _unasked(await transport.roundtrip(*_reeval(calls, missing, asking)), asking)
             except _RETRYABLE as exc:
                 self.topology.forget(node)
                 again = [_Lost(exc)] * len(missing)
-            else:
-                again = again[1::2] if asking else again
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-            learn = True
-        if learn:
-            for call, reply in zip(calls, replies, strict=True):
-                if not isinstance(reply, ResponseError | _Lost):
-                    known.add(call.script.sha)
-        return replies
+        return _merged(known, calls, replies, learn, missing, again)
 
     async def _round(self, state: _Run) -> None:
         topology = self.topology
@@ -244,35 +267,23 @@ class AsyncClusterTransport:
                   for node, asking, indexes in groups),
                 return_exceptions=True)
         for (node, _asking, indexes), outcome in zip(groups, outcomes, strict=True):
-            if isinstance(outcome, _RETRYABLE):
-                topology.forget(node)
-                state.lost(node, indexes, outcome)
-            elif isinstance(outcome, BaseException):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, _RETRYABLE):
                 raise outcome
-            else:
-                state.settle(node, indexes, outcome)
+            _settled(topology, state, node, indexes, outcome)
 
     async def run(self, calls: Sequence[Call]) -> list[Any]:
         """See `SyncClusterTransport.run`."""
-        topology = self.topology
-        if len(calls) == 1 and topology.loaded:
-            slot = _slot_of(calls[0])
-            node = topology.node_for_slot(slot) if slot is not None else None
-            if node is not None:
-                seen = topology.version
-                try:
-                    replies = await self._send(node, False, calls)
-                except _RETRYABLE as exc:
-                    topology.forget(node)
-                    state = _Run(calls, self.target, self.where, sent=seen)
-                    state.lost(node, (0,), exc)
-                else:
-                    if not isinstance(replies[0], ResponseError | _Lost):
-                        return replies
-                    state = _Run(calls, self.target, self.where, sent=seen)
-                    state.settle(node, (0,), replies)
-                return await self._finish(state)
-        return await self._finish(_Run(calls, self.target, self.where))
+        node = _direct_node(self.topology, calls)
+        if node is None:
+            return await self._finish(_Run(calls, self.target, self.where))
+        seen = self.topology.version
+        try:
+            replies = await self._send(node, False, calls)
+        except _RETRYABLE as exc:
+            return await self._finish(_resumed(self, calls, node, seen, exc))
+        if not isinstance(replies[0], ResponseError | _Lost):
+            return replies
+        return await self._finish(_resumed(self, calls, node, seen, replies))
 
     async def _finish(self, state: _Run) -> list[Any]:
         attempt = 0

@@ -195,9 +195,7 @@ def parse_cluster_url(url: str) -> ClusterTarget:
     netloc, (path, _, query) = rest[:end], rest[end:].lstrip("/").partition("?")
     if "@" in path or "@" in query:
         raise _bad(url, "percent-encode '/', '?' and '@' in the user name and password")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at:
-        hosts = netloc
+    userinfo, at, hosts = netloc.rpartition("@")  # no "@": hosts is the whole netloc
     username = password = None
     if at:
         user, colon, secret = userinfo.partition(":")
