@@ -224,6 +224,15 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
         self._corked: list[FastSocket] = []
         self._in_batch = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        # A new session's OPEN packet after its sid (`open_frame`): the same for every session.
+        self._open_tail = orjson.dumps({"upgrades": [], "pingTimeout": round(self.ping_timeout * 1000),
+                                        "pingInterval": round(self.ping_interval * 1000),
+                                        "maxPayload": self.max_http_buffer_size})[1:]
+
+    def open_frame(self, sid: str) -> bytes:
+        """The WebSocket frame of a new session's Engine.IO OPEN packet: orjson's encoding of
+        {"sid": sid, "upgrades": [], ...}, byte for byte (a generated sid needs no escaping)."""
+        return ws_text_frame(b'0{"sid":"' + sid.encode() + b'",' + self._open_tail)
 
     def attach(self, app: web.Application, engineio_path: str = "engine.io") -> None:
         """python-engineio's routes (GET, POST, OPTIONS), and every other method to the same
@@ -335,11 +344,9 @@ class GatewayEngineIO(engineio.AsyncServer):  # type: ignore[misc]
             self.sockets.pop(sid, None)
             await self._trigger_event("disconnect", sid, self.reason.TRANSPORT_CLOSE, run_async=False)
             return web.Response(status=400)
-        opening = {"sid": sid, "upgrades": [], "pingTimeout": round(self.ping_timeout * 1000),
-                   "pingInterval": round(self.ping_interval * 1000), "maxPayload": self.max_http_buffer_size}
         writer = ws._writer
         if writer is not None and not writer.transport.is_closing():
-            writer.transport.write(ws_text_frame(b"0" + orjson.dumps(opening)))
+            writer.transport.write(self.open_frame(sid))
         sock.schedule_ping()
         try:
             await sock.serve_websocket(ws)

@@ -240,9 +240,6 @@ class NativeAcceptor:
         # the Origin, the Host header and the peer address (gateway.http.console.own_page_origin)
         self.own_origin = own_origin
         self.max_message: int = eio.max_http_buffer_size
-        self._open_tail = orjson.dumps({"upgrades": [], "pingTimeout": round(eio.ping_timeout * 1000),
-                                        "pingInterval": round(eio.ping_interval * 1000),
-                                        "maxPayload": eio.max_http_buffer_size})[1:]
 
     def open(self, head: RequestHead, transport: asyncio.Transport) -> bytes | NativeSocket | None:
         query = head.query
@@ -271,8 +268,7 @@ class NativeAcceptor:
         if accepted is not None and accepted is not True:
             eio.sockets.pop(sid, None)
             return http_response(401, b'{"code":4,"message":"Forbidden"}')
-        opening = b'0{"sid":"' + sid.encode() + b'",' + self._open_tail
-        transport.write(switching(key) + ws_text_frame(opening))
+        transport.write(switching(key) + eio.open_frame(sid))
         sock.attach(transport)
         sock.schedule_ping()
         return sock

@@ -34,13 +34,14 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 from engineio.async_socket import AsyncSocket
 
 from gateway.delivery.frames import ws_text_frame
+from gateway.ws.frames import BINARY
+from gateway.ws.frames import frame as ws_frame
 
 log = logging.getLogger("gateway.sio.socket")
 
 # Packets a polling socket may hold before it counts as a slow consumer.
 MAX_POLLING_QUEUE = 1000
 POLLING_BUFFER_FACTOR = 3
-_BINARY_FIN = 0x82
 
 
 class WebSocketAdapter(eio_aiohttp.WebSocket):  # type: ignore[misc]
@@ -276,11 +277,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         if self._tr is not None:
             if self._out:
                 self.flush()  # what is corked was sent first: it goes first
-            encoded = pkt.encode()
-            if isinstance(encoded, str):
-                self.write_frame(ws_text_frame(encoded.encode()))
-            else:
-                self.write_frame(_binary_frame(encoded))
+            self.write_frame(_packet_frame(pkt))
             return
         await super().send(pkt)
 
@@ -318,10 +315,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
             pkt = self.queue.get_nowait()
             self.queue.task_done()
             if pkt is not None and pkt.packet_type != eio_packet.NOOP:
-                encoded = pkt.encode()
-                transport.write(
-                    ws_text_frame(encoded.encode()) if isinstance(encoded, str) else _binary_frame(encoded)
-                )
+                transport.write(_packet_frame(pkt))
         self._tr = transport
 
     def schedule_ping(self) -> None:
@@ -384,7 +378,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
                 return
 
 
-def _binary_frame(payload: bytes) -> bytes:
-    frame = bytearray(ws_text_frame(payload))
-    frame[0] = _BINARY_FIN
-    return bytes(frame)
+def _packet_frame(pkt: eio_packet.Packet) -> bytes:
+    """The WebSocket frame of an Engine.IO packet: text, or binary for a binary attachment."""
+    encoded = pkt.encode()
+    return ws_text_frame(encoded.encode()) if isinstance(encoded, str) else ws_frame(BINARY, encoded)

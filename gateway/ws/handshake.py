@@ -50,11 +50,10 @@ def switching(key: str) -> bytes:
             b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n")
 
 
-def http_response(status: int, body: bytes, content_type: str = "application/json",
-                  headers: dict[str, str] | None = None) -> bytes:
-    """A complete HTTP/1.1 answer that ends the connection (the native path keeps no HTTP
-    connection alive: a refused client opens a new one)."""
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {content_type}",
+def http_response(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    """A complete HTTP/1.1 answer with a JSON body that ends the connection (the native path
+    keeps no HTTP connection alive: a refused client opens a new one)."""
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "Content-Type: application/json",
              f"Content-Length: {len(body)}", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
