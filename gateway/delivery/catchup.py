@@ -119,6 +119,7 @@ class CatchUp:
                     conn.release([], self._counters)
                     conn.eio.close_transport()
                 continue
+            mine = [out for out in outs if out.room == room]  # once per room, not per held socket
             for conn in held:
                 still = room == EVERYONE or room in conn.rooms
-                conn.release([out for out in outs if out.room == room] if still else [], self._counters)
+                conn.release(mine if still else [], self._counters)  # release copies what it is given

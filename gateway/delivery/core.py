@@ -40,6 +40,9 @@ from publisher.rooms import user_room
 
 __all__ = ["DeliveryCore", "HistoryLost"]
 
+# A room's control acts on each socket as a user's join, leave or kick does.
+_AS_USER_KIND = {KIND_ROOM_JOIN: KIND_JOIN, KIND_ROOM_KICK: KIND_KICK}
+
 
 class DeliveryCore:
     def __init__(self, backend: Backend, counters: Counters, sockets: SocketLayer, *,
@@ -141,11 +144,11 @@ class DeliveryCore:
         `enter` / `leave` update its session record as for a user's join or leave."""
         if isinstance(control, RoomControl):
             if control.room is None:
-                found: Iterable[Conn] = list(self.registry.by_sid.values())
+                found: Iterable[Conn] = self.registry.by_sid.values()
             else:
-                found = list(self.registry.rooms.get(control.room, {}).values())
+                found = self.registry.rooms.get(control.room, {}).values()
             targets = [conn for conn in found if control.excluded.isdisjoint(conn.rooms)]
-            kind = {KIND_ROOM_JOIN: KIND_JOIN, KIND_ROOM_KICK: KIND_KICK}.get(control.kind, KIND_LEAVE)
+            kind = _AS_USER_KIND.get(control.kind, KIND_LEAVE)
         else:
             targets = list(self.registry.rooms.get(user_room(control.user), {}).values())
             kind = control.kind

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from publisher.cluster.urls import is_cluster_url, parse_cluster_url
-from publisher.envelope import DEFAULT_CHANNEL_PREFIX, DEFAULT_KEY_PREFIX, BusNames
+from publisher.envelope import DEFAULT_CHANNEL_PREFIX, DEFAULT_KEY_PREFIX
 from publisher.redis_url import redact, sync_client
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -40,10 +40,6 @@ class BridgeSettings:
     recovery_window_s: float  # RECOVERY_WINDOW, as the gateway's
     bridge_id: str  # BRIDGE_ID: who holds the lease, in logs and in Redis
     log_level: str  # LOG_LEVEL
-
-    @property
-    def names(self) -> BusNames:
-        return BusNames(self.channel_prefix, self.key_prefix)
 
     @property
     def lease_key(self) -> str:

@@ -64,7 +64,6 @@ class Lease:
         self._until = 0.0  # local deadline: may deliver while clock() < this
         self.role = STARTING
         self.reachable = False  # did the last attempt get an answer from Redis
-        self.last_answer = 0.0
         self.term = 0  # how many times this bridge took the lease (its fences name the term)
         self.fence_channel = key + ":fence"
 
@@ -83,7 +82,6 @@ class Lease:
             self._set_role(ACTIVE if self.active() else STANDBY)
             return self.active()
         self.reachable = True
-        self.last_answer = self._clock()
         if int(reply[0]) == 1:
             if not self.active():
                 self.term += 1  # taken now, not renewed: a new fence is due

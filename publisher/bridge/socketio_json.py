@@ -23,7 +23,7 @@ import orjson
 from publisher.bridge.operations import Emit, Operation, Refused, RoomsChange, check_namespace, only_payload
 
 MAX_MESSAGE_BYTES = 1 << 20
-PICKLE_PROTOCOL_MARK = 0x80  # every pickle of protocol 2 or later starts with it
+PICKLE_PROTOCOL_MARK = b"\x80"  # every pickle of protocol 2 or later starts with it
 
 
 def _rooms(value: Any) -> tuple[str, ...]:
@@ -39,7 +39,7 @@ def _rooms(value: Any) -> tuple[str, ...]:
 def decode(raw: bytes) -> Operation:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise Refused("too_large", f"a message of {len(raw)} bytes (at most {MAX_MESSAGE_BYTES})")
-    if raw[:1] == bytes([PICKLE_PROTOCOL_MARK]):
+    if raw.startswith(PICKLE_PROTOCOL_MARK):
         raise Refused("pickle", "a pickled message (an old python-socketio release): never "
                                 "unpickled; upgrade the producer's python-socketio, which publishes JSON")
     try:
