@@ -20,7 +20,6 @@ from gateway.config import Settings
 from gateway.delivery.core import DeliveryCore
 from gateway.delivery.recovery import Recovery
 from gateway.delivery.service import WebSocketService
-from gateway.http import health
 from gateway.http.emit import EmitEndpoint
 from gateway.http.jwks import jwks_lifecycle
 from gateway.metrics import Metrics
@@ -29,6 +28,7 @@ from gateway.policy.auth import Authenticator
 from gateway.sio.native import NativeAcceptor
 from gateway.sio.server import GatewayServer
 from publisher.envelope import BusNames
+from publisher.opsurface import routes as ops_routes
 
 log = logging.getLogger("gateway")
 
@@ -130,7 +130,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_payload_bytes + 4096)
     app[GATEWAY] = gateway
     gateway.sio.attach(app, socketio_path="socket.io")
-    app.add_routes(health.routes(gateway.metrics, gateway.not_ready))
+    app.add_routes(ops_routes(gateway.metrics, gateway.not_ready))
     if settings.publish_api_key:
         endpoint = EmitEndpoint(gateway.core, settings.publish_api_key, settings.max_payload_bytes, gateway.metrics)
         app.router.add_post("/api/emit", endpoint.handle)
