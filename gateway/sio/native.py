@@ -33,7 +33,6 @@ from engineio import packet as eio_packet
 from gateway.delivery.frames import ws_text_frame
 from gateway.sio.engine import GatewayEngineIO
 from gateway.sio.socket import FastSocket
-from gateway.ws.frames import NORMAL, close_frame
 from gateway.ws.handshake import check_upgrade, http_response, switching
 from gateway.ws.head import RequestHead
 from gateway.ws.protocol import close_gracefully
@@ -125,8 +124,7 @@ class NativeSocket(FastSocket):
         tr = self._probe
         self._end_probe()
         if tr is not None and not tr.is_closing():
-            tr.write(close_frame(NORMAL))
-            tr.close()
+            close_gracefully(tr)
 
     # -- what WebSocketProtocol tells -------------------------------------------------------------
 
@@ -190,7 +188,7 @@ class NativeSocket(FastSocket):
                     if item is _LOST:
                         await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
                         break
-                    if self.closed:
+                    if self.closed or self.cut:
                         continue  # nothing more counts; wait for the transport's end
                     if item is _CLIENT_CLOSE:
                         await self.close(wait=False, abort=True, reason=server.reason.CLIENT_DISCONNECT)
@@ -213,7 +211,6 @@ class NativeSocket(FastSocket):
     def _close_gracefully(self) -> None:
         tr = self._tr
         if tr is not None and not tr.is_closing():
-            tr.write(close_frame(NORMAL))
             # within the ping timeout: a client gone without a FIN (the usual reason of a ping
             # timeout) would otherwise hold its buffer for the kernel's retransmission timeout
             close_gracefully(tr, self.server.ping_timeout)

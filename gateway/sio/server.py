@@ -276,10 +276,10 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         if not self._within_budget(eio_sid, data):
             sock = self.eio.sockets.get(eio_sid)
-            if sock is not None:
+            if sock is not None and not sock.cut:
                 self.metrics.error(errors.CONNECT_FLOOD.metric)
                 log.warning("connect flood: transport closed", extra={"eio_sid": eio_sid})
-                sock.close_transport()
+                sock.close_transport(flush=True)  # a DISCONNECT just written still goes out
             return
         if isinstance(data, str) and data[:1] == "1":
             # A Socket.IO DISCONNECT: the client leaves the namespace itself and will not come
@@ -304,7 +304,7 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
     def _bad_packet(self, sock: FastSocket, reason: str) -> None:
         self.metrics.error(errors.INVALID_PACKET.metric)
         log.info("malformed packet, closing the connection", extra={"eio_sid": sock.sid, "reason": reason})
-        sock.close_transport()
+        sock.close_transport(flush=True)
 
     # -- disconnect --------------------------------------------------------------------------------
 

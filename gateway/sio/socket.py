@@ -36,6 +36,7 @@ from engineio.async_socket import AsyncSocket
 from gateway.delivery.frames import ws_text_frame
 from gateway.ws.frames import BINARY
 from gateway.ws.frames import frame as ws_frame
+from gateway.ws.protocol import close_gracefully
 
 log = logging.getLogger("gateway.sio.socket")
 
@@ -72,6 +73,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
     _polling = False  # polling: a GET is in progress
     _poll_request: web.BaseRequest | None = None  # ... and its request, whose connection may go
     _poll_waiter: asyncio.Future[None] | None = None  # ... set while it waits for packets
+    cut = False  # close_transport was called: what the client still sends is not handled
     connected: bool
     upgraded: bool
     last_ping: float | None
@@ -79,7 +81,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
 
     def write_frame(self, frame: bytes) -> None:
         tr = self._tr
-        if tr is None or tr.is_closing():  # uvloop raises on a write to a closed transport
+        if tr is None or self.cut or tr.is_closing():  # uvloop raises on a write to a closed transport
             return
         tr.write(frame)
         if tr.get_write_buffer_size() > self.server.send_buffer_limit:
@@ -233,21 +235,31 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
     def close_transport(self, *, flush: bool = False) -> None:
         """Drop the connection without a Socket.IO DISCONNECT: the client reconnects by itself.
 
-        `flush` lets what is buffered go out first (a drain); without it the connection is cut
-        at once (a slow consumer, whose buffer is the problem).
+        `flush` closes gracefully (`gateway.ws.protocol.close_gracefully`): what is buffered goes
+        out first, for a drain, or for a client refused for what it sent, which should read why
+        (the DISCONNECT or the error acks written a moment ago, which an abort, or a reset, would
+        drop). Without it the connection is cut at once (a slow consumer, whose buffer is the
+        problem). Either way nothing more is written, and nothing the client sends from here on
+        is handled.
 
         A polling session ends at once: a poll waiting now returns what is queued (never with
         a CLOSE behind it: socket.io-client would drop the socket before handling the events
         and count them as missed), and the next poll finds no session, which the client takes
         as a transport error: it reconnects and recovers.
         """
+        if self.cut:
+            return
         if self._tr is not None:
             if flush:
                 self.flush()
-                self._tr.close()
+                self.cut = True
+                close_gracefully(self._tr)
             else:
+                self.cut = True
                 self._tr.abort()
-        elif not self.closed:
+            return
+        self.cut = True
+        if not self.closed:
             self.queue.put_nowait(None)  # ends a waiting poll with what is queued
             self.server.spawn(self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE))
 
@@ -374,7 +386,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
                 if msg.type == WSMsgType.ERROR:
                     self.server.on_bad_packet(self, f"websocket error: {msg.data}")
                 return
-            if self.closed:
+            if self.closed or self.cut:
                 return
 
 

@@ -42,7 +42,18 @@ log = logging.getLogger("gateway.ws")
 CLOSE_GRACE = 10.0
 
 
-def close_gracefully(transport: asyncio.Transport, grace: float | None = None) -> None:
+def close_gracefully(transport: asyncio.Transport, grace: float | None = None, code: int = NORMAL) -> None:
+    """End a connection the server closes: a WebSocket gets a close frame with `code`, then
+    lingers (`WebSocketProtocol.linger`); anything else closes after what is buffered. Either
+    way within `grace` seconds (CLOSE_GRACE by default)."""
+    protocol = transport.get_protocol()
+    if isinstance(protocol, WebSocketProtocol):
+        protocol.linger(code, CLOSE_GRACE if grace is None else grace)
+    else:
+        close_after_flush(transport, grace)
+
+
+def close_after_flush(transport: asyncio.Transport, grace: float | None = None) -> None:
     """Close `transport` after what is buffered, within `grace` seconds (CLOSE_GRACE by default).
 
     `close()` alone waits for the buffer to drain, as long as it takes: for a client gone
@@ -182,13 +193,15 @@ class WebSocketProtocol(FrameReader, asyncio.Protocol):
     a PONG buffered in user space for each, without bound. RFC 6455 (5.5.3) lets an endpoint
     answer only some PINGs; what the session sends is bounded by its own limit (FastSocket)."""
 
-    __slots__ = ("_session", "_transport", "_writable")
+    __slots__ = ("_broken", "_linger", "_session", "_transport", "_writable")
 
     def __init__(self, session: Session, transport: asyncio.Transport, max_message: int) -> None:
         FrameReader.__init__(self, max_message)
         self._session = session
         self._transport: asyncio.Transport | None = transport
         self._writable = True
+        self._linger: asyncio.TimerHandle | None = None
+        self._broken = False  # the client broke the framing: nothing it sends can be read
 
     def pause_writing(self) -> None:
         self._writable = False
@@ -199,6 +212,9 @@ class WebSocketProtocol(FrameReader, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
+            return
+        if self._linger is not None:
+            self._drain(transport, data)
             return
         error: ProtocolError | None = None
         try:
@@ -220,17 +236,46 @@ class WebSocketProtocol(FrameReader, asyncio.Protocol):
                 except ProtocolError as exc:
                     self._fail(transport, exc)
                     return
+                # The client closed first and sends nothing more: the TCP close is ours (RFC 6455 7.1.1).
                 transport.write(close_frame(NORMAL if code == 1005 else code))
-                close_gracefully(transport)
+                close_after_flush(transport)
                 return
-            if transport.is_closing():
+            if transport.is_closing() or self._linger is not None:
                 return
         if error is not None:
             self._fail(transport, error)
 
+    def linger(self, code: int, grace: float) -> None:
+        """The server closes: its close frame goes out, then the connection is still read until
+        the client's close frame or its FIN, and closed only then (or after `grace` seconds).
+
+        Closed at once, a socket with unread data (a client still sending, or one whose reading
+        was paused) ends in a TCP reset, and a reset makes the client's kernel drop what it has
+        not read yet: the DISCONNECT, the close frame, the acks saying why it was refused. This
+        is the lingering close of HTTP servers (nginx's `lingering_close`)."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._linger is not None:
+            return
+        transport.write(close_frame(code))
+        self._linger = asyncio.get_running_loop().call_later(grace, transport.abort)
+        transport.resume_reading()  # the session may have paused it; what comes is dropped
+
+    def _drain(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Read after the server's close frame: frames are dropped; the client's close frame
+        means it sends nothing more, so the TCP close is ours now."""
+        if self._broken:
+            return
+        try:
+            messages = self.feed(data)
+        except ProtocolError:
+            self._broken = True  # unreadable from here: wait for the FIN or the grace
+            return
+        if any(opcode == CLOSE for opcode, _ in messages):
+            close_after_flush(transport)
+
     def _fail(self, transport: asyncio.Transport, exc: ProtocolError) -> None:
-        transport.write(close_frame(exc.code))
-        close_gracefully(transport)
+        self._broken = True
+        self.linger(exc.code, CLOSE_GRACE)
         self._session.on_protocol_error(f"websocket error: {exc.code} {exc.reason}")
 
     def eof_received(self) -> bool | None:
@@ -238,4 +283,6 @@ class WebSocketProtocol(FrameReader, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._linger is not None:
+            self._linger.cancel()
         self._session.on_lost()

@@ -212,8 +212,15 @@ async def test_a_broken_frame_closes_with_its_code(listener: Listener, frame: by
     writer.write(ws_head())
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     writer.write(masked(TEXT, b"4ok") + frame)
-    assert await asyncio.wait_for(reader.read(), 5) == bytes((0x80 | CLOSE, 2)) + struct.pack("!H", code)
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == bytes((0x80 | CLOSE, 2)) + struct.pack("!H", code)
+    # what the client sends now cannot be read (its framing is broken): the connection is held,
+    # unread data and all, until the client's FIN, then closed without a reset
+    writer.write(b"\x81\x85" + b"\0" * 20)
     session = listener.acceptor.sessions[0]
+    await asyncio.sleep(0.1)
+    assert not session.lost.is_set()
+    writer.write_eof()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
     await asyncio.wait_for(session.lost.wait(), 5)
     assert session.texts == ["4ok"]
     assert len(session.errors) == 1
@@ -264,4 +271,41 @@ async def test_a_close_echoed_to_a_client_that_does_not_read_is_cut_after_a_grac
     session = listener.acceptor.sessions[0]
     await asyncio.wait_for(session.lost.wait(), 5)
     assert transport.get_write_buffer_size() == 0
+    writer.close()
+
+
+async def test_a_server_close_lingers_until_the_clients_close_frame(listener: Listener) -> None:
+    """The server closes while the client is still sending and its reading is paused: the close
+    frame goes out, what the client sends from then on is read and dropped (closed with it
+    unread, the socket would reset, and the client's kernel would drop the close frame), and
+    the client's close frame lets the server close the TCP connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(ws_head())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    transport = listener.acceptor.transports[0]
+    session = listener.acceptor.sessions[0]
+    transport.pause_reading()  # as a session whose inbox is full does
+    writer.write(masked(TEXT, b"4unread") * 2000)
+    await writer.drain()
+    ws_protocol.close_gracefully(transport, code=4001)
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == bytes((0x80 | CLOSE, 2)) + struct.pack("!H", 4001)
+    writer.write(masked(TEXT, b"4after the close"))
+    await asyncio.sleep(0.1)
+    assert not session.lost.is_set()
+    assert session.texts == []
+    writer.write(masked(CLOSE, struct.pack("!H", 1000)))
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # a FIN, not a reset
+    await asyncio.wait_for(session.lost.wait(), 5)
+    writer.close()
+
+
+async def test_a_client_that_never_answers_a_close_is_cut_after_the_grace(listener: Listener) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    writer.write(ws_head())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    transport = listener.acceptor.transports[0]
+    ws_protocol.close_gracefully(transport, grace=0.3)
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == bytes((0x80 | CLOSE, 2)) + struct.pack("!H", 1000)
+    await asyncio.wait_for(listener.acceptor.sessions[0].lost.wait(), 5)
+    assert transport.is_closing()
     writer.close()

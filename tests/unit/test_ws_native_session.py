@@ -73,9 +73,21 @@ class Client:
         return payload.decode()
 
     async def closed(self) -> bool:
-        """Whether the server ends the connection (after a close frame, or at once)."""
-        rest = await asyncio.wait_for(self.reader.read(), 5)
-        return rest == b"" or rest[0] & 0x0F == CLOSE
+        """Whether the server ends the connection, at once or after its close frame, which is
+        answered as a browser does: then the server closes the TCP connection (RFC 6455 7.1.1)."""
+        while True:
+            try:
+                opcode, _ = await self.recv()
+            except asyncio.IncompleteReadError as eof:
+                return eof.partial == b""
+            if opcode == CLOSE:
+                break
+        self.send_close()
+        return await asyncio.wait_for(self.reader.read(), 5) == b""
+
+    def send_close(self) -> None:
+        key = os.urandom(4)
+        self.writer.write(bytes((0x80 | CLOSE, 0x80 | 2)) + key + unmask(struct.pack("!H", 1000), key))
 
     def close(self) -> None:
         self.writer.close()
@@ -292,3 +304,31 @@ async def test_a_session_that_times_out_does_not_hold_its_unread_frames() -> Non
         assert sock.closed
         assert transport.get_write_buffer_size() == 0, "the connection still holds the unread frames"
         writer.close()
+
+
+async def test_a_flooder_disconnected_with_frames_unread_still_reads_why() -> None:
+    """A client past RATE_LIMIT_DISCONNECT_AFTER gets its DISCONNECT; the frames it sent after
+    that (here: hundreds, in one write, so the connection stops being read) are dropped, and
+    the transport closes. Closed with that data unread, the socket would end in a reset, and
+    the client's kernel would drop the acks and the DISCONNECT it has not read yet."""
+    rate = {"RATE_LIMIT_EVENTS": "10", "RATE_LIMIT_BURST": "20", "RATE_LIMIT_DISCONNECT_AFTER": "100"}
+    async with serve(dev=False, **rate) as replica:
+        client, _ = await Client.connect(replica.port, "EIO=4&transport=websocket")
+        await client.recv_text()  # OPEN
+        client.send(f"40{NS}," + orjson.dumps({"token": token()}).decode())
+        assert (await client.recv_text()).startswith(f"40{NS},")
+        for i in range(1, 1001):
+            client.send(f'42{NS},{i}["subscribe:notifications"]')
+        texts = []
+        while True:
+            opcode, payload = await client.recv()
+            if opcode == CLOSE:
+                break
+            texts.append(payload.decode())
+        assert texts[-1] == f"41{NS},", texts[-3:]
+        acks = texts[:-1]
+        assert len(acks) >= 120  # the burst, what trickled in meanwhile, and the 100 refused
+        assert sum('"error":"rate_limited"' in ack for ack in acks) == 100
+        client.send_close()  # as a browser answers: the server then closes the connection
+        assert await asyncio.wait_for(client.reader.read(), 5) == b""
+        client.close()
