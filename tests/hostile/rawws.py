@@ -139,6 +139,9 @@ class RawWS:
             if frame is not None:
                 opcode, payload = frame
                 if opcode == CLOSE:
+                    if not self.closed:  # answered as a browser does: the server then ends the TCP connection
+                        with contextlib.suppress(OSError):
+                            self.send_frame(CLOSE, payload[:2])
                     self.closed = True
                     raise Closed(f"close frame {payload[:2].hex()}")
                 if opcode == PING:

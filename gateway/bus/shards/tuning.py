@@ -19,4 +19,4 @@ REFRESH_DEBOUNCE = 0.05  # events in a burst make one refresh
 REFRESH_RETRY_START = 0.1  # while a refresh fails or a shard holding channels is down
 REFRESH_RETRY_CAP = 2.0
 LOG_EVERY = 10.0  # seconds between two log lines of a repeated failure
-PROBE_SEARCH: Final = 50_000  # probe names tried for one shard (a shard of one slot: 95 % found)
+PROBE_SEARCH: Final = 400_000  # probe names tried for one shard (`selfcheck.probe_number`)
