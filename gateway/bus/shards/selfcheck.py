@@ -109,9 +109,10 @@ def probe_channel(owner: ShardedChannels, shard: _Shard) -> bytes | None:
 
 def probe_number(replica_id: str, slots: set[int]) -> int | None:
     """The first n whose probe room `__probe:<replica>:<n>` (the channel's hash tag: the replica
-    id has no braces) is in one of `slots`. CRC16 runs on a stream, so each try hashes only the number's digits: about
-    0.25 µs. A shard of one slot needs 16,384 tries on average, and tuning.PROBE_SEARCH tries
-    find one but with probability e^(-PROBE_SEARCH/16384), 2.5e-11; None then, or for no slots."""
+    id has no braces) is in one of `slots`. CRC16 runs on a stream, so each try hashes only the
+    number's digits: about 0.25 µs. A shard of one slot needs 16,384 tries on average, and
+    tuning.PROBE_SEARCH tries miss with probability e^(-PROBE_SEARCH/16384), 2.5e-11: None
+    then, and for no slots."""
     if not slots:
         return None
     head = f"__probe:{replica_id}:".encode()
