@@ -132,8 +132,9 @@ class GatewayServer(socketio.AsyncServer):  # type: ignore[misc]
             # sessions (its `pid` is None already), a room's has its session dropped as it goes.
             self._left.add(conn.sid)
         await self.disconnect(conn.sid, namespace=NAMESPACE)
-        loop = asyncio.get_running_loop()
-        loop.call_later(1.0, conn.eio.close_transport)
+        # socket.io-client closes its transport on a DISCONNECT; one that does not is closed a
+        # second later, gracefully (it still reads the DISCONNECT if it is sending meanwhile)
+        asyncio.get_running_loop().call_later(1.0, lambda: conn.eio.close_transport(flush=True))
 
     def _save_rooms(self, conn: Conn, rooms: list[str], room: str, change: str, at: Position | None) -> None:
         """A socket's rooms changed: its session record follows, also when its transport dropped
