@@ -152,16 +152,20 @@ class NativeSocket(FastSocket):
         if self._probe is not None:
             self._abandon_upgrade()
             return
+        # What is corked goes before the close frame, and nothing after it; the messages read
+        # before the broken frame are still handled (their acks are not sent).
+        self.flush()
+        self.muted = True
         self._take(_Mark(reason))
 
-    def on_lost(self) -> None:
-        if self._probe is not None:
+    def on_lost(self, transport: asyncio.Transport) -> None:
+        if transport is self._probe:
             self._abandon_upgrade()
-        elif self._tr is not None:
+        elif transport is self._tr:
             # `_tr` stays (closing: writes to it are dropped) until the session is closed:
             # without it the socket would look like a polling one and queue what is sent meanwhile.
             self._take(_LOST)
-        # else: the WebSocket of a failed upgrade, or of a session already closed
+        # else: the WebSocket of a failed upgrade (lingering after it), or of a session closed
 
     # -- the inbox -------------------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
     _poll_request: web.BaseRequest | None = None  # ... and its request, whose connection may go
     _poll_waiter: asyncio.Future[None] | None = None  # ... set while it waits for packets
     cut = False  # close_transport was called: what the client still sends is not handled
+    muted = False  # nothing more is written: cut, or past the close frame of a protocol error
     connected: bool
     upgraded: bool
     last_ping: float | None
@@ -81,7 +82,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
 
     def write_frame(self, frame: bytes) -> None:
         tr = self._tr
-        if tr is None or self.cut or tr.is_closing():  # uvloop raises on a write to a closed transport
+        if tr is None or self.muted or tr.is_closing():  # uvloop raises on a write to a closed transport
             return
         tr.write(frame)
         if tr.get_write_buffer_size() > self.server.send_buffer_limit:
@@ -247,16 +248,17 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
         and count them as missed), and the next poll finds no session, which the client takes
         as a transport error: it reconnects and recovers.
         """
-        if self.cut:
-            return
-        if self._tr is not None:
-            if flush:
+        tr = self._tr
+        if tr is not None:
+            if not flush:  # also a graceful close under way (shutdown cuts a lingering one)
+                self.cut = self.muted = True
+                tr.abort()
+            elif not self.cut:
                 self.flush()
-                self.cut = True
-                close_gracefully(self._tr)
-            else:
-                self.cut = True
-                self._tr.abort()
+                self.cut = self.muted = True
+                close_gracefully(tr)
+            return
+        if self.cut:
             return
         self.cut = True
         if not self.closed:
@@ -367,6 +369,8 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
                 msg = await sock.receive(timeout=timeout)
             except (TimeoutError, ConnectionError):
                 return
+            if self.closed or self.cut:
+                return
             if msg.type == WSMsgType.TEXT:
                 data: str = msg.data
                 kind = data[:1]
@@ -386,7 +390,7 @@ class FastSocket(AsyncSocket):  # type: ignore[misc]
                 if msg.type == WSMsgType.ERROR:
                     self.server.on_bad_packet(self, f"websocket error: {msg.data}")
                 return
-            if self.closed or self.cut:
+            if self.closed:
                 return
 
 

@@ -73,10 +73,12 @@ class Session(Protocol):
     def on_binary(self, data: bytes) -> None: ...
 
     def on_protocol_error(self, reason: str) -> None:
-        """The client broke RFC 6455; a close frame is written and the transport closing."""
+        """The client broke RFC 6455. Called before the close frame is written: what the session
+        still holds for the client goes now, and nothing after (the close frame is the last)."""
 
-    def on_lost(self) -> None:
-        """The connection is gone (either side closed it)."""
+    def on_lost(self, transport: asyncio.Transport) -> None:
+        """The connection `transport` is gone (either side closed it). A session may have had
+        more than one (an upgrade's probe that failed, then another): it acts on its own."""
 
 
 class Acceptor(Protocol):
@@ -275,14 +277,15 @@ class WebSocketProtocol(FrameReader, asyncio.Protocol):
 
     def _fail(self, transport: asyncio.Transport, exc: ProtocolError) -> None:
         self._broken = True
-        self.linger(exc.code, CLOSE_GRACE)
         self._session.on_protocol_error(f"websocket error: {exc.code} {exc.reason}")
+        self.linger(exc.code, CLOSE_GRACE)
 
     def eof_received(self) -> bool | None:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
+        transport, self._transport = self._transport, None
         if self._linger is not None:
             self._linger.cancel()
-        self._session.on_lost()
+        if transport is not None:
+            self._session.on_lost(transport)

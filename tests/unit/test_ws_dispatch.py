@@ -52,7 +52,7 @@ class Session:
     def on_protocol_error(self, reason: str) -> None:
         self.errors.append(reason)
 
-    def on_lost(self) -> None:
+    def on_lost(self, transport: asyncio.Transport) -> None:
         self.lost.set()
 
 

@@ -332,3 +332,94 @@ async def test_a_flooder_disconnected_with_frames_unread_still_reads_why() -> No
         client.send_close()  # as a browser answers: the server then closes the connection
         assert await asyncio.wait_for(client.reader.read(), 5) == b""
         client.close()
+
+
+async def connected_client(port: int) -> Client:
+    client, _ = await Client.connect(port, "EIO=4&transport=websocket")
+    await client.recv_text()  # OPEN
+    client.send(f"40{NS}," + orjson.dumps({"token": token()}).decode())
+    assert (await client.recv_text()).startswith(f"40{NS},")
+    return client
+
+
+async def test_nothing_is_written_after_the_close_frame_of_a_protocol_error(replica: Replica) -> None:
+    """Messages read before a broken frame are still handled (by the inbox task, later); their
+    acks must not follow the close frame the protocol error wrote (RFC 6455 5.5.1)."""
+    client = await connected_client(replica.port)
+    client.send(f'42{NS},1["subscribe:notifications"]')
+    client.writer.write(b"\x81\x05hello")  # an unmasked client frame: 1002
+    frames = []
+    while True:
+        try:
+            opcode, payload = await client.recv()
+        except asyncio.IncompleteReadError:
+            break
+        frames.append((opcode, payload))
+        if opcode == CLOSE:
+            client.writer.write_eof()  # the framing is broken: only a FIN ends the linger
+    assert frames[-1] == (CLOSE, struct.pack("!H", 1002)), frames
+    for _ in range(100):
+        if len(replica.gateway.core) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert len(replica.gateway.core) == 0
+    client.close()
+
+
+async def test_shutdown_cuts_a_websocket_still_lingering(replica: Replica) -> None:
+    """A socket closed gracefully (as the drain does) whose client never answers the close
+    frame: the shutdown's close_websockets still cuts it, and its session ends."""
+    client = await connected_client(replica.port)
+    gateway = replica.gateway
+    (sock,) = gateway.sio.eio.sockets.values()
+    transport = sock._tr
+    assert transport is not None
+    sock.close_transport(flush=True)
+    assert (await client.recv())[0] == CLOSE  # and the client does not answer
+    gateway.close_websockets()
+    for _ in range(100):
+        if len(gateway.core) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert transport.is_closing()
+    assert len(gateway.core) == 0
+    client.close()
+
+
+async def test_the_end_of_a_failed_probe_does_not_end_the_session_upgraded_since(replica: Replica) -> None:
+    """Probe 1 fails and its WebSocket lingers; the client upgrades on a second one. When probe
+    1's connection ends at last, the session (now on the second) is not taken for gone."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(replica.url) as answer:
+            sid = orjson.loads((await answer.text())[1:])["sid"]
+        async with http.post(f"{replica.url}&sid={sid}",
+                             data=f"40{NS}," + orjson.dumps({"token": token()}).decode()) as answer:
+            assert await answer.text() == "ok"
+        async with http.get(f"{replica.url}&sid={sid}") as answer:
+            assert (await answer.text()).startswith(f"40{NS},")
+        first, _ = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
+        first.send("not a probe")
+        assert (await first.recv())[0] == CLOSE  # not answered yet: it lingers
+        second, head = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        poll = asyncio.ensure_future(http.get(f"{replica.url}&sid={sid}"))
+        await asyncio.sleep(0.05)
+        second.send("2probe")
+        assert await second.recv_text() == "3probe"
+        async with await poll as answer:
+            await answer.text()
+        second.send("5")
+        sock = replica.gateway.sio.eio.sockets[sid]
+        for _ in range(100):
+            if sock.upgraded:
+                break
+            await asyncio.sleep(0.01)
+        assert sock.is_websocket
+        first.send_close()  # probe 1's client answers now: the server ends that connection
+        assert await asyncio.wait_for(first.reader.read(), 5) == b""
+        await asyncio.sleep(0.1)
+        assert not sock.closed, "the session ended with probe 1's connection"
+        second.send(f'42{NS},7["subscribe:notifications"]')
+        assert (await second.recv_text()).startswith(f'43{NS},7[{{"ok":true')
+        first.close()
+        second.close()
