@@ -149,29 +149,49 @@ async def test_a_fresh_websocket_session_is_native(replica: Replica) -> None:
     client.close()
 
 
+async def connected_on_polling(http: aiohttp.ClientSession, replica: Replica) -> str:
+    """A session connected to the namespace over polling; its sid."""
+    async with http.get(replica.url) as answer:
+        sid: str = orjson.loads((await answer.text())[1:])["sid"]
+    async with http.post(f"{replica.url}&sid={sid}",
+                         data=f"40{NS}," + orjson.dumps({"token": token()}).decode()) as answer:
+        assert await answer.text() == "ok"
+    async with http.get(f"{replica.url}&sid={sid}") as answer:
+        assert (await answer.text()).startswith(f"40{NS},{{\"sid\":")
+    return sid
+
+
+async def probed(http: aiohttp.ClientSession, replica: Replica, sid: str) -> Client:
+    """A new WebSocket of a polling session, probed: `2probe`, `3probe`, and the NOOP that ends
+    the pending poll."""
+    client, head = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    poll = asyncio.ensure_future(http.get(f"{replica.url}&sid={sid}"))
+    await asyncio.sleep(0.05)
+    client.send("2probe")
+    assert await client.recv_text() == "3probe"
+    async with await poll as answer:
+        assert await answer.text() == "6"
+    return client
+
+
+async def upgrade(http: aiohttp.ClientSession, replica: Replica, sid: str) -> tuple[Client, FastSocket]:
+    """Engine.IO's upgrade of a polling session to a new WebSocket, to its end (`5`); the
+    WebSocket's client and the session's socket."""
+    client = await probed(http, replica, sid)
+    client.send("5")
+    sock = replica.gateway.sio.eio.sockets[sid]
+    for _ in range(100):
+        if sock.upgraded:
+            break
+        await asyncio.sleep(0.01)
+    return client, sock
+
+
 async def test_an_upgrade_from_polling_is_taken_over_natively(replica: Replica) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.get(replica.url) as answer:
-            sid = orjson.loads((await answer.text())[1:])["sid"]
-        async with http.post(f"{replica.url}&sid={sid}",
-                             data=f"40{NS}," + orjson.dumps({"token": token()}).decode()) as answer:
-            assert await answer.text() == "ok"
-        async with http.get(f"{replica.url}&sid={sid}") as answer:
-            assert (await answer.text()).startswith(f"40{NS},{{\"sid\":")
-        client, head = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
-        assert head.startswith(b"HTTP/1.1 101 ")
-        poll = asyncio.ensure_future(http.get(f"{replica.url}&sid={sid}"))
-        await asyncio.sleep(0.05)
-        client.send("2probe")
-        assert await client.recv_text() == "3probe"
-        async with await poll as answer:
-            assert await answer.text() == "6"  # the NOOP that ends the pending poll
-        client.send("5")
-        sock = replica.gateway.sio.eio.sockets[sid]
-        for _ in range(100):
-            if sock.upgraded:
-                break
-            await asyncio.sleep(0.01)
+        sid = await connected_on_polling(http, replica)
+        client, sock = await upgrade(http, replica, sid)
         assert type(sock) is NativeSocket
         assert sock.is_websocket
         # a second upgrade is python-engineio's to refuse
@@ -250,14 +270,7 @@ async def test_an_upgrade_whose_session_ends_during_the_probe_is_not_taken_over(
     async with aiohttp.ClientSession() as http:
         async with http.get(replica.url) as answer:
             sid = orjson.loads((await answer.text())[1:])["sid"]
-        client, head = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
-        assert head.startswith(b"HTTP/1.1 101 ")
-        poll = asyncio.ensure_future(http.get(f"{replica.url}&sid={sid}"))
-        await asyncio.sleep(0.05)
-        client.send("2probe")
-        assert await client.recv_text() == "3probe"
-        async with await poll as answer:
-            assert await answer.text() == "6"
+        client = await probed(http, replica, sid)
         sock = replica.gateway.sio.eio.sockets[sid]
         await sock.close(wait=False, abort=True, reason=sock.server.reason.SERVER_DISCONNECT)
         assert await client.closed()
@@ -390,30 +403,11 @@ async def test_the_end_of_a_failed_probe_does_not_end_the_session_upgraded_since
     """Probe 1 fails and its WebSocket lingers; the client upgrades on a second one. When probe
     1's connection ends at last, the session (now on the second) is not taken for gone."""
     async with aiohttp.ClientSession() as http:
-        async with http.get(replica.url) as answer:
-            sid = orjson.loads((await answer.text())[1:])["sid"]
-        async with http.post(f"{replica.url}&sid={sid}",
-                             data=f"40{NS}," + orjson.dumps({"token": token()}).decode()) as answer:
-            assert await answer.text() == "ok"
-        async with http.get(f"{replica.url}&sid={sid}") as answer:
-            assert (await answer.text()).startswith(f"40{NS},")
+        sid = await connected_on_polling(http, replica)
         first, _ = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
         first.send("not a probe")
         assert (await first.recv())[0] == CLOSE  # not answered yet: it lingers
-        second, head = await Client.connect(replica.port, f"EIO=4&transport=websocket&sid={sid}")
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        poll = asyncio.ensure_future(http.get(f"{replica.url}&sid={sid}"))
-        await asyncio.sleep(0.05)
-        second.send("2probe")
-        assert await second.recv_text() == "3probe"
-        async with await poll as answer:
-            await answer.text()
-        second.send("5")
-        sock = replica.gateway.sio.eio.sockets[sid]
-        for _ in range(100):
-            if sock.upgraded:
-                break
-            await asyncio.sleep(0.01)
+        second, sock = await upgrade(http, replica, sid)
         assert sock.is_websocket
         first.send_close()  # probe 1's client answers now: the server ends that connection
         assert await asyncio.wait_for(first.reader.read(), 5) == b""
