@@ -248,9 +248,9 @@ class Authenticator:
         allowed = frozenset(settings.jwt_algorithms) or None
         self._allowed = allowed
         self._static = tuple(self._entry(k) for k in static_keys(settings, allowed))
-        self._dynamic: tuple[_Entry, ...] = ()
-        self._entries = self._static
-        self._kids = frozenset(e.kid for e in self._entries if e.kid is not None)
+        self._entries: tuple[_Entry, ...] = ()
+        self._kids: frozenset[str] = frozenset()
+        self._use(())
         self.jwks_url = settings.jwt_jwks_url
         self.jwks_refresh = settings.jwt_jwks_refresh
         # Set when a token names a kid no key has: the JWKS refresher fetches early (rate-limited).
@@ -284,10 +284,14 @@ class Authenticator:
 
     def install_jwks(self, keys: Iterable[VerificationKey]) -> None:
         """Swap in the keys of a newly fetched JWKS document (the static keys stay first)."""
-        self._dynamic = tuple(self._entry(k) for k in keys)
-        self._entries = self._static + self._dynamic
-        self._kids = frozenset(e.kid for e in self._entries if e.kid is not None)
+        self._use(tuple(self._entry(k) for k in keys))
         self.jwks_loaded = True
+
+    def _use(self, dynamic: tuple[_Entry, ...]) -> None:
+        """The keys in force: the static ones first, then `dynamic`; and their kids as a set,
+        so a handshake tells an unknown kid without a scan."""
+        self._entries = self._static + dynamic
+        self._kids = frozenset(e.kid for e in self._entries if e.kid is not None)
 
     def _entry(self, key: VerificationKey) -> _Entry:
         verifier: Verifier

@@ -41,13 +41,6 @@ class TokenBucket:
         return True
 
 
-def address_key(address: str) -> str:
-    """The rate-limit key of a client address: an IPv4 address as it is, an IPv6 address by
-    its /64 (one subscriber's prefix: keying the full address would give one host 2**64
-    buckets), an IPv4-mapped IPv6 address as its IPv4. Not an IP (a Unix socket): as it is."""
-    return ip_key(address, parse_ip(address))
-
-
 def parse_ip(address: str) -> IPAddress | None:
     """The address as an IP, an IPv4-mapped IPv6 address as its IPv4; None if not an IP."""
     try:
@@ -60,7 +53,10 @@ def parse_ip(address: str) -> IPAddress | None:
 
 
 def ip_key(address: str, ip: IPAddress | None) -> str:
-    """`address_key` of an address already parsed by `parse_ip` (a handshake parses it once)."""
+    """The rate-limit key of a client address, `ip` being `parse_ip(address)` (a handshake
+    parses it once): an IPv4 address as it is, an IPv6 address by its /64 (one subscriber's
+    prefix: keying the full address would give one host 2**64 buckets), an IPv4-mapped IPv6
+    address as its IPv4. Not an IP (a Unix socket): as it is."""
     if ip is None:
         return address
     if isinstance(ip, ipaddress.IPv6Address):
@@ -69,7 +65,7 @@ def ip_key(address: str, ip: IPAddress | None) -> str:
 
 
 class KeyedBuckets:
-    """Buckets by key (a client address, see `address_key`), at most `max_keys` of them.
+    """Buckets by key (a client address, see `ip_key`), at most `max_keys` of them.
 
     A full table forgets its least recently used key, one per new key: O(1) per take, and a
     flood of new addresses costs the forgotten keys their history (a full bucket when they

@@ -14,7 +14,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import Settings, _networks
 from gateway.policy.admission import DRAINING, IP_RATE_LIMITED, Admission, Refusal
-from gateway.policy.ratelimit import KeyedBuckets, address_key
+from gateway.policy.ratelimit import KeyedBuckets, ip_key, parse_ip
 from gateway.ws.head import Headers
 
 
@@ -58,8 +58,8 @@ def refused(adm: Admission, request: Request, n: int) -> list[Refusal | None]:
     ("", ""),
     ("not-an-ip", "not-an-ip"),
 ])
-def test_address_key(address: str, key: str) -> None:
-    assert address_key(address) == key
+def test_ip_key(address: str, key: str) -> None:
+    assert ip_key(address, parse_ip(address)) == key
 
 
 def test_an_ipv6_client_cannot_rotate_addresses_inside_its_64() -> None:
