@@ -8,11 +8,12 @@ import sys
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
+from publisher.bridge.lease import ACTIVE, STANDBY, STARTING
 from publisher.opsurface import JsonFormatter, routes
 
 __all__ = ["BridgeMetrics", "routes", "setup_logging"]
 
-ROLES = ("starting", "active", "standby")
+ROLES = (STARTING, ACTIVE, STANDBY)
 
 
 class BridgeMetrics:
@@ -44,7 +45,7 @@ class BridgeMetrics:
                           registry=self.registry)
         self.subscribed = Gauge("bridge_subscribed", "1 while subscribed to the producers' channels.",
                                 registry=self.registry)
-        self.set_role("starting")
+        self.set_role(STARTING)
 
     def set_role(self, role: str) -> None:
         for name in ROLES:
