@@ -15,7 +15,15 @@ from typing import Any
 import msgpack
 import orjson
 
-from publisher.bridge.operations import Emit, Operation, Refused, RoomsChange, check_namespace, only_payload
+from publisher.bridge.operations import (
+    Emit,
+    Operation,
+    Refused,
+    RoomsChange,
+    check_namespace,
+    check_size,
+    only_payload,
+)
 
 EVENT = 2
 BINARY_EVENT = 5
@@ -24,16 +32,10 @@ REMOTE_LEAVE = 3
 REMOTE_DISCONNECT = 4
 REQUEST_NAMES = {0: "sockets", 1: "allRooms", 5: "fetchSockets", 6: "serverSideEmit",
                  7: "serverSideEmit response", 8: "broadcast with ack"}
-MAX_MESSAGE_BYTES = 1 << 20  # msgpack of a 64 KiB payload is far smaller; beyond this, refused
-
-
-def _check_size(raw: bytes) -> None:
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise Refused("too_large", f"a message of {len(raw)} bytes (at most {MAX_MESSAGE_BYTES})")
 
 
 def _unpack(raw: bytes) -> Any:
-    _check_size(raw)
+    check_size(raw)
     try:
         # strict_map_key=False: a payload may use integer keys (then refused by the publisher's
         # payload checks with a clear message, not here with msgpack's)
@@ -77,7 +79,7 @@ def decode_broadcast(raw: bytes) -> Emit:
 
 def decode_request(raw: bytes) -> Operation:
     """A request of the emitter (socketsJoin, socketsLeave, disconnectSockets)."""
-    _check_size(raw)  # JSON as msgpack: parsing a huge one whole is what the limit prevents
+    check_size(raw)  # JSON as msgpack: parsing a huge one whole is what the limit prevents
     if raw[:1] == b"{":
         try:
             request = orjson.loads(raw)

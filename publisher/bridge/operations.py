@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 from publisher.envelope import NAMESPACE
 
+MAX_MESSAGE_BYTES = 1 << 20  # a producer's message; a 64 KiB payload's is far smaller
+
 
 class Refused(ValueError):
     """A message the bridge will not carry; `reason` is its metric label."""
@@ -87,6 +89,12 @@ class RoomPublisher(Protocol):
 
     async def disconnect_room(self, room: str | None, *,
                               except_rooms: str | tuple[str, ...] = ()) -> None: ...
+
+
+def check_size(raw: bytes) -> None:
+    """Refuse a message over `MAX_MESSAGE_BYTES` before parsing it whole."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise Refused("too_large", f"a message of {len(raw)} bytes (at most {MAX_MESSAGE_BYTES})")
 
 
 def check_namespace(nsp: object) -> None:

@@ -140,9 +140,9 @@ class Bridge:
             self.on_fence(raw)
             return None
         source = self.source_of(channel)
-        self.metrics.received.labels(source=source).inc()
+        self.metrics.inc(self.metrics.received, source)
         if not self.delivering():
-            self.metrics.skipped.labels(source=source).inc()
+            self.metrics.inc(self.metrics.skipped, source)
             return None
         try:
             return source, self.decode(source, channel, raw)
@@ -276,7 +276,7 @@ class Bridge:
         except ValueError as exc:  # the publisher's checks: event name, payload, room
             self._refuse(source, "invalid", str(exc))
         else:
-            self.metrics.bridged.labels(source=source).inc()
+            self.metrics.inc(self.metrics.bridged, source)
 
     async def _emits(self, run: list[tuple[str, Emit]]) -> None:
         if len(run) < 2:
@@ -301,7 +301,7 @@ class Bridge:
                 self._lost(source, exc)
             return
         for source, n in collections.Counter(queued).items():  # one labelled inc per source, not per emit
-            self.metrics.bridged.labels(source=source).inc(n)
+            self.metrics.inc(self.metrics.bridged, source, n)
 
     async def hand_over(self) -> None:
         """A planned stop of the holder: release the lease, have the standbys try at once, and

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
+from publisher.bridge.lease import ACTIVE, STANDBY, STARTING
 from publisher.opsurface import JsonFormatter, routes
 
 __all__ = ["BridgeMetrics", "routes", "setup_logging"]
 
-ROLES = ("starting", "active", "standby")
+ROLES = (STARTING, ACTIVE, STANDBY)
 
 
 class BridgeMetrics:
@@ -44,7 +46,16 @@ class BridgeMetrics:
                           registry=self.registry)
         self.subscribed = Gauge("bridge_subscribed", "1 while subscribed to the producers' channels.",
                                 registry=self.registry)
-        self.set_role("starting")
+        self._children: dict[tuple[Counter, str], Any] = {}
+        self.set_role(STARTING)
+
+    def inc(self, counter: Counter, source: str, n: int = 1) -> None:
+        """`counter.labels(source=source).inc(n)` for the per-message counters, each source's
+        child looked up once: `labels()` takes a lock and builds its key on every call."""
+        child = self._children.get((counter, source))
+        if child is None:
+            child = self._children[counter, source] = counter.labels(source=source)
+        child.inc(n)
 
     def set_role(self, role: str) -> None:
         for name in ROLES:

@@ -20,9 +20,8 @@ from typing import Any
 
 import orjson
 
-from publisher.bridge.operations import Emit, Operation, Refused, RoomsChange, check_namespace, only_payload
+from publisher.bridge.operations import Emit, Operation, Refused, RoomsChange, check_namespace, check_size, only_payload
 
-MAX_MESSAGE_BYTES = 1 << 20
 PICKLE_PROTOCOL_MARK = b"\x80"  # every pickle of protocol 2 or later starts with it
 
 
@@ -37,8 +36,7 @@ def _rooms(value: Any) -> tuple[str, ...]:
 
 
 def decode(raw: bytes) -> Operation:
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise Refused("too_large", f"a message of {len(raw)} bytes (at most {MAX_MESSAGE_BYTES})")
+    check_size(raw)
     if raw.startswith(PICKLE_PROTOCOL_MARK):
         raise Refused("pickle", "a pickled message (an old python-socketio release): never "
                                 "unpickled; upgrade the producer's python-socketio, which publishes JSON")

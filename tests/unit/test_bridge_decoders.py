@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 from publisher.bridge import emitter, socketio_json
-from publisher.bridge.operations import Emit, Refused, RoomsChange
+from publisher.bridge.operations import MAX_MESSAGE_BYTES, Emit, Refused, RoomsChange
 
 
 def broadcast(data: list[Any], rooms: list[str] | None = None, excluded: list[str] | None = None,
@@ -41,7 +41,7 @@ def test_emitter_broadcasts_become_emits() -> None:
     (broadcast(["e", 1, 2]), "arguments", "2 arguments"),
     (broadcast(["e", 1], id=4), "ack", "acknowledgement"),
     (broadcast(["e", 1], rooms=[1]), "malformed", "opts.rooms"),  # type: ignore[list-item]
-    (b"\x93" + b"\x00" * (emitter.MAX_MESSAGE_BYTES + 1), "too_large", "bytes"),
+    (b"\x93" + b"\x00" * (MAX_MESSAGE_BYTES + 1), "too_large", "bytes"),
     (b"\x93\xa1u\x81\x91\x01\x01\x80", "malformed", "not msgpack"),  # a map keyed by an array
 ])
 def test_emitter_broadcasts_refused(raw: bytes, reason: str, words: str) -> None:
@@ -76,7 +76,7 @@ def test_emitter_requests() -> None:
     (b"[1,2]", "malformed"),
     (b"\xc1", "malformed"),
     (b"\x81\x91\x01\x01", "malformed"),  # msgpack: a map keyed by an array (unhashable)
-    (b'{"type": 2, "rooms": ["' + b"a" * emitter.MAX_MESSAGE_BYTES + b'"]}', "too_large"),  # JSON too
+    (b'{"type": 2, "rooms": ["' + b"a" * MAX_MESSAGE_BYTES + b'"]}', "too_large"),  # JSON too
 ])
 def test_emitter_requests_refused(raw: bytes, reason: str) -> None:
     with pytest.raises(Refused) as caught:
@@ -123,6 +123,7 @@ def test_python_socketio_messages() -> None:
     (sio("close_room", room=None), "malformed"),
     (sio("callback", id=1, args=[]), "unsupported"),
     (sio("frobnicate"), "unsupported"),
+    (sio("emit", event="e", data=["x" * MAX_MESSAGE_BYTES]), "too_large"),
 ])
 def test_python_socketio_refused(raw: bytes, reason: str) -> None:
     with pytest.raises(Refused) as caught:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +65,6 @@ def package() -> Path:
     return build()
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _print_logs(replicas: GatewayCluster) -> None:
     for replica in replicas:
         print(f"-- {replica!r} log:\n{replica.log_tail(150)}")
@@ -103,10 +93,10 @@ def test_contract_payloads_are_type_checked(package: Path) -> None:
     assert types.count("@ts-expect-error") >= 5
 
 
-def test_node_tests_on_one_redis(package: Path, redis_server: RedisServer) -> None:
+def test_node_tests_on_one_redis(package: Path, shared_redis: RedisServer) -> None:
     """`npm test`'s files: the unit tests, and every end-to-end test on two replicas of one Redis."""
-    with GatewayCluster(2, redis_server.url, ENV) as replicas:
-        summary = run_node_tests(["test/unit.test.mjs", "test/e2e.test.mjs"], _node_env(redis_server.url, replicas))
+    with GatewayCluster(2, shared_redis.url, ENV) as replicas:
+        summary = run_node_tests(["test/unit.test.mjs", "test/e2e.test.mjs"], _node_env(shared_redis.url, replicas))
         if summary.failed:
             _print_logs(replicas)
     summary.assert_all_passed(E2E_TESTS + UNIT_TESTS)
@@ -137,11 +127,11 @@ GOLDEN_CASES: list[dict[str, Any]] = [
 ]
 
 
-def test_envelopes_are_the_python_publishers(package: Path, redis_server: RedisServer) -> None:
+def test_envelopes_are_the_python_publishers(package: Path, shared_redis: RedisServer) -> None:
     """The package writes the Python publisher's envelope (what a replica reads from history and
     from the channel), byte for byte but the timestamp: checked in the history streams both
     wrote to, and for the encoders with the same timestamp, control messages included."""
-    client = redis_server.client()
+    client = shared_redis.client()
     prefix = "golden" + secrets.token_hex(3)
     script = """
 import { NotificationPublisher, encodeEvent, encodeControl, sanitize } from "./dist/index.js";
@@ -161,9 +151,9 @@ out.control.push(encodeControl("kick", "42", null, 1714564800123));
 await publisher.close();
 console.log(JSON.stringify(out));
 """
-    out = json.loads(run_node(script, redis_server.url, prefix, json.dumps(GOLDEN_CASES)))
+    out = json.loads(run_node(script, shared_redis.url, prefix, json.dumps(GOLDEN_CASES)))
     names = BusNames(key_prefix=prefix)
-    with Publisher(redis_server.url, key_prefix=prefix) as python:
+    with Publisher(shared_redis.url, key_prefix=prefix) as python:
         for case in GOLDEN_CASES:
             if case["room"] is None:
                 python.emit(case["event"], case["data"], broadcast=True)
