@@ -229,15 +229,7 @@ def encode_control(kind: str, user: str, rooms: dict[str, Position] | None, t_ms
     at the moment of the join or leave (a replica delivers a joined room's events after it)."""
     if kind not in CONTROL_KINDS:
         raise EnvelopeError(f"unknown control kind {kind!r}; expected join, leave or kick")
-    message: dict[str, Any] = {"v": VERSION, "k": kind, "t": t_ms, "u": user}
-    if kind == KIND_KICK:
-        if rooms is not None:
-            raise EnvelopeError("a kick takes no rooms")
-    elif not rooms:
-        raise EnvelopeError(f"{kind} needs at least one room")
-    else:
-        message["rooms"] = {room: str(at) for room, at in rooms.items()}
-    return orjson.dumps(message)
+    return _with_rooms({"v": VERSION, "k": kind, "t": t_ms, "u": user}, rooms, kick=kind == KIND_KICK)
 
 
 def encode_room_control(kind: str, room: str | None, rooms: dict[str, Position] | None,
@@ -249,13 +241,20 @@ def encode_room_control(kind: str, room: str | None, rooms: dict[str, Position] 
     x = sorted(set(excluded))
     if x:
         message["x"] = x
-    if kind == KIND_ROOM_KICK:
+    return _with_rooms(message, rooms, kick=kind == KIND_ROOM_KICK, what="a room kick")
+
+
+def _with_rooms(message: dict[str, Any], rooms: dict[str, Position] | None, *, kick: bool,
+                what: str = "a kick") -> bytes:
+    """A control `message`, encoded with its `rooms` (each room's position), which a join or
+    leave needs and a kick (`what`, in the error) does not take."""
+    if kick:
         if rooms is not None:
-            raise EnvelopeError("a room kick takes no rooms")
+            raise EnvelopeError(f"{what} takes no rooms")
     elif not rooms:
-        raise EnvelopeError(f"{kind} needs at least one room")
+        raise EnvelopeError(f"{message['k']} needs at least one room")
     else:
-        message["rooms"] = {name: str(at) for name, at in rooms.items()}
+        message["rooms"] = {room: str(at) for room, at in rooms.items()}
     return orjson.dumps(message)
 
 

@@ -33,10 +33,9 @@ def _wanted(rooms: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(given))
 
 
-def _targets(rooms: str | Iterable[str] | None) -> list[str]:
-    if rooms is None:
-        return ["*"]
-    return sorted(set(_wanted(rooms)))
+def _targets(wanted: tuple[str, ...] | None) -> list[str]:
+    """The rooms `Commands.scoped` makes copies for, in its order (`*`: everyone)."""
+    return ["*"] if wanted is None else sorted(set(wanted))
 
 
 class RoomSockets:
@@ -51,12 +50,13 @@ class RoomSockets:
         `except_rooms`, once each however many of the rooms it is in. Returns {room: the
         event's position in it} (everyone's room is `*`), once Redis has them. One round trip
         (one call per slot on a cluster, as `emit_many`); at most 100 rooms of each kind."""
-        emits = self._commands.scoped(event, data, None if rooms is None else _wanted(rooms),
-                                      _wanted(except_rooms), strict)
+        wanted = None if rooms is None else _wanted(rooms)  # `rooms` may be read only once
+        emits = self._commands.scoped(event, data, wanted, _wanted(except_rooms), strict)
+        targets = _targets(wanted)
 
         def run(transport: SyncRunner) -> dict[str, str]:
             plan = self._commands.publish_all(emits, by_slot=transport.sharded)
-            return _by_room(_targets(rooms), scatter(plan, transport.run([c for c, _ in plan]), len(emits)))
+            return _by_room(targets, scatter(plan, transport.run([c for c, _ in plan]), len(emits)))
 
         return self._sender.call(run)
 
@@ -105,11 +105,11 @@ class AsyncRoomSockets:
                          except_rooms: str | Iterable[str] = (),
                          strict: bool | None = None) -> dict[str, str]:
         """See `Publisher.emit_rooms`."""
-        emits = self._commands.scoped(event, data, None if rooms is None else _wanted(rooms),
-                                      _wanted(except_rooms), strict)
+        wanted = None if rooms is None else _wanted(rooms)
+        emits = self._commands.scoped(event, data, wanted, _wanted(except_rooms), strict)
         plan = self._commands.publish_all(emits, by_slot=self._transport.sharded)
         replies = await self._transport.run([c for c, _ in plan])
-        return _by_room(_targets(rooms), scatter(plan, replies, len(emits)))
+        return _by_room(_targets(wanted), scatter(plan, replies, len(emits)))
 
     async def _room_change(self, kind: str, room: str | None, rooms: str | Iterable[str] | None,
                            except_rooms: str | Iterable[str]) -> dict[str, str]:

@@ -359,16 +359,16 @@ class Sender:
             if isinstance(outcome, BaseException):  # its own call's failure, not another shard's
                 future.error = outcome
                 failed.append(future)
-                self._log_failure(1, outcome)
             _settle(future, outcome)
+        self._log_failures(failed)
         return failed
 
-    def _log_failure(self, count: int, exc: BaseException) -> None:
-        self._unlogged += count
-        now = time.monotonic()
-        if now - self._logged_at >= _LOG_EVERY:
+    def _log_failures(self, failed: list[Emitted]) -> None:
+        """At most once per `_LOG_EVERY` s: how many emits failed since the last log."""
+        self._unlogged += len(failed)
+        if failed and (now := time.monotonic()) - self._logged_at >= _LOG_EVERY:
             log.error("publisher: %d emit(s) failed (their futures hold the error): %s",
-                      self._unlogged, exc)
+                      self._unlogged, failed[-1].error)
             self._logged_at, self._unlogged = now, 0
 
 

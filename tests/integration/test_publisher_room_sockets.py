@@ -85,3 +85,16 @@ def test_async(shared_redis: RedisServer, r: redis.Redis, prefix: str) -> None:
     assert isinstance(control, RoomControl)
     assert control.kind == "rleave"
     pubsub.close()
+
+
+def test_emit_rooms_takes_rooms_that_can_be_read_once(shared_redis: RedisServer, prefix: str) -> None:
+    """A generator of rooms (an `Iterable`) is read once: the positions name its rooms."""
+    rooms = ["classroom:2", "classroom:1"]
+    with Publisher(shared_redis.url, key_prefix=prefix, channel_prefix=prefix) as pub:
+        assert set(pub.emit_rooms("news", 1, (room for room in rooms))) == set(rooms)
+
+    async def run() -> set[str]:
+        async with AsyncPublisher(shared_redis.url, key_prefix=prefix, channel_prefix=prefix) as pub:
+            return set(await pub.emit_rooms("news", 1, iter(rooms), except_rooms=iter(["user:3"])))
+
+    assert asyncio.run(run()) == set(rooms)

@@ -25,6 +25,7 @@ from publisher.envelope import (
     decode,
     encode_control,
     encode_event,
+    encode_room_control,
     parse_position,
 )
 from publisher.events import sanitize
@@ -128,6 +129,17 @@ def test_control_round_trip() -> None:
 def test_encode_control_refuses_bad_shapes(kind: str, rooms: dict[str, Position] | None, words: str) -> None:
     with pytest.raises(EnvelopeError, match=words):
         encode_control(kind, "42", rooms, 1)
+
+
+@pytest.mark.parametrize(("kind", "rooms", "words"), [
+    ("rjoin", None, "rjoin needs at least one room"),
+    ("rleave", {}, "rleave needs at least one room"),
+    ("rkick", {"quiz:1": Position(1, 1)}, "a room kick takes no rooms"),
+    ("kick", None, "unknown room control kind"),
+])
+def test_encode_room_control_refuses_bad_shapes(kind: str, rooms: dict[str, Position] | None, words: str) -> None:
+    with pytest.raises(EnvelopeError, match=words):
+        encode_room_control(kind, "classroom:1", rooms, (), 1)
 
 
 def test_messages_are_immutable() -> None:

@@ -5,6 +5,7 @@ test_publisher_sender.py.)"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -115,6 +116,20 @@ def test_a_failed_write_fails_its_emits_and_no_others() -> None:
     assert [f.exception() for f in ok + after] == [None, None]
     assert all(isinstance(f.exception(), PublishError) for f in failed)
     assert [runner.events(i) for i in range(3)] == [1, 2, 1]
+    sender.close(10)
+
+
+def test_a_failed_write_is_logged_once_with_its_count(caplog: pytest.LogCaptureFixture) -> None:
+    runner = Runner()
+    runner.fail = {0}
+    sender = Sender(runner, COMMANDS, linger=60)
+    with caplog.at_level(logging.ERROR, logger="publisher"):
+        emit(sender, 1)
+        emit(sender, 2, room="user:2")  # the same write
+        with pytest.raises(PublishError):
+            sender.flush(10)
+    assert [r.getMessage() for r in caplog.records] == [
+        "publisher: 2 emit(s) failed (their futures hold the error): fake: refused"]
     sender.close(10)
 
 
