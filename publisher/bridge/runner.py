@@ -40,7 +40,7 @@ from publisher.redis_url import async_client
 
 log = logging.getLogger("publisher.bridge")
 QUEUE_LIMIT = 10_000  # messages decoded and waiting for the bus; beyond it, reading waits
-BATCH_LIMIT = 500  # emits in one pipeline at most, as publisher.client.BATCH_SIZE
+BATCH_LIMIT = 500  # emits in one pipeline at most: a bound on one call's memory and latency
 RESUBSCRIBE_AFTER_S = 1.0
 PING_AFTER_S = 5.0  # quiet for this long: PING the subscriber connection
 SILENT_AFTER_S = 15.0  # nothing at all (not even the PONG) for this long: the connection is dead
