@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -46,7 +47,9 @@ class WriteQueue:
         self._cluster = cluster
         self._count = count
         self._max_queued = max_queued
-        self._writes: dict[int, list[tuple[str, ...]]] = {}  # slot (0 on a single node) -> queued operations
+        # slot (0 on a single node) -> queued operations; a deque, as a bus that stays away drops
+        # the oldest once per operation queued (a list's pop(0) moves all 200,000 of them)
+        self._writes: dict[int, deque[tuple[str, ...]]] = {}
         self._routing: dict[int, str] = {}  # slot -> a key of that slot, to route its call
         self._queued = 0
         self._scheduled = False
@@ -62,7 +65,7 @@ class WriteQueue:
         slot = key_slot(key) if self._cluster else 0
         queued = self._writes.get(slot)
         if queued is None:
-            queued = self._writes[slot] = []
+            queued = self._writes[slot] = deque()
             self._routing[slot] = key
         queued.append(operation)
         self._queued += 1
@@ -95,11 +98,12 @@ class WriteQueue:
                 return
             self._retry_in = 0.0
 
-    def _put_back(self, writes: dict[int, list[tuple[str, ...]]], routing: dict[int, str]) -> None:
+    def _put_back(self, writes: dict[int, deque[tuple[str, ...]]], routing: dict[int, str]) -> None:
         """The failed batch goes back ahead of what was queued while it was being sent."""
         newer, self._writes = self._writes, {}
         for slot, ops in writes.items():
-            self._writes[slot] = ops + newer.pop(slot, [])
+            ops.extend(newer.pop(slot, ()))
+            self._writes[slot] = ops
         self._writes.update(newer)
         self._routing = {**routing, **self._routing}
         self._queued = sum(map(len, self._writes.values()))
@@ -109,7 +113,7 @@ class WriteQueue:
     def _drop_oldest(self) -> None:
         slot = next(iter(self._writes))
         ops = self._writes[slot]
-        dropped = ops.pop(0)
+        dropped = ops.popleft()
         if not ops:
             del self._writes[slot]
             self._routing.pop(slot, None)
