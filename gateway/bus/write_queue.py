@@ -54,6 +54,8 @@ class WriteQueue:
         self._queued = 0
         self._scheduled = False
         self._retry_in = 0.0  # > 0 while a failed batch waits to be sent again
+        self._retry: asyncio.TimerHandle | None = None
+        self._closed = False  # closing: a last flush, then no more tries
         self._lock = asyncio.Lock()
 
     @property
@@ -71,7 +73,7 @@ class WriteQueue:
         self._queued += 1
         if self._queued > self._max_queued:
             self._drop_oldest()
-        if not self._scheduled and not self._retry_in:  # a pending retry carries it
+        if not self._scheduled and not self._retry_in and not self._closed:  # a pending retry carries it
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._spawn, self.flush())
 
@@ -90,13 +92,29 @@ class WriteQueue:
                 await self._run(calls)
             except BusUnavailable as exc:
                 self._put_back(writes, routing)
-                self._retry_in = min(max(self._retry_in * 2, RETRY_FIRST_S), RETRY_MAX_S)
                 self._count("writes_failed")
+                if self._closed:
+                    log.warning("bus write batch failed at close, not sent: %s", exc,
+                                extra={"calls": len(calls), "queued": self._queued})
+                    return
+                self._retry_in = min(max(self._retry_in * 2, RETRY_FIRST_S), RETRY_MAX_S)
                 log.warning("bus write batch failed, sent again in %.1f s: %s", self._retry_in, exc,
                             extra={"calls": len(calls), "queued": self._queued})
-                asyncio.get_running_loop().call_later(self._retry_in, self._spawn, self.flush())
+                self._retry = asyncio.get_running_loop().call_later(self._retry_in, self._send_again)
                 return
             self._retry_in = 0.0
+
+    def _send_again(self) -> None:
+        self._retry = None
+        self._spawn(self.flush())
+
+    async def close(self) -> None:
+        """A last flush of what is queued, without the retries: the bus is being closed."""
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        await self.flush()
 
     def _put_back(self, writes: dict[int, deque[tuple[str, ...]]], routing: dict[int, str]) -> None:
         """The failed batch goes back ahead of what was queued while it was being sent."""
