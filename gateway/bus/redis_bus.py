@@ -192,7 +192,7 @@ class RedisBackend:
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(RedisError, OSError, BusUnavailable):
-            await self._writes.flush()
+            await self._writes.close()
         with contextlib.suppress(PublisherError, RedisError, OSError):
             await self._publisher.close()
         await self._transport.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -46,11 +47,15 @@ class WriteQueue:
         self._cluster = cluster
         self._count = count
         self._max_queued = max_queued
-        self._writes: dict[int, list[tuple[str, ...]]] = {}  # slot (0 on a single node) -> queued operations
+        # slot (0 on a single node) -> queued operations; a deque, as a bus that stays away drops
+        # the oldest once per operation queued (a list's pop(0) moves all 200,000 of them)
+        self._writes: dict[int, deque[tuple[str, ...]]] = {}
         self._routing: dict[int, str] = {}  # slot -> a key of that slot, to route its call
         self._queued = 0
         self._scheduled = False
         self._retry_in = 0.0  # > 0 while a failed batch waits to be sent again
+        self._retry: asyncio.TimerHandle | None = None
+        self._closed = False  # closing: a last flush, then no more tries
         self._lock = asyncio.Lock()
 
     @property
@@ -62,13 +67,13 @@ class WriteQueue:
         slot = key_slot(key) if self._cluster else 0
         queued = self._writes.get(slot)
         if queued is None:
-            queued = self._writes[slot] = []
+            queued = self._writes[slot] = deque()
             self._routing[slot] = key
         queued.append(operation)
         self._queued += 1
         if self._queued > self._max_queued:
             self._drop_oldest()
-        if not self._scheduled and not self._retry_in:  # a pending retry carries it
+        if not self._scheduled and not self._retry_in and not self._closed:  # a pending retry carries it
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._spawn, self.flush())
 
@@ -87,19 +92,36 @@ class WriteQueue:
                 await self._run(calls)
             except BusUnavailable as exc:
                 self._put_back(writes, routing)
-                self._retry_in = min(max(self._retry_in * 2, RETRY_FIRST_S), RETRY_MAX_S)
                 self._count("writes_failed")
+                if self._closed:
+                    log.warning("bus write batch failed at close, not sent: %s", exc,
+                                extra={"calls": len(calls), "queued": self._queued})
+                    return
+                self._retry_in = min(max(self._retry_in * 2, RETRY_FIRST_S), RETRY_MAX_S)
                 log.warning("bus write batch failed, sent again in %.1f s: %s", self._retry_in, exc,
                             extra={"calls": len(calls), "queued": self._queued})
-                asyncio.get_running_loop().call_later(self._retry_in, self._spawn, self.flush())
+                self._retry = asyncio.get_running_loop().call_later(self._retry_in, self._send_again)
                 return
             self._retry_in = 0.0
 
-    def _put_back(self, writes: dict[int, list[tuple[str, ...]]], routing: dict[int, str]) -> None:
+    def _send_again(self) -> None:
+        self._retry = None
+        self._spawn(self.flush())
+
+    async def close(self) -> None:
+        """A last flush of what is queued, without the retries: the bus is being closed."""
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        await self.flush()
+
+    def _put_back(self, writes: dict[int, deque[tuple[str, ...]]], routing: dict[int, str]) -> None:
         """The failed batch goes back ahead of what was queued while it was being sent."""
         newer, self._writes = self._writes, {}
         for slot, ops in writes.items():
-            self._writes[slot] = ops + newer.pop(slot, [])
+            ops.extend(newer.pop(slot, ()))
+            self._writes[slot] = ops
         self._writes.update(newer)
         self._routing = {**routing, **self._routing}
         self._queued = sum(map(len, self._writes.values()))
@@ -109,7 +131,7 @@ class WriteQueue:
     def _drop_oldest(self) -> None:
         slot = next(iter(self._writes))
         ops = self._writes[slot]
-        dropped = ops.pop(0)
+        dropped = ops.popleft()
         if not ops:
             del self._writes[slot]
             self._routing.pop(slot, None)

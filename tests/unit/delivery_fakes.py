@@ -199,11 +199,12 @@ class FakeBus:
 
     def emit(self, room: str | None, data: Any, event: str = EVENT) -> Position:
         """A producer publishes an event (to everyone when `room` is None): its position."""
-        envelope = encode_event(event, data, room, time.time() * 1000)
+        return self._add(encode_event(event, data, room, time.time() * 1000), room)
+
+    def _add(self, envelope: bytes, room: str | None) -> Position:
+        """XADD to the room's stream (EVERYONE's for None), then the message on its channel."""
         stream_room = room if room is not None else EVERYONE
-        stream = self.streams.get(stream_room)
-        if stream is None:
-            stream = self.streams[stream_room] = FakeStream()
+        stream = self.streams.setdefault(stream_room, FakeStream())
         last = stream.last
         at = Position(last.ms, last.seq + 1) if last.ms >= self.ms else Position(self.ms, 0)
         stream.entries.append((at, envelope))
@@ -224,15 +225,7 @@ class FakeBus:
         `Commands.scoped` publishes it: a copy per room, each naming every target and except room."""
         scope = encode_scope(rooms or (), excluded)
         for room in sorted(set(rooms)) if rooms is not None else [None]:
-            envelope = encode_event(EVENT, data, room, time.time() * 1000, scope)
-            stream_room = room if room is not None else EVERYONE
-            stream = self.streams.setdefault(stream_room, FakeStream())
-            last = stream.last
-            at = Position(last.ms, last.seq + 1) if last.ms >= self.ms else Position(self.ms, 0)
-            stream.entries.append((at, envelope))
-            stream.added += 1
-            stream.last = at
-            self._deliver(with_position(envelope, at), stream_room)
+            self._add(encode_event(EVENT, data, room, time.time() * 1000, scope), room)
 
     def room_control(self, kind: str, room: str | None, rooms: Sequence[str] | None = None,
                      excluded: Sequence[str] = ()) -> None:

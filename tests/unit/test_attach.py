@@ -16,7 +16,7 @@ from gateway.delivery.connect import Accepted
 from gateway.delivery.offsets import EMPTY_SEQ, key_of
 from gateway.delivery.registry import Conn
 from gateway.policy.rooms import Identity
-from publisher.envelope import EVERYONE, KIND_JOIN
+from publisher.envelope import EVERYONE, KIND_JOIN, KIND_LEAVE
 from tests.unit.delivery_fakes import FakeBus, FakeSocket, Replica, turns
 
 
@@ -243,3 +243,38 @@ async def test_a_room_entered_again_after_its_last_socket_left_starts_at_its_pos
     assert isinstance(back, Accepted)
     assert back.recovered
     assert again.data == []  # nothing was published in quiz:9 after it entered the room again
+
+
+async def test_a_leave_right_after_a_join_wins_though_the_join_has_not_started() -> None:
+    """A producer's join and leave arrive in one read: the join's coroutine has not run when
+    the leave is applied, and must not put the socket in the room afterwards."""
+    bus, rep = await started()
+    conn, sock = await rep.connect("1")
+    bus.control(KIND_JOIN, "1", ["quiz:9"])
+    bus.control(KIND_LEAVE, "1", ["quiz:9"])
+    await turns()
+    assert "quiz:9" not in conn.rooms
+    assert not [change for change in rep.room_changes if change[1:3] == ("quiz:9", "j")]
+    bus.emit("quiz:9", "after the leave")
+    await turns()
+    assert sock.data == []
+
+
+async def test_a_leave_while_its_join_reads_history_drops_the_replay_and_the_room() -> None:
+    bus, rep = await started()
+    conn, sock = await rep.connect("1")
+    bus.history_gate = asyncio.Event()
+    bus.control(KIND_JOIN, "1", ["quiz:9"])
+    bus.emit("quiz:9", "q1")  # in the history the join reads
+    await turns()  # subscribed to quiz:9, reading its history
+    leave = bus.control(KIND_LEAVE, "1", ["quiz:9"])
+    assert leave is not None
+    bus.emit("quiz:9", "q2 after the leave")
+    await turns()
+    bus.history_gate.set()
+    await turns()
+    assert "quiz:9" not in conn.rooms
+    assert sock.data == []
+    assert [change for change in rep.room_changes if change[1] == "quiz:9"] == [
+        (conn.sid, "quiz:9", "l", leave["quiz:9"])]
+    assert "quiz:9" not in rep.core.registry.rooms

@@ -116,3 +116,19 @@ async def test_while_the_bus_stays_away_the_oldest_writes_go_first_and_are_count
     bus.down = False
     await settle(queue, bus)
     assert [op for call in bus.ran for op in call if op not in ("h", "O")] == ["2", "3", "4"]
+
+
+async def test_closing_makes_a_last_try_and_no_retry_after_it() -> None:
+    bus = Bus()
+    queue, _ = make(bus)
+    bus.down = True
+    queue.queue("1", "O", "1")
+    await asyncio.sleep(0.005)  # refused once: a retry is scheduled
+    await queue.close()
+    refused = bus.refused
+    queue.queue("1", "F", "1")
+    await asyncio.sleep(0.1)  # several retry delays
+    assert bus.refused == refused, "nothing sent after close"
+    bus.down = False
+    await asyncio.sleep(0.05)
+    assert bus.ran == []
