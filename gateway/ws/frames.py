@@ -1,5 +1,5 @@
-"""RFC 6455 frames: the reader of a client's frames, and the few server frames the gateway
-writes besides its prebuilt messages (`delivery/frames.py`).
+"""RFC 6455 frames: the reader of a client's frames, and the server's frames (`frame`: its
+prebuilt messages in `delivery/frames.py` are built with it too).
 
 The reader is fed what the transport delivers (`data_received`), in pieces of any size, and
 returns whole messages: fragments are joined, control frames between fragments come out at
