@@ -8,14 +8,12 @@ text frame (RFC 6455, server to client). Fan-out to a thousand sockets writes th
 
 from __future__ import annotations
 
-import struct
-
 import orjson
 
+from gateway.ws.frames import TEXT, frame
 from publisher.envelope import NAMESPACE
 
 _EVENT_PREFIX = b"2" + NAMESPACE.encode() + b","
-_TEXT_FIN = 0x81
 
 
 def event_packet(event: str, data: object, offset: str | None) -> bytes:
@@ -40,14 +38,9 @@ def event_head(event: str, data: object, *, with_offset: bool) -> bytes:
 
 def ws_text_frame(payload: bytes) -> bytes:
     """One final, unmasked WebSocket text frame carrying `payload`."""
-    n = len(payload)
-    if n < 126:
-        return bytes((_TEXT_FIN, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", _TEXT_FIN, 126, n) + payload
-    return struct.pack("!BBQ", _TEXT_FIN, 127, n) + payload
+    return frame(TEXT, payload)
 
 
 def eio_message_frame(sio_packet: bytes) -> bytes:
     """The WebSocket frame of an Engine.IO MESSAGE carrying a Socket.IO packet."""
-    return ws_text_frame(b"4" + sio_packet)
+    return frame(TEXT, b"4" + sio_packet)

@@ -1,5 +1,5 @@
-"""RFC 6455 frames: the reader of a client's frames, and the few server frames the gateway
-writes besides its prebuilt messages (`delivery/frames.py`).
+"""RFC 6455 frames: the reader of a client's frames, and the server's frames (`frame`: its
+prebuilt messages in `delivery/frames.py` are built with it too).
 
 The reader is fed what the transport delivers (`data_received`), in pieces of any size, and
 returns whole messages: fragments are joined, control frames between fragments come out at
@@ -69,7 +69,7 @@ def unmask(data: bytes, key: bytes) -> bytes:
 class FrameReader:
     """The frames of one client connection, reassembled into messages."""
 
-    __slots__ = ("_buf", "_frag_op", "_frag_size", "_frags", "_have", "_need", "max_size")
+    __slots__ = ("_buf", "_frag_op", "_frags", "_have", "_need", "max_size")
 
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
@@ -85,7 +85,6 @@ class FrameReader:
         # many fragments as it likes (empty ones too); a list of them would hold an object per
         # fragment, beyond any limit on the message's size.
         self._frags: bytearray | None = None
-        self._frag_size = 0
 
     def feed(self, data: bytes) -> list[Message]:
         """Every message complete after `data`: (TEXT, str), (BINARY, bytes), or a control
@@ -128,12 +127,11 @@ class FrameReader:
                 assert frags is not None
                 frags += payload
                 if not fin:
-                    self._frag_size += length
                     continue
                 opcode, payload = self._frag_op, bytes(frags)
-                self._frag_op, self._frags, self._frag_size = 0, None, 0
+                self._frag_op, self._frags = 0, None
             elif not fin:
-                self._frag_op, self._frags, self._frag_size = opcode, bytearray(payload), length
+                self._frag_op, self._frags = opcode, bytearray(payload)
                 continue
             if opcode == TEXT:
                 try:
@@ -185,7 +183,7 @@ class FrameReader:
             if length >> 63:
                 raise ProtocolError(PROTOCOL_ERROR, "frame length over 2**63")
             at += 8
-        if opcode not in _CONTROL and self._frag_size + length > self.max_size:
+        if opcode not in _CONTROL and length + len(self._frags or b"") > self.max_size:
             raise ProtocolError(TOO_BIG, f"message over {self.max_size} bytes")
         return opcode, fin, length, at
 

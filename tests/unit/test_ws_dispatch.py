@@ -6,7 +6,6 @@ acceptor and its frames the session; a malformed head gets a 400 and the listene
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -17,9 +16,10 @@ from aiohttp import web
 
 from gateway.ws import listen
 from gateway.ws import protocol as ws_protocol
-from gateway.ws.frames import BINARY, CLOSE, PING, PONG, TEXT, unmask
+from gateway.ws.frames import BINARY, CLOSE, PING, PONG, TEXT
 from gateway.ws.handshake import accept_key, check_upgrade, http_response, switching
 from gateway.ws.head import RequestHead
+from tests.unit.ws_wire import client_frame
 
 WS_HEAD = ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -28,12 +28,6 @@ WS_HEAD = ("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpg
 
 def ws_head(x: str = "native") -> bytes:
     return WS_HEAD.format(x=x).encode()
-
-
-def masked(opcode: int, payload: bytes) -> bytes:
-    key = os.urandom(4)
-    assert len(payload) < 126
-    return bytes((0x80 | opcode, 0x80 | len(payload))) + key + unmask(payload, key)
 
 
 @dataclass
@@ -186,13 +180,13 @@ async def test_a_silent_connection_is_closed_after_the_head_timeout(listener: Li
 async def test_a_websocket_is_answered_101_and_its_frames_reach_the_session(listener: Listener) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     # the first frames right behind the request, in the same write
-    writer.write(ws_head() + masked(TEXT, b"40/notifications,{}") + masked(PING, b"hi"))
+    writer.write(ws_head() + client_frame(TEXT, b"40/notifications,{}") + client_frame(PING, b"hi"))
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert f"Sec-WebSocket-Accept: {accept_key('dGhlIHNhbXBsZSBub25jZQ==')}".encode() in head
     assert await asyncio.wait_for(reader.readexactly(4), 5) == bytes((0x80 | PONG, 2)) + b"hi"
-    writer.write(masked(BINARY, b"\x01\x02") + masked(TEXT, "é".encode()))
-    writer.write(masked(CLOSE, struct.pack("!H", 1000)))
+    writer.write(client_frame(BINARY, b"\x01\x02") + client_frame(TEXT, "é".encode()))
+    writer.write(client_frame(CLOSE, struct.pack("!H", 1000)))
     assert await asyncio.wait_for(reader.read(), 5) == bytes((0x80 | CLOSE, 2)) + struct.pack("!H", 1000)
     session = listener.acceptor.sessions[0]
     await asyncio.wait_for(session.lost.wait(), 5)
@@ -204,14 +198,14 @@ async def test_a_websocket_is_answered_101_and_its_frames_reach_the_session(list
 
 @pytest.mark.parametrize(("frame", "code"), [
     (bytes((0x81, 0x01)) + b"3", 1002),  # unmasked
-    (masked(TEXT, b"\xff"), 1007),
+    (client_frame(TEXT, b"\xff"), 1007),
     (bytes((0x82, 0xFE)) + struct.pack("!H", 5000) + b"\0\0\0\0", 1009),
 ], ids=["unmasked", "not-utf8", "oversize"])
 async def test_a_broken_frame_closes_with_its_code(listener: Listener, frame: bytes, code: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
     writer.write(ws_head())
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    writer.write(masked(TEXT, b"4ok") + frame)
+    writer.write(client_frame(TEXT, b"4ok") + frame)
     assert await asyncio.wait_for(reader.readexactly(4), 5) == bytes((0x80 | CLOSE, 2)) + struct.pack("!H", code)
     # what the client sends now cannot be read (its framing is broken): the connection is held,
     # unread data and all, until the client's FIN, then closed without a reset
@@ -239,7 +233,7 @@ async def test_pings_from_a_client_that_does_not_read_do_not_pile_up_pongs(liste
     reader, writer = await asyncio.open_connection(sock=raw)
     writer.write(ws_head())
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    ping = masked(PING, b"p" * 125)
+    ping = client_frame(PING, b"p" * 125)
     for _ in range(24):  # 24 x 1 MiB of PINGs, about 190,000 of them
         writer.write(ping * ((1 << 20) // len(ping)))
         await asyncio.wait_for(writer.drain(), 30)
@@ -266,7 +260,7 @@ async def test_a_close_echoed_to_a_client_that_does_not_read_is_cut_after_a_grac
     transport = listener.acceptor.transports[0]
     transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     transport.write(b"\x82\x7f" + struct.pack("!Q", 1 << 20) + b"x" * (1 << 20))
-    writer.write(masked(CLOSE, struct.pack("!H", 1000)))
+    writer.write(client_frame(CLOSE, struct.pack("!H", 1000)))
     await writer.drain()
     session = listener.acceptor.sessions[0]
     await asyncio.wait_for(session.lost.wait(), 5)
@@ -285,15 +279,15 @@ async def test_a_server_close_lingers_until_the_clients_close_frame(listener: Li
     transport = listener.acceptor.transports[0]
     session = listener.acceptor.sessions[0]
     transport.pause_reading()  # as a session whose inbox is full does
-    writer.write(masked(TEXT, b"4unread") * 2000)
+    writer.write(client_frame(TEXT, b"4unread") * 2000)
     await writer.drain()
     ws_protocol.close_gracefully(transport, code=4001)
     assert await asyncio.wait_for(reader.readexactly(4), 5) == bytes((0x80 | CLOSE, 2)) + struct.pack("!H", 4001)
-    writer.write(masked(TEXT, b"4after the close"))
+    writer.write(client_frame(TEXT, b"4after the close"))
     await asyncio.sleep(0.1)
     assert not session.lost.is_set()
     assert session.texts == []
-    writer.write(masked(CLOSE, struct.pack("!H", 1000)))
+    writer.write(client_frame(CLOSE, struct.pack("!H", 1000)))
     assert await asyncio.wait_for(reader.read(), 5) == b""  # a FIN, not a reset
     await asyncio.wait_for(session.lost.wait(), 5)
     writer.close()

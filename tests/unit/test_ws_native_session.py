@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import struct
 import time
@@ -25,7 +24,8 @@ from gateway.config import load_settings
 from gateway.sio.native import NativeSocket
 from gateway.sio.socket import FastSocket
 from gateway.ws import listen
-from gateway.ws.frames import CLOSE, TEXT, unmask
+from gateway.ws.frames import CLOSE, TEXT
+from tests.unit.ws_wire import client_frame
 
 SECRET = "n" * 40
 NS = "/notifications"
@@ -54,11 +54,7 @@ class Client:
         return cls(reader, writer), head
 
     def send(self, text: str) -> None:
-        key = os.urandom(4)
-        payload = text.encode()
-        n = len(payload)
-        length = bytes((0x80 | n,)) if n < 126 else bytes((0x80 | 126,)) + struct.pack("!H", n)
-        self.writer.write(bytes((0x80 | TEXT,)) + length + key + unmask(payload, key))
+        self.writer.write(client_frame(TEXT, text.encode()))
 
     async def recv(self) -> tuple[int, bytes]:
         b0, b1 = await asyncio.wait_for(self.reader.readexactly(2), 5)
@@ -86,8 +82,7 @@ class Client:
         return await asyncio.wait_for(self.reader.read(), 5) == b""
 
     def send_close(self) -> None:
-        key = os.urandom(4)
-        self.writer.write(bytes((0x80 | CLOSE, 0x80 | 2)) + key + unmask(struct.pack("!H", 1000), key))
+        self.writer.write(client_frame(CLOSE, struct.pack("!H", 1000)))
 
     def close(self) -> None:
         self.writer.close()
