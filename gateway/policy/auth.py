@@ -248,8 +248,6 @@ class Authenticator:
         allowed = frozenset(settings.jwt_algorithms) or None
         self._allowed = allowed
         self._static = tuple(self._entry(k) for k in static_keys(settings, allowed))
-        self._entries: tuple[_Entry, ...] = ()
-        self._kids: frozenset[str] = frozenset()
         self._use(())
         self.jwks_url = settings.jwt_jwks_url
         self.jwks_refresh = settings.jwt_jwks_refresh
@@ -288,9 +286,7 @@ class Authenticator:
         self.jwks_loaded = True
 
     def _use(self, dynamic: tuple[_Entry, ...]) -> None:
-        """The keys in force: the static ones first, then `dynamic`; and their kids as a set,
-        so a handshake tells an unknown kid without a scan."""
-        self._entries = self._static + dynamic
+        self._entries = self._static + dynamic  # and their kids, which move with them
         self._kids = frozenset(e.kid for e in self._entries if e.kid is not None)
 
     def _entry(self, key: VerificationKey) -> _Entry:
