@@ -203,24 +203,31 @@ class Swarm:
             self.connected += 1
             self.last_connect = time.perf_counter()
             self._one_done()
-        # receive loop: no await on the hot path except ws.receive()
+        await self.receive(i, ws, Phase.on_event)
+        self.dropped += 1
+        return None
+
+    async def receive(self, i, ws, on_event):
+        """Client i's receive loop, until its connection closes: each event goes to
+        on_event(current phase, i, raw), pings are answered. No await on the hot path except
+        ws.receive(). (storm.py's clients run it too, with their own on_event.)"""
         n_ev = len(EVENT)
         while True:
             msg = await ws.receive()
             if msg.type is TEXT:
                 d = msg.data
                 if d[:n_ev] == EVENT:
-                    self.phase.on_event(i, d[n_ev:])
+                    on_event(self.phase, i, d[n_ev:])
                 elif d == b"2":
                     self.pings += 1
-                    await ws.send_str("3")
+                    with contextlib.suppress(Exception):  # a closing socket: the next receive() ends the loop
+                        await ws.send_str("3")
                 elif d.startswith(DISCONNECT):
                     self.server_disconnects += 1
             elif msg.type is BINARY:
                 continue
             else:
-                self.dropped += 1
-                return None
+                return
 
     def connect_summary(self, t0, t1, cpu):
         ct = sorted(self.connect_times)

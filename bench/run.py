@@ -791,14 +791,18 @@ class CpuSampler(threading.Thread):
         return round(best, 3) if best is not None else None
 
 
-def wait_subscribed(a, timeout, warn):
+def wait_subscribed(a, shards, timeout, warn):
+    """Every replica on the bus before the producer starts (a cluster: on every shard, since the
+    clients' rooms hash to all of them); a warning after `timeout` s."""
+    def subscribed():
+        return min(redis_subscribers(p) for p, _ in shards) if shards else redis_subscribers(a.redis_port)
     end = time.time() + timeout
-    subs = redis_subscribers(a.redis_port)
+    subs = subscribed()
     while subs < a.replicas and time.time() < end:
         time.sleep(0.1)
-        subs = redis_subscribers(a.redis_port)
+        subs = subscribed()
     if subs < a.replicas:
-        warn(f"only {subs}/{a.replicas} gateways subscribed to redis")
+        warn(f"only {subs}/{a.replicas} gateways subscribed to redis" + (" on every shard" if shards else ""))
 
 
 def scrape_counters(port, names):
@@ -1060,7 +1064,7 @@ def run(a):
             result["redis_rest"] = dict(rest, calls_per_s={k: round(v, 1) for k, v in rest_rate.items()})
 
         if a.scenario == "storm":
-            wait_subscribed(a, left(10), warn)
+            wait_subscribed(a, shards, left(10), warn)
             storm_phase(a, procs, gateways, others, lg, result, spec, prod_env, left, lg_why)
         elif a.scenario == "idle":
             time.sleep(min(a.hold, max(0.0, deadline - time.time() - 10)))
@@ -1070,18 +1074,7 @@ def run(a):
             result["hold_phase"] = hd
             result["idle_gw_core_util"] = hd["gw_core_util"]
         else:
-            # every replica must be on the bus before the producer starts
-            # (a cluster: on every shard, since the clients' rooms hash to all of them)
-            end = time.time() + left(10)
-
-            def subscribed():
-                return min(redis_subscribers(p) for p, _ in shards) if cluster else redis_subscribers(a.redis_port)
-            subs = subscribed()
-            while subs < a.replicas and time.time() < end:
-                time.sleep(0.1)
-                subs = subscribed()
-            if subs < a.replicas:
-                warn(f"only {subs}/{a.replicas} gateways subscribed to redis" + (" on every shard" if cluster else ""))
+            wait_subscribed(a, shards, left(10), warn)
             expected = expected_deliveries(a)
             if a.profile:
                 spy = start_pyspy(a, procs, gateways[0], "delivery")

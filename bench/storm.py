@@ -32,7 +32,6 @@ import orjson
 EVENT = b"42/notifications,"
 CONNECTED = b"40/notifications"
 CONNECT_ERROR = b"44/notifications"
-DISCONNECT = b"41/notifications"
 TEXT = aiohttp.WSMsgType.TEXT
 CONNECT_TIMEOUT_S = 20.0  # socket.io-client's `timeout` default: up to the Engine.IO OPEN
 HEARTBEAT_S = 45.0  # pingInterval + pingTimeout (the gateways' and socket.io's defaults)
@@ -287,7 +286,7 @@ async def client(sw, st, i, session, url, token_obj, sem):
     sw.last_connect = time.perf_counter()
     sw._one_done()
     while True:
-        await receive(sw, st, i, ws)
+        await sw.receive(i, ws, st.on_event)
         st.t_drop[i] = time.time()
         st.dropped += 1
         if st.reconnect_url is None:
@@ -295,26 +294,6 @@ async def client(sw, st, i, session, url, token_obj, sem):
         ws = await reconnect(st, i, session, token_obj, on_event)
         if ws is None:
             return None
-
-
-async def receive(sw, st, i, ws):
-    n_ev = len(EVENT)
-    while True:
-        msg = await ws.receive()
-        if msg.type is TEXT:
-            d = msg.data
-            if d[:n_ev] == EVENT:
-                st.on_event(sw.phase, i, d[n_ev:])
-            elif d == b"2":
-                sw.pings += 1
-                with contextlib.suppress(Exception):
-                    await ws.send_str("3")
-            elif d.startswith(DISCONNECT):
-                sw.server_disconnects += 1
-        elif msg.type is aiohttp.WSMsgType.BINARY:
-            continue
-        else:
-            return
 
 
 async def reconnect(st, i, session, token_obj, on_event):

@@ -12,12 +12,10 @@ scale (docs/operations.md, "Connections at scale").
 
 from __future__ import annotations
 
-import threading
-
 from publisher import Publisher
+from tests.e2e.operations.support import Producer
 from tests.hostile.conftest import StartGateway
 from tests.hostile.support import (
-    COINS,
     EVENT,
     assert_all_received,
     base_env,
@@ -35,35 +33,6 @@ PER_ADDRESS = 12  # more than the burst below: some of each address's reconnecti
 # The per-IP limit on, loopback not exempt (TEST-NET-1 is nobody here), burst 5 x 2 = 10.
 ADMISSION_ON = {"HANDSHAKE_RATE_EXEMPT": "192.0.2.0/32", "HANDSHAKE_RATE_PER_IP": "2"}
 BACK_WITHIN = 60.0  # bounds the wait only: refused clients retry after 1, 2, 4, 5, 5 ... s
-
-
-class RoundRobinFeeder:
-    """Publishes numbered events to each user in turn from a thread, until stopped; `sent[user]`
-    is what was published to that user, in order."""
-
-    def __init__(self, pub: Publisher, users: list[str]) -> None:
-        self.pub = pub
-        self.users = users
-        self.sent: dict[str, list[int]] = {u: [] for u in users}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="storm-feeder", daemon=True)
-
-    def _run(self) -> None:
-        k = 0
-        while not self._stop.is_set():
-            user = self.users[k % len(self.users)]
-            n = len(self.sent[user])
-            self.pub.emit(EVENT, {**COINS, "n": n}, user=user)
-            self.sent[user].append(n)
-            k += 1
-            self._stop.wait(0.003)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
 
 def test_a_storm_of_recovering_clients_from_several_addresses_is_admitted_and_loses_nothing(
@@ -87,23 +56,20 @@ def test_a_storm_of_recovering_clients_from_several_addresses_is_admitted_and_lo
         assert metric(doomed, "ws_handshakes_total", outcome="ip_rate_limited") >= 1, \
             "admission was not on: no address was ever limited"
 
-        feeder = RoundRobinFeeder(pub, [user for _, user in names.values()])
-        feeder.start()
-        try:
+        # numbered events to each user in turn, until every client is back
+        with Producer(pub, [f"user:{user}" for _, user in names.values()], pause=0.003) as feeder:
             for name in names:  # their next Engine.IO connection goes to the survivor
                 node_clients.set_uri(name, survivor.url)
             assert_some_events_arrived(node_clients, names)
             doomed.kill()
             outcomes = {name: node_clients.wait_connected(name, timeout=BACK_WITHIN) for name in names}
-        finally:
-            feeder.stop()
 
         not_back = {n: r for n, r in outcomes.items() if r["type"] != "connect"}
         assert not not_back, f"{len(not_back)} of {len(names)} clients did not come back: {not_back}"
         unrecovered = sorted(n for n, r in outcomes.items() if not r.get("recovered"))
         assert not unrecovered, f"{len(unrecovered)} of {len(names)} clients came back unrecovered"
         for name, (_, user) in names.items():  # once each, in order, none missing
-            assert_all_received(node_clients, name, feeder.sent[user], timeout=BACK_WITHIN)
+            assert_all_received(node_clients, name, feeder.for_rooms({f"user:{user}"}), timeout=BACK_WITHIN)
         refused = metric(survivor, "ws_handshakes_total", outcome="ip_rate_limited")
         assert refused >= 1, "the storm never met the per-IP limit: the test proves nothing about admission"
         assert metric(survivor, "ws_handshakes_total", outcome="recovered") == len(names)
